@@ -1,0 +1,5 @@
+import sys
+
+from lightdvae.cli import main
+
+sys.exit(main())

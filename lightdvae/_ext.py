@@ -1,0 +1,92 @@
+"""The one place that imports the native extension ``lightdvae._C``.
+
+Everything else asks this module whether native code is there (``HAS_NATIVE``) and which backend
+to use (``use_native``).  ``import lightdvae`` never fails because the extension is missing: the
+pure-PyTorch references take over and a single warning says so.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+REINSTALL_COMMAND = 'pip install --no-build-isolation --force-reinstall --no-deps -e ".[test]"'
+
+try:
+    from lightdvae import _C  # noqa: F401  (registers torch.ops.lightdvae.*)
+
+    HAS_NATIVE = True
+    IMPORT_ERROR: str | None = None
+except ImportError as exc:  # no build, or a build against another torch (ABI mismatch)
+    _C = None
+    HAS_NATIVE = False
+    IMPORT_ERROR = str(exc)
+
+_BACKENDS = ("auto", "ref", "native")
+
+
+def backend() -> str:
+    """The backend asked for through ``LIGHTDVAE_BACKEND`` (``auto`` when unset)."""
+    value = os.environ.get("LIGHTDVAE_BACKEND", "auto").strip().lower() or "auto"
+    if value not in _BACKENDS:
+        raise ValueError(
+            f"LIGHTDVAE_BACKEND={value!r} is not one of {', '.join(_BACKENDS)}; "
+            "unset it to pick the native kernels when they are built and the references otherwise."
+        )
+    return value
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether ``torch.ops.lightdvae.<op>`` has a kernel for ``device_type`` ('cpu' or 'cuda')."""
+    if not HAS_NATIVE:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"lightdvae::{op}", key)
+
+
+def cuda_kernels_compiled() -> bool:
+    """Whether the extension was built with its CUDA kernels (independent of a visible GPU)."""
+    return has_kernel("is_divergence", "cuda")
+
+
+def missing_native_error(op: str, reason: str) -> RuntimeError:
+    detail = f" (import failed: {IMPORT_ERROR})" if IMPORT_ERROR and not HAS_NATIVE else ""
+    return RuntimeError(
+        f"LIGHTDVAE_BACKEND=native asks for the native kernel of lightdvae::{op}, but {reason}{detail}. "
+        f"Rebuild the extension from the repository root against the installed torch with:\n    {REINSTALL_COMMAND}\n"
+        "or unset LIGHTDVAE_BACKEND to fall back to the pure-PyTorch reference."
+    )
+
+
+def use_native(op: str, device_type: str, supported: bool = True) -> bool:
+    """Decide, for one call, whether the native kernel of ``op`` runs.
+
+    ``supported`` is False when the kernel exists but cannot take these inputs (a dtype it does not
+    implement on this device, say); ``auto`` then falls back to the reference and ``native`` raises.
+    """
+    choice = backend()
+    if choice == "ref":
+        return False
+    available = has_kernel(op, device_type)
+    if choice == "native":
+        if not HAS_NATIVE:
+            raise missing_native_error(op, "the extension lightdvae._C is not built")
+        if not available:
+            raise missing_native_error(op, f"it has no {device_type.upper()} kernel in this build")
+        if not supported:
+            raise missing_native_error(op, "its kernel does not support these inputs (see the op's docstring)")
+        return True
+    return available and supported
+
+
+if not HAS_NATIVE and os.environ.get("LIGHTDVAE_QUIET_FALLBACK") != "1":
+    warnings.warn(
+        "lightdvae: the native extension is not available, so the pure-PyTorch reference ops are used "
+        f"(slower). To build it: {REINSTALL_COMMAND}  [{IMPORT_ERROR}]",
+        RuntimeWarning,
+        stacklevel=2,
+    )

@@ -1,0 +1,53 @@
+"""``lightdvae info``: what this installation can do."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+
+def collect() -> dict:
+    import torch
+
+    import lightdvae
+    from lightdvae import _ext
+
+    ops = ("is_divergence", "gaussian_kl")
+    info = {
+        "lightdvae": lightdvae.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "backend": _ext.backend(),
+        "native_extension": _ext.HAS_NATIVE,
+        "native_cpu_ops": {op: _ext.has_kernel(op, "cpu") for op in ops},
+        "cuda_kernels_compiled": _ext.cuda_kernels_compiled(),
+        "gpu_visible": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+    if not _ext.HAS_NATIVE:
+        info["extension_error"] = _ext.IMPORT_ERROR
+        info["rebuild_with"] = _ext.REINSTALL_COMMAND
+    return info
+
+
+def run(args) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in value.items())
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="print versions and which native kernels are built")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=run)
