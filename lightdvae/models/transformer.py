@@ -1,0 +1,382 @@
+"""Hierarchical transformer DVAEs: HiT-DVAE, LigHT-DVAE and the Inv-s / Inv-s-NR ablations.
+
+Papers:
+
+- X. Lin, X. Bie, S. Leglaive, L. Girin, X. Alameda-Pineda, "Speech Modeling with a Hierarchical
+  Transformer Dynamical VAE", ICASSP 2023 (LigHT-DVAE, the Inv-s / Inv-s-NR structure study).
+- X. Bie, W. Guo, S. Leglaive, L. Girin, F. Moreno-Noguer, X. Alameda-Pineda, "HiT-DVAE: Human Motion
+  Generation via Hierarchical Transformer Dynamical VAE", 2022.
+
+Model (SPEC section 4).  Speech ``s_t`` is a power spectrum of ``x_dim = 513`` bins; ``w`` a sequence-level
+latent (``w_dim``), ``z_t`` frame-level latents (``z_dim``)::
+
+    p(s, z, w) = p(w) prod_t p(s_t | s_{1:t-1}, z_{1:t}, w) p(z_t | s_{1:t-1}, z_{1:t-1}, w),   p(w) = N(0, I)
+    q(z, w | s) = q(w | s_{1:T}) prod_t q(z_t | s_{1:T}, w)          (z inference is not autoregressive)
+
+Input features: every network sees speech as ``log(power + feature_eps)`` (``feature_eps = 1e-8``), a
+513-vector per frame, through a Linear embedding.  The start frame ``s_0`` of the shifted past is the
+zero feature vector.
+
+Networks (all transformer layers post-norm: sublayer -> dropout -> add -> LayerNorm; sinusoidal positions):
+
+- w encoder: Linear(513 -> d) + PE, ``enc_layers`` encoder layers, mean over time, Linear(d -> 2 w_dim).
+- z encoder: Linear(513 + w_dim -> d) of ``[s_t ; w]`` + PE, ``enc_layers`` layers, Linear(d -> 2 z_dim) per t.
+- decoder body (:class:`~lightdvae.models.transformer_layers.DecoderBody`): query/residual stream =
+  Linear(z_dim + w_dim -> d) of ``[z ; w]`` + PE with causal self-attention; cross-attention to the memory
+  Linear(513 -> d) of the shifted past speech ``s_{0:T-1}`` + PE under a causal mask (index ``i`` sees
+  ``s_0 .. s_i``, i.e. frame ``t = i + 1`` sees ``s_{0:t-1}``); feed-forward; ``dec_layers`` such layers.
+  Fed ``z_{1:T}`` it parameterises ``p(s_t | ...)`` through the head Linear(d -> 513) (log-variance); fed
+  ``z_{0:T-1}`` (shifted, ``z_0 = 0``) it parameterises ``p(z_t | ...)`` through Linear(d -> 2 z_dim).
+- HiT-DVAE: two decoder bodies (speech, z prior).  LigHT-DVAE: one body shared by both, separate heads.
+- ``inv_s=True`` (Inv-s): query/residual stream = embedded past speech, ``[z ; w]`` is the memory of the
+  cross-attention (same causal alignment).  ``no_residual=True`` (Inv-s-NR, only with ``inv_s``): the decoder
+  layers drop the residual of both attention sublayers, so past speech can only steer the attention weights.
+
+Default sizes (the project's choice; the paper does not publish them all): ``d_model = 128``, ``n_heads = 4``,
+``enc_layers = 4`` per encoder, ``dec_layers = 2`` per decoder body, ``ff_dim = 512``, ``w_dim = z_dim = 16``,
+``dropout = 0.1``, ReLU in the feed-forward blocks.  Parameter counts (x_dim 513; the Inv-s variants have the
+same counts, the layers are the same):
+
+==============  ==========  ============
+model           parameters  ratio to HiT
+==============  ==========  ============
+HiT-DVAE        2,996,705   1
+LigHT-DVAE      2,397,537   0.800
+==============  ==========  ============
+
+Past speech at test time (``forward(power, past=...)``; w and z are inferred from the true ``s_{1:T}`` in both):
+
+- ``"gt"``: the decoders see the true past (teacher forcing): one parallel pass with causal masks.  Training.
+- ``"gen"``: the speech decoder is fed its own past outputs ``s_hat_t = exp(logvar_t)`` one frame at a time,
+  with per-layer key/value caches (O(t) per step).  The z prior is evaluated on the same past the speech
+  decoder saw, ``p(z_t | s_hat_{1:t-1}, z_{1:t-1}, w)`` with the posterior ``z``, so the KL term of a GEN pass
+  matches its reconstruction.  The feedback loop runs without gradients (``s_hat`` is detached, as in SRNN
+  scheduled sampling); when gradients are enabled one parallel pass on the fed-back past recomputes the
+  outputs differentiably (same values to float precision).
+
+Generation (``generate``): ``w = temperature * N(0, I)``; for t = 1..T the prior decoder gives
+``p(z_t | s_hat_{1:t-1}, z_{1:t-1}, w)``, ``z_t = mean + temperature * std * eps``, the speech decoder gives
+``logvar_t``, and ``s_hat_t = exp(logvar_t)`` is fed back; both decoders step with their own caches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past, activation, reparameterize
+from lightdvae.models.transformer_layers import DecoderBody, Encoder
+
+__all__ = ["HiTDVAE", "HiTDVAEConfig", "LigHTDVAE", "LigHTDVAEConfig", "TransformerDVAEConfig"]
+
+
+@dataclass
+class TransformerDVAEConfig(ModelConfig):
+    """Sizes and switches shared by HiT-DVAE and LigHT-DVAE.
+
+    x_dim: frequency bins (513).  z_dim: frame latent.  w_dim: sequence latent.
+    d_model, n_heads, ff_dim: transformer width, attention heads, feed-forward width.
+    enc_layers: layers of each encoder (w and z).  dec_layers: layers of each decoder body.
+    activation: of the feed-forward blocks.  dropout: embeddings, sublayer outputs, feed-forward (train mode).
+    inv_s: Inv-s ablation.  no_residual: Inv-s-NR (needs inv_s).  feature_eps: features are log(power + eps).
+    """
+
+    activation: str = "relu"
+    dropout: float = 0.1
+    w_dim: int = 16
+    d_model: int = 128
+    n_heads: int = 4
+    enc_layers: int = 4
+    dec_layers: int = 2
+    ff_dim: int = 512
+    inv_s: bool = False
+    no_residual: bool = False
+    feature_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name in ("x_dim", "z_dim", "w_dim", "d_model", "n_heads", "enc_layers", "dec_layers", "ff_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.feature_eps > 0:
+            raise ValueError(f"feature_eps must be > 0, got {self.feature_eps}")
+        activation(self.activation)  # raises on unknown names
+        if self.no_residual and not self.inv_s:
+            raise ValueError(
+                "no_residual=True is the Inv-s-NR ablation and only exists with inv_s=True "
+                "(it removes the residual of the inverted speech stream); pass inv_s=True as well, or drop no_residual"
+            )
+
+
+@dataclass
+class HiTDVAEConfig(TransformerDVAEConfig):
+    """HiT-DVAE: two decoder bodies (speech and z prior)."""
+
+
+@dataclass
+class LigHTDVAEConfig(TransformerDVAEConfig):
+    """LigHT-DVAE: one decoder body shared by speech and z prior."""
+
+
+class _HierarchicalTransformerDVAE(DVAE):
+    """Common code of HiT-DVAE and LigHT-DVAE; subclasses say whether the decoder body is shared."""
+
+    config_class: ClassVar[type[ModelConfig]] = TransformerDVAEConfig
+    sees_past_speech: ClassVar[bool] = True
+    shared_decoder: ClassVar[bool] = False
+    family: ClassVar[str] = ""
+
+    def __init__(self, config: TransformerDVAEConfig):
+        super().__init__(config)
+        c = config
+        self.w_encoder = Encoder(c.x_dim, c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout)
+        self.w_head = nn.Linear(c.d_model, 2 * c.w_dim)
+        self.z_encoder = Encoder(
+            c.x_dim + c.w_dim, c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout
+        )
+        self.z_head = nn.Linear(c.d_model, 2 * c.z_dim)
+        if self.shared_decoder:
+            self.decoder = self._decoder_body()
+        else:
+            self.s_decoder = self._decoder_body()
+            self.z_decoder = self._decoder_body()
+        self.s_out = nn.Linear(c.d_model, c.x_dim)
+        self.z_prior_out = nn.Linear(c.d_model, 2 * c.z_dim)
+
+    def _decoder_body(self) -> DecoderBody:
+        c = self.config
+        return DecoderBody(
+            c.z_dim + c.w_dim,
+            c.x_dim,
+            c.d_model,
+            c.n_heads,
+            c.dec_layers,
+            c.ff_dim,
+            c.activation,
+            c.dropout,
+            inv_s=c.inv_s,
+            no_residual=c.no_residual,
+        )
+
+    @property
+    def s_body(self) -> DecoderBody:
+        """Decoder body of p(s_t | s_{1:t-1}, z_{1:t}, w)."""
+        return self.decoder if self.shared_decoder else self.s_decoder
+
+    @property
+    def z_body(self) -> DecoderBody:
+        """Decoder body of p(z_t | s_{1:t-1}, z_{1:t-1}, w)."""
+        return self.decoder if self.shared_decoder else self.z_decoder
+
+    @property
+    def variant(self) -> str:
+        """Display name: e.g. ``LigHT-DVAE``, ``HiT-DVAE-Inv-s``, ``HiT-DVAE-Inv-s-NR``."""
+        suffix = "-Inv-s" if self.config.inv_s else ""
+        return f"{self.family}{suffix}{'-NR' if self.config.no_residual else ''}"
+
+    # ---- features ---------------------------------------------------------------------------
+
+    def features(self, power: Tensor) -> Tensor:
+        """Network input of a power spectrogram: ``log(power + feature_eps)``, same shape."""
+        return torch.log(power + self.config.feature_eps)
+
+    def _feedback_features(self, logvar: Tensor) -> Tensor:
+        """``features(exp(logvar))`` computed without overflow: ``logaddexp(logvar, log eps)``."""
+        return torch.logaddexp(logvar, logvar.new_tensor(math.log(self.config.feature_eps)))
+
+    @staticmethod
+    def _shift(x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D) shifted right by one frame with a zero first frame."""
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+    @staticmethod
+    def _with_w(z: Tensor, w: Tensor) -> Tensor:
+        """``[z_t ; w]`` for every t: (B, T, z_dim), (B, w_dim) -> (B, T, z_dim + w_dim)."""
+        return torch.cat([z, w[:, None, :].expand(-1, z.shape[1], -1)], dim=-1)
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def encode_w(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """q(w | s_{1:T}): features (B, T, x_dim) -> mean, logvar (B, w_dim)."""
+        return self.w_head(self.w_encoder(feats).mean(dim=1)).chunk(2, dim=-1)
+
+    def encode_z(self, feats: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z_t | s_{1:T}, w) for all t at once: features (B, T, x_dim), w (B, w_dim) -> mean, logvar (B, T, z_dim)."""
+        return self.z_head(self.z_encoder(self._with_w(feats, w))).chunk(2, dim=-1)
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    def _decode_speech(self, z: Tensor, w: Tensor, past_feats: Tensor) -> Tensor:
+        """Speech decoder in one pass: logvar (B, T, x_dim); ``past_feats`` (B, T, x_dim) = features of s_{1:T}."""
+        return self.s_out(self.s_body(self._with_w(z, w), self._shift(past_feats)))
+
+    def _decode_prior(self, z: Tensor, w: Tensor, past_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """z-prior decoder in one pass: mean, logvar (B, T, z_dim) of p(z_t | s_{1:t-1}, z_{1:t-1}, w)."""
+        h = self.z_body(self._with_w(self._shift(z), w), self._shift(past_feats))
+        return self.z_prior_out(h).chunk(2, dim=-1)
+
+    def decode(self, z: Tensor, w: Tensor, past: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Both decoders, teacher-forced and parallel over time.
+
+        Args:
+            z: (B, T, z_dim) frame latents z_{1:T}.  w: (B, w_dim).
+            past: (B, T, x_dim) power spectrogram s_{1:T} used as the past (frame t sees s_{1:t-1}).
+
+        Returns:
+            logvar (B, T, x_dim) of p(s_t | s_{1:t-1}, z_{1:t}, w) and the prior mean, logvar (B, T, z_dim) of
+            p(z_t | s_{1:t-1}, z_{1:t-1}, w).
+        """
+        feats = self.features(past)
+        return (self._decode_speech(z, w, feats), *self._decode_prior(z, w, feats))
+
+    @torch.no_grad()
+    def decode_stepwise(
+        self,
+        w: Tensor,
+        frames: int,
+        *,
+        z: Tensor | None = None,
+        past: Tensor | None = None,
+        prior: bool = True,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor | None]:
+        """Frame-by-frame decoding with key/value caches (O(t) per step); no gradients.
+
+        Args:
+            w: (B, w_dim).  frames: T.
+            z: (B, T, z_dim) latents to decode (posterior), or ``None`` to draw each z_t from the prior decoder
+                (``mean + temperature * exp(logvar / 2) * eps``).
+            past: (B, T, x_dim) power fed as the past (teacher forcing), or ``None`` to feed back the decoder's
+                own output ``s_hat_t = exp(logvar_t)`` (GEN, generation).
+            prior: also step the z-prior decoder when ``z`` is given (always done when ``z`` is ``None``).
+
+        Returns:
+            dict with ``logvar`` (B, T, x_dim), ``z`` (B, T, z_dim), ``prior_mean`` / ``prior_logvar``
+            (B, T, z_dim) or ``None``, and ``past_feats`` (B, T, x_dim): the features of the past actually fed
+            (frame t's row is the input that frame t + 1 saw).
+        """
+        c = self.config
+        batch, dtype, device = w.shape[0], w.dtype, w.device
+        if z is not None and tuple(z.shape) != (batch, frames, c.z_dim):
+            raise ValueError(f"z must be ({batch}, {frames}, {c.z_dim}), got {tuple(z.shape)}")
+        if past is not None and tuple(past.shape) != (batch, frames, c.x_dim):
+            raise ValueError(f"past must be ({batch}, {frames}, {c.x_dim}), got {tuple(past.shape)}")
+        run_prior = prior or z is None
+        s_cache = self.s_body.new_cache(batch, frames, dtype=dtype, device=device)
+        z_cache = self.z_body.new_cache(batch, frames, dtype=dtype, device=device) if run_prior else None
+        w_t = w[:, None, :]
+        mem = torch.zeros(batch, 1, c.x_dim, dtype=dtype, device=device)  # features of s_0
+        z_prev = torch.zeros(batch, 1, c.z_dim, dtype=dtype, device=device)  # z_0
+        logvars, zs, p_means, p_logvars, fed = [], [], [], [], []
+        for i in range(frames):
+            if z_cache is not None:
+                h = self.z_body.step(torch.cat([z_prev, w_t], -1), mem, z_cache)
+                p_mean, p_logvar = self.z_prior_out(h).chunk(2, dim=-1)
+                p_means.append(p_mean)
+                p_logvars.append(p_logvar)
+            if z is not None:
+                z_t = z[:, i : i + 1]
+            else:
+                eps = torch.randn(p_mean.shape, dtype=dtype, device=device, generator=generator)
+                z_t = p_mean + temperature * torch.exp(0.5 * p_logvar) * eps
+            logvar_t = self.s_out(self.s_body.step(torch.cat([z_t, w_t], -1), mem, s_cache))
+            mem = self.features(past[:, i : i + 1]) if past is not None else self._feedback_features(logvar_t)
+            logvars.append(logvar_t)
+            zs.append(z_t)
+            fed.append(mem)
+            z_prev = z_t
+
+        def cat(xs: list[Tensor]) -> Tensor | None:
+            return torch.cat(xs, dim=1) if xs else None
+
+        return {
+            "logvar": cat(logvars),
+            "z": cat(zs),
+            "prior_mean": cat(p_means),
+            "prior_logvar": cat(p_logvars),
+            "past_feats": cat(fed),
+        }
+
+    # ---- method vocabulary ---------------------------------------------------------------------
+
+    def forward(self, power: Tensor, past: str = "gt", sample: bool = True) -> DVAEOutput:
+        """Infer w and z from ``power`` (B, T, x_dim) and decode; see the module docstring for ``past``.
+
+        Returns a :class:`DVAEOutput` with logvar (B, T, x_dim), z / z_mean / z_logvar and the prior
+        z_mean_p / z_logvar_p (B, T, z_dim), w / w_mean / w_logvar (B, w_dim).
+        ``past="gen"`` is an evaluation path: call it in ``eval()`` mode (in ``train()`` mode the cached loop and
+        the differentiable recomputation draw different dropout masks).
+        """
+        _check_past(past)
+        if power.dim() != 3 or power.shape[-1] != self.config.x_dim:
+            raise ValueError(f"power must be (batch, frames, {self.config.x_dim}), got {tuple(power.shape)}")
+        feats = self.features(power)
+        w_mean, w_logvar = self.encode_w(feats)
+        w = reparameterize(w_mean, w_logvar, sample)
+        z_mean, z_logvar = self.encode_z(feats, w)
+        z = reparameterize(z_mean, z_logvar, sample)
+        if past == "gt":
+            past_feats = feats
+            logvar = self._decode_speech(z, w, past_feats)
+        else:
+            steps = self.decode_stepwise(w.detach(), power.shape[1], z=z.detach(), prior=False)
+            past_feats = steps["past_feats"]  # features of s_hat_{1:T}, detached
+            # Without gradients the cached loop's output is the result; with gradients one parallel pass on the
+            # fed-back past gives the same values (to float precision) and a graph.
+            logvar = self._decode_speech(z, w, past_feats) if torch.is_grad_enabled() else steps["logvar"]
+        p_mean, p_logvar = self._decode_prior(z, w, past_feats)
+        return DVAEOutput(
+            logvar=logvar,
+            z=z,
+            z_mean=z_mean,
+            z_logvar=z_logvar,
+            z_mean_p=p_mean,
+            z_logvar_p=p_logvar,
+            w=w,
+            w_mean=w_mean,
+            w_logvar=w_logvar,
+            extra={"past": past},
+        )
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Sample ``n`` power spectrograms (n, frames, x_dim) from the prior, decoded autoregressively.
+
+        ``w = temperature * N(0, I)``; each ``z_t`` from the prior decoder with its std scaled by ``temperature``;
+        the speech decoder's ``exp(logvar_t)`` is fed back.  Returns the variances ``exp(logvar)``.
+        """
+        if n < 1 or frames < 1:
+            raise ValueError(f"generate needs n >= 1 and frames >= 1, got n={n}, frames={frames}")
+        p = next(self.parameters())
+        w = temperature * torch.randn(n, self.config.w_dim, dtype=p.dtype, device=p.device, generator=generator)
+        steps = self.decode_stepwise(w, frames, temperature=temperature, generator=generator)
+        return torch.exp(steps["logvar"])
+
+
+class HiTDVAE(_HierarchicalTransformerDVAE):
+    """HiT-DVAE for speech: separate decoder bodies for speech and for the z prior."""
+
+    name = "hit-dvae"
+    family = "HiT-DVAE"
+    config_class = HiTDVAEConfig
+    shared_decoder = False
+
+
+class LigHTDVAE(_HierarchicalTransformerDVAE):
+    """LigHT-DVAE: one decoder body shared by the speech decoder and the z prior (separate heads)."""
+
+    name = "light-dvae"
+    family = "LigHT-DVAE"
+    config_class = LigHTDVAEConfig
+    shared_decoder = True

@@ -1,0 +1,307 @@
+"""HiT-DVAE, LigHT-DVAE and the Inv-s / Inv-s-NR ablations: cached step path, causality, sizes, training."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
+
+import pytest
+import torch
+
+from lightdvae.models import build, model_class, names
+from lightdvae.models import transformer_layers as layers
+from lightdvae.models.transformer import HiTDVAE, HiTDVAEConfig, LigHTDVAE, LigHTDVAEConfig
+from lightdvae.models.transformer_layers import DecoderBody, KVCache, kv_attention_ref
+
+TINY = dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=2, ff_dim=32, w_dim=4, z_dim=3, dropout=0.0)
+MODELS = ["hit-dvae", "light-dvae"]
+ABLATIONS = {"plain": {}, "inv-s": {"inv_s": True}, "inv-s-nr": {"inv_s": True, "no_residual": True}}
+VARIANTS = [(m, a) for m in MODELS for a in ABLATIONS]
+VARIANT_IDS = [f"{m}-{a}" for m, a in VARIANTS]
+TOL = 1e-5
+
+
+def tiny(name: str, ablation: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return build(name, **{**TINY, **ABLATIONS[ablation], **overrides})
+
+
+def spectrogram(batch: int, frames: int, seed: int = 1, bins: int = 513) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, bins, generator=g) ** 4 * 10.0 + 1e-6
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().abs().max())
+
+
+# ---- the cached attention -------------------------------------------------------------------
+
+
+def full_causal_attention(q, k, v):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    t = q.shape[2]
+    mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
+
+
+@pytest.mark.parametrize("chunks", [[1] * 7, [3, 1, 2, 1], [7]])
+def test_kv_attention_ref_appends_in_place_and_matches_causal_attention(chunks):
+    g = torch.Generator().manual_seed(0)
+    b, h, t, d, max_len = 3, 2, sum(chunks), 5, 9
+    q, k, v = (torch.randn(b, h, t, d, generator=g, dtype=torch.float64) for _ in range(3))
+    expected = full_causal_attention(q, k, v)
+    cache = KVCache.empty(b, h, max_len, d, dtype=torch.float64, device="cpu")
+    assert cache.max_len == max_len and cache.length == 0
+    k_cache, v_cache = cache.k.fill_(7.0), cache.v.fill_(7.0)
+    k_ptr = k_cache.data_ptr()
+    filled, outs = 0, []
+    for n in chunks:
+        sl = slice(filled, filled + n)
+        outs.append(kv_attention_ref(q[:, :, sl], k_cache, v_cache, k[:, :, sl], v[:, :, sl], filled))
+        filled += n
+    out = torch.cat(outs, dim=2)
+    print(f"chunks {chunks}: max err vs full causal attention {max_err(out, expected):.2e}")
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert k_cache.data_ptr() == k_ptr  # written in place
+    torch.testing.assert_close(k_cache[:, :, :t], k)
+    torch.testing.assert_close(v_cache[:, :, :t], v)
+    assert (k_cache[:, :, t:] == 7.0).all()  # nothing written beyond the prefix
+
+
+def test_kv_attention_ref_half_precision_and_errors():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 1, 4, generator=g).bfloat16()
+    cache = torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16)
+    new = torch.randn(1, 2, 1, 4, generator=g).bfloat16()
+    out = kv_attention_ref(q, cache, cache.clone(), new, new, 0)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 1, 4)
+    with pytest.raises(ValueError, match="max_len"):
+        kv_attention_ref(q, cache, cache.clone(), new, new, 3)
+    with pytest.raises(ValueError, match="caches must be"):
+        kv_attention_ref(q, cache[:, :1], cache[:, :1].clone(), new, new, 0)
+    with pytest.raises(ValueError, match="dtype|float"):
+        kv_attention_ref(q.float(), cache, cache.clone(), new, new, 0)
+
+
+def test_step_path_goes_through_the_single_kv_attention_hook(monkeypatch):
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[5])
+        return kv_attention_ref(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "kv_attention", counting)
+    model = tiny("light-dvae", "plain").eval()
+    frames = 4
+    model.decode_stepwise(torch.zeros(2, TINY["w_dim"]), frames)
+    # 2 uses of the body (prior, speech) x 2 layers x 2 attentions per frame
+    assert len(calls) == frames * 2 * TINY["dec_layers"] * 2
+    assert sorted(set(calls)) == list(range(frames))
+
+
+# ---- step path == parallel pass --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "ablation"), VARIANTS, ids=VARIANT_IDS)
+def test_stepwise_teacher_forced_equals_parallel(name, ablation):
+    model = tiny(name, ablation).eval()
+    b, t = 3, 11
+    power = spectrogram(b, t)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(b, t, TINY["z_dim"], generator=g)
+    w = torch.randn(b, TINY["w_dim"], generator=g)
+    with torch.no_grad():
+        logvar, p_mean, p_logvar = model.decode(z, w, power)
+    steps = model.decode_stepwise(w, t, z=z, past=power)
+    errs = {
+        "speech logvar": max_err(steps["logvar"], logvar),
+        "prior mean": max_err(steps["prior_mean"], p_mean),
+        "prior logvar": max_err(steps["prior_logvar"], p_logvar),
+    }
+    print(model.variant, {k: f"{v:.2e}" for k, v in errs.items()})
+    assert all(v < TOL for v in errs.values()), errs
+    torch.testing.assert_close(steps["z"], z)
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_decoder_body_chunked_steps_equal_parallel(ablation):
+    torch.manual_seed(0)
+    body = DecoderBody(7, 10, 16, 4, 3, 24, "relu", 0.0, **ABLATIONS[ablation]).eval()
+    latent, speech = torch.randn(2, 12, 7), torch.randn(2, 12, 10)
+    with torch.no_grad():
+        full = body(latent, speech)
+        cache = body.new_cache(2, 12, dtype=torch.float32, device="cpu")
+        out, pos = [], 0
+        for n in (1, 4, 2, 5):
+            out.append(body.step(latent[:, pos : pos + n], speech[:, pos : pos + n], cache))
+            pos += n
+        with pytest.raises(ValueError, match="cache holds 12"):
+            body.step(latent[:, :1], speech[:, :1], cache)
+    err = max_err(torch.cat(out, 1), full)
+    print(f"{ablation}: chunked step vs parallel {err:.2e}")
+    assert err < TOL
+    assert all(lc.self_kv.length == 12 and lc.cross_kv.length == 12 for lc in cache.layers)
+
+
+# ---- causality --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "ablation"), VARIANTS, ids=VARIANT_IDS)
+def test_decoders_are_causal(name, ablation):
+    model = tiny(name, ablation).eval()
+    b, t, frame = 2, 10, 6  # change frame `frame` (1-based), i.e. index frame - 1
+    power = spectrogram(b, t)
+    g = torch.Generator().manual_seed(3)
+    z, w = torch.randn(b, t, TINY["z_dim"], generator=g), torch.randn(b, TINY["w_dim"], generator=g)
+    changed = power.clone()
+    changed[:, frame - 1] = spectrogram(b, 1, seed=9)[:, 0]
+    with torch.no_grad():
+        ref = model.decode(z, w, power)
+        out = model.decode(z, w, changed)
+        # speech at frame t: outputs at frames <= t unchanged (both decoders), frame t + 1 changed
+        for a, c in zip(ref, out, strict=True):
+            assert max_err(a[:, :frame], c[:, :frame]) < 1e-6
+            assert max_err(a[:, frame], c[:, frame]) > 1e-7  # Inv-s-NR: speech only steers attention (small)
+        # z at frame t: speech output from frame t on, prior output from frame t + 1 on
+        z2 = z.clone()
+        z2[:, frame - 1] += 1.0
+        lv, pm, pl = model.decode(z2, w, power)
+    assert max_err(lv[:, : frame - 1], ref[0][:, : frame - 1]) < 1e-6
+    assert max_err(lv[:, frame - 1], ref[0][:, frame - 1]) > 1e-4
+    assert max_err(pm[:, :frame], ref[1][:, :frame]) < 1e-6
+    assert max_err(pm[:, frame], ref[1][:, frame]) > 1e-4
+
+
+# ---- sizes, registry -----------------------------------------------------------------------------
+
+
+def test_light_has_about_20_percent_fewer_parameters_than_hit():
+    torch.manual_seed(0)
+    hit, light = build("hit-dvae"), build("light-dvae")
+    ratio = light.num_parameters() / hit.num_parameters()
+    print(f"HiT-DVAE {hit.num_parameters():,}  LigHT-DVAE {light.num_parameters():,}  ratio {ratio:.4f}")
+    assert 0.75 <= ratio <= 0.85
+    assert light.s_body is light.z_body and hit.s_body is not hit.z_body
+    # the ablations change the wiring, not the sizes
+    assert build("hit-dvae", inv_s=True, no_residual=True).num_parameters() == hit.num_parameters()
+
+
+def test_registry_builds_ablations_and_rejects_bad_options():
+    assert {"hit-dvae", "light-dvae"} <= set(names())
+    assert model_class("hit-dvae") is HiTDVAE and model_class("LigHT-DVAE") is LigHTDVAE
+    for name, ablation in VARIANTS:
+        model = build(name, **{**TINY, **ABLATIONS[ablation]})
+        assert isinstance(model.config, HiTDVAEConfig if name == "hit-dvae" else LigHTDVAEConfig)
+        assert model.sees_past_speech
+    assert build("hit-dvae", **TINY, inv_s=True).variant == "HiT-DVAE-Inv-s"
+    assert build("light-dvae", **TINY, inv_s=True, no_residual=True).variant == "LigHT-DVAE-Inv-s-NR"
+    with pytest.raises(ValueError, match="only exists with inv_s=True"):
+        build("light-dvae", no_residual=True)
+    with pytest.raises(ValueError, match="only exists with inv_s=True"):
+        HiTDVAEConfig(no_residual=True)
+    with pytest.raises(ValueError, match="no option"):
+        build("hit-dvae", inverted=True)
+    with pytest.raises(ValueError, match="divisible"):
+        build("hit-dvae", d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        build("light-dvae", dec_layers=0)
+    with pytest.raises(ValueError, match="activation"):
+        build("light-dvae", activation="swish")
+
+
+# ---- training, GEN / GT, generation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "ablation"), VARIANTS, ids=VARIANT_IDS)
+def test_loss_decreases(name, ablation):
+    model = tiny(name, ablation)
+    power = spectrogram(4, 12)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        before = model.loss(power, beta=1e-2, sample=False).loss.item()
+    for _ in range(25):
+        opt.zero_grad()
+        terms = model.loss(power, beta=1e-2)
+        assert terms.kl_w is not None and torch.isfinite(terms.loss)
+        terms.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = model.loss(power, beta=1e-2, sample=False).loss.item()
+    print(f"{model.variant}: loss {before:.3f} -> {after:.3f}")
+    assert after < before
+
+
+@pytest.mark.parametrize(("name", "ablation"), VARIANTS, ids=VARIANT_IDS)
+def test_gen_and_gt_both_run_and_differ(name, ablation):
+    model = tiny(name, ablation).eval()
+    power = spectrogram(2, 9)
+    gt = model.resynthesize(power, past="gt")
+    gen = model.resynthesize(power, past="gen")
+    assert gt.shape == gen.shape == power.shape
+    assert torch.isfinite(gt).all() and torch.isfinite(gen).all() and (gen > 0).all()
+    diff = max_err(gt.log(), gen.log())
+    print(f"{model.variant}: max |log GEN - log GT| = {diff:.3e}")
+    assert diff > 1e-4
+    # the GEN pass with gradients (parallel recomputation on the fed-back past) equals the cached loop
+    with torch.no_grad():
+        loop = model(power, past="gen", sample=False)
+    torch.manual_seed(0)
+    graded = model(power, past="gen", sample=False)
+    assert max_err(graded.logvar, loop.logvar) < TOL
+    torch.testing.assert_close(graded.z_mean_p, loop.z_mean_p)
+    graded.logvar.sum().backward()
+    assert model.s_out.weight.grad is not None
+
+
+def test_gen_prior_sees_the_fed_back_past():
+    model = tiny("light-dvae", "plain").eval()
+    power = spectrogram(2, 8)
+    with torch.no_grad():
+        out = model(power, past="gen", sample=False)
+        lv, pm, pl = model.decode(out.z, out.w, torch.exp(out.logvar))
+    assert max_err(pm, out.z_mean_p) < TOL and max_err(pl, out.z_logvar_p) < TOL
+    assert max_err(lv, out.logvar) < TOL
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_shapes_finite_and_seeded(name):
+    model = tiny(name, "inv-s").eval()
+    out = model.generate(3, 7, generator=torch.Generator().manual_seed(5))
+    assert out.shape == (3, 7, 513) and torch.isfinite(out).all() and (out > 0).all()
+    again = model.generate(3, 7, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+    other = model.generate(3, 7, generator=torch.Generator().manual_seed(6))
+    assert max_err(out, other) > 0
+    cold = model.generate(2, 5, temperature=0.0)  # w = 0 and z_t = prior mean: deterministic
+    torch.testing.assert_close(cold, model.generate(2, 5, temperature=0.0))
+    with pytest.raises(ValueError, match="frames"):
+        model.generate(1, 0)
+
+
+def test_dropout_is_off_in_eval():
+    model = tiny("hit-dvae", "inv-s", dropout=0.5)
+    power = spectrogram(2, 6)
+    model.train()
+    with torch.no_grad():
+        a, b = model(power, sample=False).logvar, model(power, sample=False).logvar
+    assert max_err(a, b) > 1e-4
+    model.eval()
+    for past in ("gt", "gen"):
+        with torch.no_grad():
+            a, b = model(power, past=past, sample=False).logvar, model(power, past=past, sample=False).logvar
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_forward_output_shapes_and_bad_inputs():
+    model = tiny("light-dvae", "plain")
+    power = spectrogram(2, 5)
+    out = model(power)
+    assert out.logvar.shape == (2, 5, 513)
+    assert out.z.shape == out.z_mean_p.shape == out.z_logvar.shape == (2, 5, TINY["z_dim"])
+    assert out.w.shape == out.w_mean.shape == (2, TINY["w_dim"])
+    with pytest.raises(ValueError, match="past must be"):
+        model(power, past="teacher")
+    with pytest.raises(ValueError, match="power must be"):
+        model(power[0])
