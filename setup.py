@@ -45,8 +45,9 @@ def _find_cuda_home() -> str | None:
     if nvcc:
         # nvcc on PATH may be a wrapper; `nvcc --dryrun` prints the real location as _HERE_.
         try:
-            out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True,
-                                 timeout=60)
+            out = subprocess.run(
+                [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60
+            )
             match = re.search(r"_HERE_=(\S+)", out.stdout + out.stderr)
             if match and Path(match.group(1), "nvcc").exists():
                 return str(Path(match.group(1)).parent)
@@ -72,8 +73,11 @@ def _extensions():
     try:
         import torch
     except ImportError:
-        warnings.warn("torch is not installed in the build environment: lightdvae installs without native ops. "
-                      "Install torch first, then `pip install --no-build-isolation .`", stacklevel=1)
+        warnings.warn(
+            "torch is not installed in the build environment: lightdvae installs without native ops. "
+            "Install torch first, then `pip install --no-build-isolation .`",
+            stacklevel=1,
+        )
         return [], {}
 
     cuda_home = None
@@ -84,7 +88,13 @@ def _extensions():
             os.environ["CUDA_HOME"] = cuda_home
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd"] if os.name != "nt" else ["/O2", "/std:c++17"]
+    cxx_flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"] if os.name != "nt" else ["/O2"]
+    link_flags = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        # at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it runs on one
+        # thread.  The libgomp it links is the one torch has already loaded (same soname).
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
     include_dirs = [str(CSRC)]
     define_macros = [("TORCH_API_INCLUDE_EXTENSION_H", None), ("Py_LIMITED_API", "0x030A0000")]
@@ -98,21 +108,42 @@ def _extensions():
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(f"{a[:-1]}.{a[-1]}" for a in archs))
-        nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
-                      f"--threads={os.environ.get('NVCC_THREADS', '2')}", *gencode]
+        nvcc_flags = [
+            "-O3",
+            "-lineinfo",
+            "--expt-relaxed-constexpr",
+            f"--threads={os.environ.get('NVCC_THREADS', '2')}",
+            *gencode,
+        ]
         sources += sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cu"))
         ext = CUDAExtension(
-            "lightdvae._C", sources, include_dirs=include_dirs,
+            "lightdvae._C",
+            sources,
+            include_dirs=include_dirs,
             define_macros=[*define_macros, ("LIGHTDVAE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, py_limited_api=True,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
+            py_limited_api=True,
         )
         print(f"lightdvae: building CPU and CUDA kernels (CUDA_HOME={cuda_home}, archs {';'.join(archs)})")
     else:
-        why = ("LIGHTDVAE_SKIP_CUDA_BUILD is set" if _truthy("LIGHTDVAE_SKIP_CUDA_BUILD")
-               else "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) was found")
+        why = (
+            "LIGHTDVAE_SKIP_CUDA_BUILD is set"
+            if _truthy("LIGHTDVAE_SKIP_CUDA_BUILD")
+            else "torch is a CPU build"
+            if torch.version.cuda is None
+            else "no CUDA toolkit (nvcc) was found"
+        )
         print(f"lightdvae: building CPU kernels only ({why})")
-        ext = CppExtension("lightdvae._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                           extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+        ext = CppExtension(
+            "lightdvae._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+            py_limited_api=True,
+        )
     return [ext], {"build_ext": _lenient_build_ext(BuildExtension)}
 
 
@@ -126,11 +157,18 @@ def _lenient_build_ext(base):
             except Exception as exc:  # compiler missing or broken
                 if _truthy("LIGHTDVAE_REQUIRE_NATIVE"):
                     raise
-                warnings.warn(f"lightdvae: building the native extension failed ({exc}); installing the pure-Python "
-                              "package. Set LIGHTDVAE_REQUIRE_NATIVE=1 to make this an error.", stacklevel=1)
+                warnings.warn(
+                    f"lightdvae: building the native extension failed ({exc}); installing the pure-Python "
+                    "package. Set LIGHTDVAE_REQUIRE_NATIVE=1 to make this an error.",
+                    stacklevel=1,
+                )
 
     return BuildExt
 
 
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass, options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {})
+setup(
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
+)

@@ -38,14 +38,19 @@ def backend() -> str:
     return value
 
 
+# Which ops have which kernels, read once at import: the build does not change while running, and
+# a plain dict lookup keeps the public ops traceable by torch.compile without graph breaks.
+_OPS = ("is_divergence", "gaussian_kl")
+_KERNELS: dict[tuple[str, str], bool] = {}
+if HAS_NATIVE:
+    for _op in _OPS:
+        for _device, _key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            _KERNELS[(_op, _device)] = torch._C._dispatch_has_kernel_for_dispatch_key(f"lightdvae::{_op}", _key)
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``torch.ops.lightdvae.<op>`` has a kernel for ``device_type`` ('cpu' or 'cuda')."""
-    if not HAS_NATIVE:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"lightdvae::{op}", key)
+    return HAS_NATIVE and _KERNELS.get((op, device_type), False)
 
 
 def cuda_kernels_compiled() -> bool:

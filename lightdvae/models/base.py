@@ -111,7 +111,9 @@ def elbo_terms(power: Tensor, out: DVAEOutput, beta: float = 1.0, kl_warm: float
     return LossTerms(loss=recon + beta * kl_warm * kl, recon=recon, kl=kl, kl_z=kl_z, kl_w=kl_w)
 
 
-def reparameterize(mean: Tensor, logvar: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+def reparameterize(
+    mean: Tensor, logvar: Tensor, sample: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
     """``mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``; the mean itself when ``sample`` is False."""
     if not sample:
         return mean

@@ -1,0 +1,33 @@
+"""Shared benchmark fixtures: every result records the torch version, device and thread count."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture
+def describe(benchmark):
+    """Call describe(device, **extra) to put the environment into benchmark.extra_info."""
+
+    def _describe(device: str, **extra):
+        from lightdvae import _ext
+
+        benchmark.extra_info.update(
+            torch=torch.__version__,
+            device=torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            threads=torch.get_num_threads(),
+            native_extension=_ext.HAS_NATIVE,
+            **extra,
+        )
+
+    return _describe

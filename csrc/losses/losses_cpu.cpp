@@ -1,0 +1,196 @@
+// CPU kernels of the fused Itakura-Saito and Gaussian KL losses.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "losses/loss_kernels_cpu.h"
+#include "losses/losses.h"
+#include "losses/losses_math.h"
+
+namespace lightdvae {
+namespace {
+
+// The result of a reduced loss: a 0-dim tensor of the inputs' dtype.
+at::Tensor reduced_result(const at::Tensor& like, double total, int64_t n, int64_t reduction) {
+  const double value = reduction == kMean ? total / static_cast<double>(n) : total;
+  return at::empty({}, like.options()).fill_(value);
+}
+
+// Calls f(std::bool_constant<has_mu_p>{}, std::bool_constant<has_logvar_p>{}).
+template <typename F>
+void with_kl_flags(bool has_mu_p, bool has_logvar_p, F&& f) {
+  if (has_mu_p && has_logvar_p) {
+    f(std::true_type{}, std::true_type{});
+  } else if (has_mu_p) {
+    f(std::true_type{}, std::false_type{});
+  } else if (has_logvar_p) {
+    f(std::false_type{}, std::true_type{});
+  } else {
+    f(std::false_type{}, std::false_type{});
+  }
+}
+
+void check_kl_inputs(const char* op, const at::Tensor& mu_q, const at::Tensor& logvar_q,
+                     const std::optional<at::Tensor>& mu_p, const std::optional<at::Tensor>& logvar_p,
+                     bool allow_half) {
+  check_floating(op, mu_q, "mu_q", allow_half);
+  check_same_as(op, mu_q, "mu_q", logvar_q, "logvar_q");
+  if (mu_p.has_value()) check_same_as(op, mu_q, "mu_q", *mu_p, "mu_p");
+  if (logvar_p.has_value()) check_same_as(op, mu_q, "mu_q", *logvar_p, "logvar_p");
+}
+
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+// The upstream gradient of a reduced loss, divided by n for a mean.
+double upstream_scalar(const at::Tensor& grad, int64_t n, int64_t reduction) {
+  const double g = grad.to(at::kDouble).item<double>();
+  return reduction == kMean ? g / static_cast<double>(n) : g;
+}
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace
+
+at::Tensor is_divergence_cpu(const at::Tensor& power, const at::Tensor& logvar, double eps, int64_t reduction) {
+  constexpr const char* op = "lightdvae::is_divergence";
+  check_reduction(op, reduction);
+  check_floating(op, power, "power", /*allow_half=*/false);
+  check_same_as(op, power, "power", logvar, "logvar");
+  TORCH_CHECK(power.device().is_cpu(), op, ": CPU kernel called with tensors on ", power.device());
+  const at::Tensor s = power.contiguous();
+  const at::Tensor lv = logvar.contiguous();
+  const int64_t n = s.numel();
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "is_divergence_cpu", [&] {
+    const ISTerm<scalar_t> term{static_cast<scalar_t>(eps)};
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
+    if (reduction == kNone) {
+      result = at::empty_like(s);
+      scalar_t* out = result.mutable_data_ptr<scalar_t>();
+      cpu::chunked_map(n, [&](int64_t b, int64_t e) { cpu::is_block_value(term, sp, lvp, out, b, e); });
+    } else {
+      const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) { return cpu::is_block_sum(term, sp, lvp, b, e); });
+      result = reduced_result(s, total, n, reduction);
+    }
+  });
+  return result;
+}
+
+at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& power, const at::Tensor& logvar,
+                                      double eps, int64_t reduction) {
+  constexpr const char* op = "lightdvae::is_divergence_backward";
+  check_reduction(op, reduction);
+  check_floating(op, power, "power", /*allow_half=*/false);
+  check_same_as(op, power, "power", logvar, "logvar");
+  check_grad(op, grad, power, reduction);
+  const at::Tensor s = power.contiguous();
+  const at::Tensor lv = logvar.contiguous();
+  const int64_t n = s.numel();
+  at::Tensor grad_logvar = at::empty_like(s);
+  const at::Tensor g = reduction == kNone ? grad.to(s.scalar_type()).contiguous() : at::Tensor();
+  const double scale = reduction == kNone ? 1.0 : upstream_scalar(grad, n, reduction);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "is_divergence_backward_cpu", [&] {
+    const ISTerm<scalar_t> term{static_cast<scalar_t>(eps)};
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.defined() ? g.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = grad_logvar.mutable_data_ptr<scalar_t>();
+    cpu::chunked_map(n, [&](int64_t b, int64_t e) {
+      cpu::is_block_grad(term, sp, lvp, gp, static_cast<scalar_t>(scale), out, b, e);
+    });
+  });
+  return grad_logvar;
+}
+
+at::Tensor gaussian_kl_cpu(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
+                           const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
+  constexpr const char* op = "lightdvae::gaussian_kl";
+  check_reduction(op, reduction);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
+  TORCH_CHECK(mu_q.device().is_cpu(), op, ": CPU kernel called with tensors on ", mu_q.device());
+  const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
+  const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
+  const int64_t n = mq.numel();
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(mq.scalar_type(), "gaussian_kl_cpu", [&] {
+    const scalar_t* mqp = mq.const_data_ptr<scalar_t>();
+    const scalar_t* lqp = lq.const_data_ptr<scalar_t>();
+    const scalar_t* mpp = ptr_or_null<scalar_t>(mp);
+    const scalar_t* lpp = ptr_or_null<scalar_t>(lp);
+    with_kl_flags(mp.defined(), lp.defined(), [&](auto has_mp, auto has_lp) {
+      constexpr bool kMp = decltype(has_mp)::value, kLp = decltype(has_lp)::value;
+      if (reduction == kNone) {
+        result = at::empty_like(mq);
+        scalar_t* out = result.mutable_data_ptr<scalar_t>();
+        cpu::chunked_map(n, [&](int64_t b, int64_t e) {
+          cpu::kl_block_value<scalar_t, kMp, kLp>(mqp, lqp, mpp, lpp, out, b, e);
+        });
+      } else {
+        const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) {
+          return cpu::kl_block_sum<scalar_t, kMp, kLp>(mqp, lqp, mpp, lpp, b, e);
+        });
+        result = reduced_result(mq, total, n, reduction);
+      }
+    });
+  });
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
+    const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
+  constexpr const char* op = "lightdvae::gaussian_kl_backward";
+  check_reduction(op, reduction);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
+  check_grad(op, grad, mu_q, reduction);
+  const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
+  const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
+  const int64_t n = mq.numel();
+  at::Tensor g_mq = at::empty_like(mq), g_lq = at::empty_like(mq);
+  at::Tensor g_mp = mp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  at::Tensor g_lp = lp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  const at::Tensor g = reduction == kNone ? grad.to(mq.scalar_type()).contiguous() : at::Tensor();
+  const double scale = reduction == kNone ? 1.0 : upstream_scalar(grad, n, reduction);
+  AT_DISPATCH_FLOATING_TYPES(mq.scalar_type(), "gaussian_kl_backward_cpu", [&] {
+    const scalar_t* mqp = mq.const_data_ptr<scalar_t>();
+    const scalar_t* lqp = lq.const_data_ptr<scalar_t>();
+    const scalar_t* mpp = ptr_or_null<scalar_t>(mp);
+    const scalar_t* lpp = ptr_or_null<scalar_t>(lp);
+    const scalar_t* gp = g.defined() ? g.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_mq = g_mq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_lq = g_lq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_mp = mp.defined() ? g_mp.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_lp = lp.defined() ? g_lp.mutable_data_ptr<scalar_t>() : nullptr;
+    const auto sc = static_cast<scalar_t>(scale);
+    with_kl_flags(mp.defined(), lp.defined(), [&](auto has_mp, auto has_lp) {
+      constexpr bool kMp = decltype(has_mp)::value, kLp = decltype(has_lp)::value;
+      cpu::chunked_map(n, [&](int64_t b, int64_t e) {
+        if (gp != nullptr) {
+          cpu::kl_block_grad<scalar_t, kMp, kLp, true>(mqp, lqp, mpp, lpp, gp, sc, o_mq, o_lq, o_mp, o_lp, b, e);
+        } else {
+          cpu::kl_block_grad<scalar_t, kMp, kLp, false>(mqp, lqp, mpp, lpp, gp, sc, o_mq, o_lq, o_mp, o_lp, b, e);
+        }
+      });
+    });
+  });
+  return {g_mq, g_lq, g_mp, g_lp};
+}
+
+TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
+  m.impl("is_divergence", &is_divergence_cpu);
+  m.impl("is_divergence_backward", &is_divergence_backward_cpu);
+  m.impl("gaussian_kl", &gaussian_kl_cpu);
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward_cpu);
+}
+
+}  // namespace lightdvae
