@@ -1,0 +1,187 @@
+"""Building blocks of the recurrent baselines (VAE, DKF, RVAE, SRNN).
+
+- :class:`MLP`: Linear layers, each followed by the activation (and dropout); an empty size list is
+  the identity.  This is the ``dense_*`` layer list of the DVAE review's configurations.
+- :func:`lstm_step`: one time step of an ``nn.LSTM`` (the module runs it, so the arithmetic is
+  PyTorch's own); :func:`lstm_cell` writes the same step out gate by gate, in PyTorch's gate order
+  (input, forget, cell, output): the math that a native sampling loop mirrors.
+- :func:`run_lstm`: a whole sequence through an ``nn.LSTM`` forwards or backwards in time.
+- :func:`draw`: the reparameterisation ``mean + exp(logvar / 2) * eps`` with optional pre-drawn noise.
+
+Layout: the models' public tensors are batch first, ``(batch, frames, features)``; one step is
+``(batch, features)``.  The recurrent models run their sequence layers time-major
+``(frames, batch, features)`` inside, as the reference implementation does: Linear layers round
+differently with another row order, and SRNN's own-past loop (``exp(logvar)`` fed back) amplifies
+one ulp of difference to about 1e-5 relative, so this layout is what lets imported checkpoints
+reproduce the reference's float32 outputs exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightdvae.models.base import activation as make_activation
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+class MLP(nn.Module):
+    """``x -> act(L_k(... act(L_1(x))))`` with dropout after every activation.
+
+    Args:
+        in_dim: size of the input's last dimension.
+        sizes: output size of each Linear layer; empty means the identity (``out_dim == in_dim``).
+        activation: ``"tanh"`` or ``"relu"``.
+        dropout: dropout probability after each activation (0 disables it).
+
+    Shapes: ``(..., in_dim) -> (..., out_dim)``.
+    """
+
+    def __init__(self, in_dim: int, sizes: list[int] | tuple[int, ...], activation: str = "tanh", dropout: float = 0.0):
+        super().__init__()
+        dims = [in_dim, *sizes]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.act = make_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.in_dim = in_dim
+        self.out_dim = dims[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = self.dropout(self.act(layer(x)))
+        return x
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> LSTMState:
+    """One LSTM step: ``x (batch, in)``, ``h, c (batch, hidden)``, weights as in ``nn.LSTM``
+    (``w_ih (4*hidden, in)``, ``w_hh (4*hidden, hidden)``, biases ``(4*hidden,)``).
+
+    ``i, f, g, o = split(x w_ih^T + b_ih + h w_hh^T + b_hh)``; ``c' = sigmoid(f) c + sigmoid(i) tanh(g)``;
+    ``h' = sigmoid(o) tanh(c')``.  Returns ``(h', c')``.
+    """
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def lstm_zero_state(lstm: nn.LSTM, batch: int, like: Tensor) -> LSTMState:
+    """Zero ``(h, c)``, each ``(num_layers, batch, hidden)``, of a unidirectional ``lstm``."""
+    h = like.new_zeros(lstm.num_layers, batch, lstm.hidden_size)
+    return h, h.clone()
+
+
+def lstm_step(lstm: nn.LSTM, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+    """Advance a unidirectional (possibly multi-layer) ``nn.LSTM`` by one step.
+
+    The module itself runs the step (a length-1 sequence), so the arithmetic is exactly that of
+    ``nn.LSTM`` (and of the DVAE reference code); the math is :func:`lstm_cell` layer after layer.
+
+    Args:
+        lstm: the module (``bidirectional=False``, no projection; either ``batch_first``).
+        x: input of this step, ``(batch, input_size)``.
+        state: ``(h, c)``, each ``(num_layers, batch, hidden)``.
+
+    Returns:
+        The last layer's output ``(batch, hidden)`` and the new state.
+    """
+    seq_dim = 1 if lstm.batch_first else 0
+    out, state = lstm(x.unsqueeze(seq_dim), state)
+    return out.squeeze(seq_dim), state
+
+
+def run_lstm(lstm: nn.LSTM, x: Tensor, backward: bool = False) -> Tensor:
+    """Run ``lstm`` over the sequence ``x`` from zero state.
+
+    ``x`` is ``(frames, batch, in)``, or ``(batch, frames, in)`` for a ``batch_first`` module.
+    ``backward=True`` runs it from the last frame to the first (the input is flipped in time, and so
+    is the output), so that output ``t`` summarises frames ``t..T``.  A bidirectional module gives
+    ``[forward ; backward]`` features per frame.  Returns the outputs, ``directions * hidden`` wide.
+    """
+    if backward:
+        time = 1 if lstm.batch_first else 0
+        out, _ = lstm(torch.flip(x, [time]))
+        return torch.flip(out, [time])
+    out, _ = lstm(x)
+    return out
+
+
+def draw(
+    mean: Tensor,
+    logvar: Tensor,
+    sample: bool = True,
+    eps: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Reparameterised sample ``mean + temperature * exp(logvar / 2) * eps``.
+
+    ``eps`` (same shape as ``mean``) is drawn from ``N(0, I)`` (with ``generator``) when not given;
+    ``sample=False`` returns ``mean`` (deterministic mode).
+    """
+    if not sample:
+        return mean
+    if eps is None:
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    if temperature != 1.0:
+        eps = eps * temperature
+    return torch.addcmul(mean, eps, torch.exp(0.5 * logvar))
+
+
+def shift_right(x: Tensor, dim: int = 1) -> Tensor:
+    """Delay a sequence by one frame along ``dim`` (the time axis): frame ``t`` holds frame ``t-1``, frame 0 is zero."""
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([zero, x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
+
+
+def check_power(power: Tensor, x_dim: int) -> None:
+    """Clear errors for a power spectrogram that is not ``(batch, frames, x_dim)`` floating point."""
+    if not isinstance(power, Tensor):
+        raise TypeError(f"power must be a torch.Tensor, got {type(power).__name__}")
+    if power.dim() != 3 or power.shape[-1] != x_dim:
+        raise ValueError(
+            f"power must be (batch, frames, {x_dim}) (batch first, frequency last), got shape {tuple(power.shape)}"
+        )
+    if power.shape[1] == 0:
+        raise ValueError("power has no frames")
+    if not power.is_floating_point():
+        raise TypeError(f"power must be a floating-point tensor, got {power.dtype}")
+
+
+def check_eps(eps: Tensor | None, batch: int, frames: int, z_dim: int, like: Tensor) -> Tensor | None:
+    """Validate pre-drawn noise: ``(batch, frames, z_dim)`` on ``like``'s device, cast to its dtype."""
+    if eps is None:
+        return None
+    if tuple(eps.shape) != (batch, frames, z_dim):
+        raise ValueError(f"eps must be (batch, frames, z_dim) = {(batch, frames, z_dim)}, got {tuple(eps.shape)}")
+    if eps.device != like.device:
+        raise ValueError(f"eps is on {eps.device} but the model input is on {like.device}")
+    return eps.to(like.dtype)
+
+
+def check_dims(owner: str, **lists) -> None:
+    """Every layer list holds positive ints (clear error otherwise)."""
+    for name, values in lists.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"{owner}.{name} must be a list of layer sizes, got {values!r}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{owner}.{name} must hold positive integers, got {list(values)!r}")
+
+
+def check_positive(owner: str, **values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{owner}.{name} must be a positive integer, got {v!r}")
+
+
+def validate_common(config) -> None:
+    """Checks of the fields every model config shares (``x_dim``, ``z_dim``, ``activation``, ``dropout``)."""
+    owner = type(config).__name__
+    check_positive(owner, x_dim=config.x_dim, z_dim=config.z_dim)
+    make_activation(config.activation)
+    if not isinstance(config.dropout, (int, float)) or not 0.0 <= float(config.dropout) < 1.0:
+        raise ValueError(f"{owner}.dropout must be in [0, 1), got {config.dropout!r}")
