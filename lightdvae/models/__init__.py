@@ -42,4 +42,22 @@ def build(name: str, **config) -> DVAE:
     return cls(cls.config_class.from_dict(values))
 
 
-__all__ = ["DVAE", "DVAEOutput", "LossTerms", "ModelConfig", "build", "elbo_terms", "model_class", "names"]
+def from_dvae(checkpoint, config_ini, overrides: dict | None = None) -> DVAE:
+    """The lightdvae model equivalent to a checkpoint of the DVAE review's code and its config.ini
+    (see :mod:`lightdvae.models.dvae_import`)."""
+    from lightdvae.models.dvae_import import from_dvae as _from_dvae
+
+    return _from_dvae(checkpoint, config_ini, overrides)
+
+
+__all__ = [
+    "DVAE",
+    "DVAEOutput",
+    "LossTerms",
+    "ModelConfig",
+    "build",
+    "elbo_terms",
+    "from_dvae",
+    "model_class",
+    "names",
+]
