@@ -1,0 +1,150 @@
+"""``lightdvae corpus``: build the built-in espeak-ng corpus, inspect corpora, precompute the spectrogram cache.
+
+    lightdvae corpus build OUT [--minutes 30] [--voices V ...] [--speakers N] [--seed 0] [--workers N] [--force]
+    lightdvae corpus voices [--all] [--json]
+    lightdvae corpus info SPEC [--json]
+    lightdvae corpus cache SPEC [--cache-dir DIR] [--workers N]
+
+SPEC is what the training command accepts: ``builtin``, a folder, ``wsj0:DIR``, ``vb:DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+
+
+def _build(args) -> int:
+    from lightdvae.data.builtin import build_corpus
+
+    _setup_logging(args.quiet)
+    t0 = time.perf_counter()
+    voices = None
+    if args.voices:
+        voices = [v for item in args.voices for v in item.split(",") if v.strip()]
+    corpus = build_corpus(
+        args.out,
+        minutes=args.minutes,
+        voices=voices,
+        speakers=args.speakers,
+        seed=args.seed,
+        workers=args.workers,
+        force=args.force,
+        progress=False if args.quiet else None,
+    )
+    info = json.loads((corpus.root / "corpus.json").read_text())
+    if not args.quiet:
+        print(corpus.describe())
+        print(
+            f"  {info['total_seconds'] / 60:.1f} min of speech, {len(info['speakers'])} speakers, "
+            f"{info['sentences']} sentences, espeak-ng {info['espeak_ng']}; {time.perf_counter() - t0:.1f} s"
+        )
+    return 0
+
+
+def _voices(args) -> int:
+    from lightdvae.data.builtin import candidate_voices, distinct_voices
+
+    _setup_logging(True)
+    candidates = args.voices or candidate_voices()
+    kept, rejected = distinct_voices(candidates, workers=args.workers)
+    if args.json:
+        print(json.dumps({"distinct": [p.voice for p in kept], "rejected": rejected}, indent=2))
+        return 0
+    print(f"{len(kept)} distinct voices of {len(candidates)} candidates")
+    print("  " + " ".join(p.voice for p in kept))
+    if args.all:
+        for v, why in rejected.items():
+            print(f"  left out {v}: {why}")
+    return 0
+
+
+def _info(args) -> int:
+    from lightdvae.data import resolve_corpus
+
+    corpus = resolve_corpus(args.spec, build=False)
+    if args.json:
+        out = {
+            "name": corpus.name,
+            "layout": corpus.layout,
+            "root": str(corpus.root),
+            "splits": {s: {"files": len(f), "speakers": len({a.speaker for a in f})} for s, f in corpus.splits.items()},
+            "notes": corpus.notes,
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(corpus.describe())
+    return 0
+
+
+def _cache(args) -> int:
+    from lightdvae.data import SpectrogramCache, resolve_corpus
+
+    _setup_logging(args.quiet)
+    corpus = resolve_corpus(args.spec, progress=False if args.quiet else None)
+    cache = SpectrogramCache(args.cache_dir)
+    for split, files in corpus.splits.items():
+        if not files:
+            continue
+        _, report = cache.ensure(
+            [f.path for f in files], workers=args.workers, desc=split, progress=False if args.quiet else None
+        )
+        print(f"{split}: {report.summary()}")
+    print(f"cache: {cache.dir}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("corpus", help="build the built-in espeak-ng corpus; inspect and cache corpora")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION")
+    csub.required = True
+
+    b = csub.add_parser("build", help="synthesise the built-in corpus with espeak-ng into OUT")
+    b.add_argument("out", metavar="OUT", help="output folder (new, empty, or a corpus built before)")
+    b.add_argument("--minutes", type=float, default=30.0, help="minutes of speech in all splits (default 30)")
+    b.add_argument(
+        "--voices",
+        nargs="+",
+        metavar="VOICE",
+        help="espeak-ng voices, one speaker each (e.g. en+f2 en-us+m1 en-gb-scotland+m3 en-029+f4); "
+        "default: a seeded choice from a pool of accents x variants. Each is checked to sound distinct",
+    )
+    b.add_argument("--speakers", type=int, default=None, help="number of speakers (default: about 10 files each)")
+    b.add_argument("--seed", type=int, default=0, help="seed of voices, pitches, speeds, splits (default 0)")
+    b.add_argument("--workers", type=int, default=None, help="parallel espeak-ng processes (default min(4, cores))")
+    b.add_argument("--force", action="store_true", help="replace a corpus already built in OUT")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    b.set_defaults(func=_build)
+
+    v = csub.add_parser("voices", help="list the espeak-ng voices that really sound different")
+    v.add_argument("voices", nargs="*", metavar="VOICE", help="voices to check (default: the built-in pool)")
+    v.add_argument("--all", action="store_true", help="also list the voices left out and why")
+    v.add_argument("--json", action="store_true", help="print as JSON")
+    v.add_argument("--workers", type=int, default=None)
+    v.set_defaults(func=_voices)
+
+    i = csub.add_parser("info", help="describe a corpus: layout, files and speakers per split")
+    i.add_argument("spec", metavar="SPEC", help="builtin, a folder, wsj0:DIR or vb:DIR")
+    i.add_argument("--json", action="store_true", help="print as JSON")
+    i.set_defaults(func=_info)
+
+    c = csub.add_parser("cache", help="compute the spectrogram cache of a corpus ahead of training")
+    c.add_argument("spec", metavar="SPEC", help="builtin, a folder, wsj0:DIR or vb:DIR")
+    c.add_argument(
+        "--cache-dir", default=None, help="cache folder (default $LIGHTDVAE_CACHE or ~/.cache/lightdvae/spectrograms)"
+    )
+    c.add_argument("--workers", type=int, default=None, help="threads (default min(4, cores))")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cache)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from lightdvae.cli import main
+
+    sys.exit(main(["corpus", *sys.argv[1:]]))
