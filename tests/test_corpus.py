@@ -1,0 +1,226 @@
+"""The built-in espeak-ng corpus (lightdvae.data.builtin, ``lightdvae corpus``).
+
+Tests that synthesise speech skip when espeak-ng is not installed (``apt-get install espeak-ng``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lightdvae.cli import main as cli_main
+from lightdvae.data import DataError, discover, read_manifest, resolve_corpus
+from lightdvae.data import builtin as B
+
+HAVE_ESPEAK = shutil.which("espeak-ng") is not None
+needs_espeak = pytest.mark.skipif(
+    not HAVE_ESPEAK, reason="espeak-ng is not installed (apt-get install espeak-ng); built-in corpus not tested"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# No espeak-ng needed
+# ----------------------------------------------------------------------------------------------------------------
+def test_sentences_are_many_and_distinct():
+    sentences = B.load_sentences()
+    assert len(sentences) >= 400
+    assert len({s.lower() for s in sentences}) == len(sentences)
+    assert all(3 <= len(s.split()) <= 30 for s in sentences)
+
+
+def test_missing_espeak_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("LIGHTDVAE_ESPEAK", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on PATH
+    with pytest.raises(B.EspeakNotFound, match="apt-get install espeak-ng"):
+        B.espeak_path()
+    assert cli_main(["corpus", "build", str(tmp_path / "out"), "--minutes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install espeak-ng" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("LIGHTDVAE_ESPEAK", str(tmp_path / "nowhere" / "espeak-ng"))
+    with pytest.raises(B.EspeakNotFound, match="LIGHTDVAE_ESPEAK"):
+        B.espeak_path()
+
+
+def test_phoneme_parsing():
+    plain, tokens = B._parse_phonemes("h @ l 'oU  w '3: l d\n_:  D 'E r\n")
+    assert plain == "h@l'oU w'3:ld _: D'Er"
+    assert tokens == [["h", "@", "l", "'oU"], ["w", "'3:", "l", "d"], ["_:"], ["D", "'E", "r"]]
+
+
+def test_split_planning_keeps_variants_together():
+    import random
+
+    probes = [B.VoiceProbe(v, v, np.zeros(513), 1.0) for v in B.candidate_voices()[:80]]
+    speakers = B._plan_speakers(probes, random.Random(0))
+    split_of_variant = {}
+    for s in speakers:
+        split_of_variant.setdefault(B._variant(s.voice), set()).add(s.split)
+    assert all(len(v) == 1 for v in split_of_variant.values())
+    counts = {sp: sum(s.split == sp for s in speakers) for sp in ("train", "val", "test")}
+    assert counts["val"] >= 1 and counts["test"] >= 1 and counts["train"] >= 0.6 * len(probes)
+    # one variant only: split voice by voice
+    few = [B.VoiceProbe(f"{b}+f2", b, np.zeros(513), 1.0) for b in B.DEFAULT_BASES[:5]]
+    assert {s.split for s in B._plan_speakers(few, random.Random(0))} == {"train", "val", "test"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# With espeak-ng
+# ----------------------------------------------------------------------------------------------------------------
+@needs_espeak
+def test_ignored_variants_are_detected():
+    kept, rejected = B.distinct_voices(["en-gb", "en-gb+f2", "en+f2", "en-us+m1", "en-us+m1", "xx-nonexistent"])
+    assert [p.voice for p in kept] == ["en-gb", "en+f2", "en-us+m1"]
+    assert "ignores the variant" in rejected["en-gb+f2"]
+    assert rejected["en-us+m1"] == "listed twice"
+    assert "cannot use" in rejected["xx-nonexistent"]
+
+
+@needs_espeak
+def test_synthesize_returns_16k_audio_and_phonemes(tmp_path):
+    wave, phonemes, tokens = B.synthesize("The cat sat on the mat.", "en-us+f3", tmp_path / "x.wav", pitch=60)
+    assert wave.dtype == np.float32 and 0.8 < len(wave) / 16000 < 4
+    assert np.abs(wave).max() == pytest.approx(B.PEAK, rel=1e-6)
+    info = sf.info(tmp_path / "x.wav")
+    assert info.samplerate == 16000 and info.channels == 1
+    assert phonemes == " ".join("".join(w) for w in tokens) and 5 <= len(tokens) <= 6  # espeak may join "on the"
+    assert B.transcribe("The cat sat on the mat.", "en-us")[0] == phonemes
+    with pytest.raises(DataError, match="espeak-ng failed"):
+        B.synthesize("hello", "xx-nonexistent")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    if not HAVE_ESPEAK:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    out = tmp_path_factory.mktemp("builtin") / "corpus"
+    assert cli_main(["corpus", "build", str(out), "--minutes", "0.6", "--seed", "3", "-q"]) == 0
+    return out
+
+
+@needs_espeak
+def test_built_corpus_layout_and_manifest(small_corpus):
+    info = json.loads((small_corpus / "corpus.json").read_text())
+    assert info["format"] == "lightdvae-builtin-corpus" and not (small_corpus / B.BUILD_STATE).exists()
+    assert info["total_seconds"] >= 0.6 * 60 * 0.95
+    rows = read_manifest(small_corpus)
+    assert len(rows) == sum(s["files"] for s in info["splits"].values())
+    for key in ("file", "split", "speaker", "voice", "pitch", "speed", "seconds", "text", "phonemes", "phoneme_tokens"):
+        assert key in rows[0]
+    for r in rows:
+        assert r["file"].startswith(f"{r['split']}/{r['speaker']}/")
+        assert r["phonemes"] and r["text"]
+    sr = {sf.info(r["path"]).samplerate for r in rows}
+    assert sr == {16000}
+    # speaker- and sentence-disjoint splits, every split has speech
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    assert all(by_split.values())
+    spk = {s: {r["speaker"] for r in v} for s, v in by_split.items()}
+    txt = {s: {r["text"] for r in v} for s, v in by_split.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not spk[a] & spk[b] and not txt[a] & txt[b]
+    assert len(set().union(*spk.values())) == len(info["speakers"]) >= 6
+
+
+@needs_espeak
+def test_built_corpus_speakers_really_differ(small_corpus):
+    """The same sentence spoken by different speakers gives different audio, and each speaker's voice is unique."""
+    info = json.loads((small_corpus / "corpus.json").read_text())
+    voices = [v["voice"] for v in info["speakers"].values()]
+    assert len(set(voices)) == len(voices)
+    digests = set()
+    for v in voices:
+        wave, _, _ = B.synthesize(B.PROBE_TEXT, v)
+        digests.add(hashlib.sha1(wave.tobytes()).hexdigest())
+    assert len(digests) == len(voices)
+
+
+@needs_espeak
+def test_built_corpus_is_discovered_and_loads(small_corpus, tmp_path):
+    from lightdvae.data import make_loaders
+
+    c = discover(small_corpus)
+    assert c.layout == "builtin"
+    f = c.split("test")[0]
+    assert f.text and f.phonemes
+    assert resolve_corpus(f"builtin:{small_corpus}").layout == "builtin"
+    loaders = make_loaders(c, batch_size=4, cache_dir=tmp_path / "cache")
+    assert next(iter(loaders.train)).shape == (4, 50, 513)
+
+
+@needs_espeak
+def test_rebuild_same_options_is_a_no_op_and_other_options_refused(small_corpus, capsys):
+    mtime = (small_corpus / "corpus.json").stat().st_mtime_ns
+    assert cli_main(["corpus", "build", str(small_corpus), "--minutes", "0.6", "--seed", "3", "-q"]) == 0
+    assert (small_corpus / "corpus.json").stat().st_mtime_ns == mtime
+    assert cli_main(["corpus", "build", str(small_corpus), "--minutes", "0.5", "-q"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_refuses_foreign_folder_and_bad_options(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("do not delete")
+    assert cli_main(["corpus", "build", str(tmp_path / "mine"), "--force"]) == 2
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+    assert "not empty" in capsys.readouterr().err
+    assert cli_main(["corpus", "build", str(tmp_path / "x"), "--minutes", "0"]) == 2
+    assert cli_main(["corpus", "build", str(tmp_path / "x"), "--voices", "en+f2", "en-gb"]) == 2
+    assert "at least 3" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
+    opts = {"minutes": 0.3, "seed": 1, "progress": False}
+    ref = B.build_corpus(tmp_path / "ref", **opts)
+    ref_rows = [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(ref.root)]
+
+    out = tmp_path / "run"
+    real = B._synthesize_one
+    calls = []
+
+    def crash_after_five(root, utt):
+        calls.append(utt.file)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return real(root, utt)
+
+    monkeypatch.setattr(B, "_synthesize_one", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        B.build_corpus(out, workers=1, **opts)
+    monkeypatch.setattr(B, "_synthesize_one", real)
+    assert (out / B.BUILD_STATE).is_file() and not (out / "corpus.json").exists()
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav"))
+    assert written and not list(out.rglob("*.tmp"))
+    with pytest.raises(DataError, match="unfinished"):
+        discover(out)
+    with pytest.raises(DataError, match="other options"):
+        B.build_corpus(out, minutes=0.4, seed=1, progress=False)
+    B.build_corpus(out, **opts)  # same options: resumes
+    rows = [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(out)]
+    assert rows == ref_rows  # deterministic, and the resumed build equals an uninterrupted one
+    for r in rows:
+        assert sf.read(out / r["file"])[0].tolist() == sf.read(ref.root / r["file"])[0].tolist()
+
+
+@needs_espeak
+def test_resolve_builtin_builds_in_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
+    c = resolve_corpus("builtin", minutes=0.3, progress=False)
+    assert c.layout == "builtin" and c.root == (tmp_path / "data" / "corpus").resolve()
+    again = resolve_corpus("builtin", build=False)
+    assert again.splits.keys() == c.splits.keys()
+
+
+@needs_espeak
+def test_explicit_voices(tmp_path):
+    voices = ["en+f2", "en-us+m1", "en-gb-scotland+m3", "en-029+f4", "en-gb+f2"]  # en-gb ignores +f2
+    c = B.build_corpus(tmp_path / "v", minutes=0.3, voices=voices, progress=False)
+    info = json.loads((c.root / "corpus.json").read_text())
+    assert sorted(v["voice"] for v in info["speakers"].values()) == sorted(voices[:4])
+    assert "ignores the variant" in info["rejected_voices"]["en-gb+f2"]
