@@ -276,7 +276,8 @@ class SRNN(DVAE):
         """The decoder's per-step choice ``use_own (frames,)`` bool, or None for pure teacher forcing.
 
         ``past="gen"``: every step (``ss_prob`` must be None or 1).  ``past="gt"``: none when
-        ``ss_prob`` is None or 0, else one Bernoulli(``ss_prob``) draw per step (CPU ``generator``).
+        ``ss_prob`` is None or 0, else one Bernoulli(``ss_prob``) draw per step from ``generator`` (on
+        its device, CPU or CUDA); the decisions are returned on the CPU.
         """
         _check_past(past)
         if ss_prob is not None:
@@ -290,7 +291,8 @@ class SRNN(DVAE):
             return torch.ones(frames, dtype=torch.bool)
         if not ss_prob:
             return None
-        return torch.rand(frames, generator=generator) < ss_prob
+        device = generator.device if generator is not None else None
+        return (torch.rand(frames, generator=generator, device=device) < ss_prob).cpu()
 
     def forward(
         self,
@@ -308,7 +310,7 @@ class SRNN(DVAE):
                 from the model's own past predictions, one frame at a time.
             sample: False takes every latent's mean (deterministic mode).
             ss_prob: scheduled sampling with ``past="gt"``: at each step, with this probability
-                (one draw per step, shared across the batch, from the CPU ``generator``), the
+                (one draw per step, shared across the batch, from ``generator``), the
                 own-past h replaces the true-past h for the decoder.  None or 0 is teacher forcing,
                 1 the same as ``past="gen"``.
             eps: posterior noise ``(batch, frames, z_dim)``; drawn with ``generator`` when omitted.
