@@ -18,8 +18,9 @@ The decoder takes the true-past h (``past="gt"``, teacher forcing) or the own-pa
 (``past="gen"``); scheduled sampling (``ss_prob``) picks the own-past h at each step with
 probability ``ss_prob``, one draw per step shared across the batch.  The prior takes the own-past
 h (``prior_on_own_past=True``, the published scheduled-sampling SRNN: its code and its golden
-vectors do so in GEN and GT alike) or the same h as the decoder (``False``, the classic SRNN,
-whose teacher-forced pass is then fully parallel).
+vectors do so in GEN and GT alike; ``lightdvae train --training ss`` and the checkpoint importer
+set it) or the same h as the decoder (``False``, the default: the classic SRNN, trained with
+teacher forcing, whose teacher-forced pass is then fully parallel).
 
 884,993 parameters with the published sizes.
 """
@@ -60,7 +61,8 @@ class SRNNConfig(ModelConfig):
     prior_dims: MLP on [h_t ; z_{t-1}] before the prior heads [dense_hz_z].
     decoder_dims: MLP on [h_t ; z_t] before the output layer [dense_hz_x].
     prior_on_own_past: the prior's h_t comes from the model's own past predictions in every mode
-        (True, the published SRNN trained with scheduled sampling), or is the decoder's h (False).
+        (True, the published SRNN trained with scheduled sampling), or is the decoder's h (False,
+        the default, the classic teacher-forced SRNN).
     """
 
     h_dims: list[int] = field(default_factory=lambda: [256])
@@ -72,7 +74,7 @@ class SRNNConfig(ModelConfig):
     posterior_dims: list[int] = field(default_factory=lambda: [64, 32])
     prior_dims: list[int] = field(default_factory=lambda: [64, 32])
     decoder_dims: list[int] = field(default_factory=lambda: [256])
-    prior_on_own_past: bool = True
+    prior_on_own_past: bool = False
 
     def __post_init__(self) -> None:
         validate_common(self)
