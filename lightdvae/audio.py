@@ -322,16 +322,18 @@ def load_audio(
     frontend: FrontEnd | None = None,
     *,
     return_info: bool = False,
+    log: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, AudioInfo]:
     """Load one file through the whole front end: read, mix down, resample, trim, normalise.
 
     Returns the ``(samples,)`` float32 waveform at 16 kHz (and the :class:`AudioInfo` when ``return_info``).
-    Resampling and mix-down are logged (INFO) on ``lightdvae.audio``.  Raises :class:`AudioError` for files that
-    cannot be used; the message names the file.
+    Resampling and mix-down are logged (INFO) on ``lightdvae.audio`` unless ``log`` is false (the spectrogram
+    cache logs one count per build instead).  Raises :class:`AudioError` for files that cannot be used; the
+    message names the file.
     """
     data, sr = read_audio(path)
     wave, info = preprocess(data, sr, frontend, path=path)
-    if info.mixed_down or info.resampled:
+    if log and (info.mixed_down or info.resampled):
         notes = []
         if info.mixed_down:
             notes.append(f"mixed {info.channels} channels down to mono")

@@ -413,3 +413,28 @@ def test_import_is_light():
     code = "import sys, lightdvae.data; print('lightdvae.data.builtin' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_build_logs_one_note_for_resampled_and_stereo_files(messy_files, cache, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        with pytest.warns(DataWarning):
+            SegmentDataset(messy_files, cache=cache, name="train")
+    data_lines = [r.getMessage() for r in caplog.records if r.name == "lightdvae.data"]
+    assert len(data_lines) == 1, data_lines
+    assert "1 resampled from 44100 Hz" in data_lines[0] and "1 mixed down from 2 channels" in data_lines[0]
+    assert not [r for r in caplog.records if r.name == "lightdvae.audio"]  # no per-file lines from the cache
+
+
+def test_stale_temporary_files_are_cleaned(tmp_path, cache):
+    p = write(tmp_path / "a.wav")
+    cache.get(p)
+    stale = cache.dir / "ab" / ".x.power.npy.123.456.tmp"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    fresh = cache.dir / "ab" / ".y.power.npy.123.456.tmp"
+    fresh.write_bytes(b"in progress elsewhere")
+    assert cache.clean_temporary() == 1
+    assert not stale.exists() and fresh.exists()

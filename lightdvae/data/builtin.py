@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightdvae.audio import SAMPLE_RATE, power_spectrogram, resample, save_audio
+from lightdvae.audio import HOP, N_FFT, SAMPLE_RATE, resample, save_audio
 from lightdvae.data.corpora import BUILTIN_MANIFEST, BUILTIN_MARKER, SPLITS, Corpus, DataError, discover
 
 logger = logging.getLogger("lightdvae.data")
@@ -250,10 +250,21 @@ class VoiceProbe:
         return float(np.sqrt(np.mean((self.spectrum - other.spectrum) ** 2)))
 
 
+def _long_term_spectrum(wave: np.ndarray) -> np.ndarray:
+    """Mean power spectrum (dB, mean removed) of the non-silent frames of the protocol's STFT, ``(513,)``.
+
+    NumPy, single-threaded: probes run in parallel threads, where torch's intra-op pool only gets in the way."""
+    padded = np.pad(wave.astype(np.float64), (N_FFT // 2, N_FFT // 2))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    window = np.sin(np.pi * (np.arange(N_FFT) + 0.5) / N_FFT)
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    energy = power.sum(axis=1)
+    ltas = 10.0 * np.log10(power[energy > energy.max() * 1e-3].mean(axis=0) + 1e-10)
+    return ltas - ltas.mean()
+
+
 def probe_voice(voice: str) -> VoiceProbe | None:
     """Synthesise the probe sentence with ``voice``; None when espeak-ng cannot speak with it."""
-    import torch
-
     try:
         wave, _, _ = synthesize(PROBE_TEXT, voice)
     except DataError as exc:
@@ -261,12 +272,8 @@ def probe_voice(voice: str) -> VoiceProbe | None:
             raise
         logger.debug("voice %s unusable: %s", voice, exc)
         return None
-    with torch.no_grad():
-        power = power_spectrogram(torch.from_numpy(wave)).double().numpy()
-    energy = power.sum(axis=1)
-    voiced = power[energy > energy.max() * 1e-3]
-    ltas = 10.0 * np.log10(voiced.mean(axis=0) + 1e-10)
-    return VoiceProbe(voice, hashlib.sha1(wave.tobytes()).hexdigest(), ltas - ltas.mean(), wave.size / SAMPLE_RATE)
+    digest = hashlib.sha1(wave.tobytes()).hexdigest()
+    return VoiceProbe(voice, digest, _long_term_spectrum(wave), wave.size / SAMPLE_RATE)
 
 
 def distinct_voices(

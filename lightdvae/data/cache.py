@@ -207,6 +207,7 @@ class SpectrogramCache:
                     self._atomic_write_bytes(settings, json.dumps(self._settings, indent=2).encode())
             except OSError as exc:
                 raise self._write_error(exc) from None
+            self.clean_temporary()
             self._ready = True
 
     def _write_error(self, exc: OSError) -> DataError:
@@ -249,7 +250,7 @@ class SpectrogramCache:
         key = key or self.key(path)
         wave_p, power_p, bad_p = self._paths(key)
         try:
-            wave, info = load_audio(path, self.frontend, return_info=True)
+            wave, info = load_audio(path, self.frontend, return_info=True, log=False)
         except AudioError as exc:
             if exc.reason != "missing":
                 try:
@@ -295,6 +296,7 @@ class SpectrogramCache:
         Args:
             paths: audio files.
             workers: threads computing missing entries (default ``min(4, cpu_count)``; 0 or 1 = in this thread).
+                While they run, torch is limited to one intra-op thread (``torch.set_num_threads``, restored after).
             progress: show a tqdm bar (None: only on a terminal and when more than a few files must be computed).
             desc: label of the bar and of the summary.
             warn: emit one :class:`DataWarning` summarising the skipped files.
@@ -323,7 +325,7 @@ class SpectrogramCache:
             self._prepare_dir()
             self._build(todo, entries, report, workers=workers, progress=progress, desc=desc)
         report.seconds = time.perf_counter() - t0
-        if report.built:
+        if report.built:  # one line for the whole build, including how many files were resampled / mixed down
             logger.info("%s: %s", desc, report.summary())
         if warn and report.n_skipped:
             warnings.warn(
@@ -364,6 +366,10 @@ class SpectrogramCache:
                 report.notes.update(notes)
             bar.update(1)
 
+        # One file's STFT is far too small for intra-op parallelism: on a busy machine torch's thread pool makes it
+        # 50x slower.  The build parallelises over files instead, with torch limited to one thread meanwhile.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             if workers <= 1:
                 for item in todo:
@@ -379,6 +385,7 @@ class SpectrogramCache:
                             f.cancel()
                         raise
         finally:
+            torch.set_num_threads(threads)
             bar.close()
 
     # -- housekeeping -----------------------------------------------------------------------------------------
