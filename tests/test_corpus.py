@@ -224,3 +224,24 @@ def test_explicit_voices(tmp_path):
     info = json.loads((c.root / "corpus.json").read_text())
     assert sorted(v["voice"] for v in info["speakers"].values()) == sorted(voices[:4])
     assert "ignores the variant" in info["rejected_voices"]["en-gb+f2"]
+
+
+@needs_espeak
+def test_resolve_builtin_resumes_an_interrupted_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
+    real = B._synthesize_one
+    calls = []
+
+    def crash_after_three(root, utt):
+        calls.append(utt.file)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real(root, utt)
+
+    monkeypatch.setattr(B, "_synthesize_one", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_corpus("builtin", minutes=0.25, seed=2, progress=False)
+    monkeypatch.setattr(B, "_synthesize_one", real)
+    c = resolve_corpus("builtin", progress=False)  # picks up the interrupted build's own options
+    info = json.loads((c.root / "corpus.json").read_text())
+    assert info["settings"]["minutes"] == 0.25 and info["settings"]["seed"] == 2
