@@ -45,8 +45,22 @@ def audio_files(request, tmp_path_factory):
     return sr, paths
 
 
+def _mean_seconds(benchmark):
+    """Mean time of one round, or None when timing is off (``--benchmark-disable`` smoke runs)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.mean if stats is not None else None
+
+
+def _rate(benchmark, key, amount):
+    mean = _mean_seconds(benchmark)
+    if mean:
+        benchmark.extra_info[key] = round(amount / mean, 1)
+
+
 def _files_per_second(benchmark, n):
-    mean = benchmark.stats.stats.mean
+    mean = _mean_seconds(benchmark)
+    if not mean:
+        return
     benchmark.extra_info["files_per_second"] = round(n / mean, 1)
     benchmark.extra_info["audio_seconds_per_second"] = round(n * SECONDS / mean, 1)
 
@@ -105,7 +119,7 @@ def test_segment_epoch(benchmark, describe, cached_corpus, in_memory):
         return sum(x.shape[0] for x in loader)
 
     assert benchmark(run) == len(ds)
-    benchmark.extra_info["segments_per_second"] = round(len(ds) / benchmark.stats.stats.mean, 1)
+    _rate(benchmark, "segments_per_second", len(ds))
 
 
 @pytest.mark.benchmark(group="stft")
@@ -129,7 +143,7 @@ def test_stft_throughput(benchmark, describe, op, device):
         return out
 
     benchmark(run)
-    benchmark.extra_info["audio_seconds_per_second"] = round(batch * seconds / benchmark.stats.stats.mean, 1)
+    _rate(benchmark, "audio_seconds_per_second", batch * seconds)
 
 
 @pytest.mark.benchmark(group="griffin_lim")
@@ -147,4 +161,4 @@ def test_griffin_lim(benchmark, describe, device):
 
     y = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     assert y.shape == x.shape
-    benchmark.extra_info["audio_seconds_per_second"] = round(batch * seconds / benchmark.stats.stats.mean, 1)
+    _rate(benchmark, "audio_seconds_per_second", batch * seconds)
