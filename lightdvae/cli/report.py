@@ -1,0 +1,37 @@
+"""``lightdvae report``: the paper's tables (analysis-resynthesis, GEN/GT structure study, FDSD) as Markdown.
+
+    lightdvae report RUN_DIR... [--out report.md] [--title TEXT] [--no-figures]
+
+Reads the summary.json files that ``lightdvae eval`` wrote under the given folders (and FDSD JSON results when
+present).  Without --out the report goes to stdout; with it, figures are written to figures/ next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args) -> int:
+    from lightdvae.report import write_report
+
+    text = write_report(args.paths, args.out, title=args.title, figures=not args.no_figures)
+    if args.out:
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="gather evaluation results into the paper's tables (Markdown)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them, or JSONs)")
+    p.add_argument("--out", metavar="FILE", help="write the report here (default: stdout)")
+    p.add_argument("--title", default="lightdvae results", help="first heading of the report")
+    p.add_argument("--no-figures", action="store_true", help="do not draw figures (with --out)")
+    p.set_defaults(func=run)
