@@ -520,6 +520,12 @@ def build_report(
         + ".",
         "",
     ]
+    if figure_dir is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            figure_dir = None
+            lines += ["_Figures left out: matplotlib is not installed (pip install matplotlib)._", ""]
     groups: dict[tuple, list[dict]] = {}
     for s in evals:
         groups.setdefault(_group_key(s), []).append(s)
