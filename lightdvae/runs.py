@@ -6,7 +6,8 @@ Layout of a run directory::
       config.json          {"model": NAME, "config": {model config}, "training": {TrainConfig}, "data": {...},
                             "versions": {...}, ...}  (an imported run has "model", "config" and "source")
       log.csv              one row per epoch (see :data:`lightdvae.train.LOG_COLUMNS`)
-      status.json          {"state": "running" | "finished" | "early_stopped" | "time_limit" | "diverged", ...}
+      status.json          {"state": "running" | "finished" | "early_stopped" | "time_limit" | "diverged"
+                            | "interrupted", "epoch": N, ...}
       checkpoints/best.pt  the weights with the best validation loss
       checkpoints/last.pt  the state at the end of the last completed epoch (what ``--resume`` continues from)
 

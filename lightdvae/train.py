@@ -79,7 +79,7 @@ from lightdvae.runs import (
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 TRAININGS = ("tf", "ss")
-STOP_REASONS = ("finished", "early_stopped", "time_limit", "diverged")
+STOP_REASONS = ("finished", "early_stopped", "time_limit")  #: RunResult.stop_reason (divergence raises)
 LOG_COLUMNS = (
     "epoch",
     "train_loss",
@@ -807,7 +807,14 @@ def train(
     try:
         out = _check_out_dir(cfg)
         ctx.barrier()  # every process has looked at the run directory before rank 0 writes into it
-        return _Trainer(cfg, ctx, device, out, t_start).run(train_dataset, val_dataset, callback)
+        trainer = _Trainer(cfg, ctx, device, out, t_start)
+        try:
+            return trainer.run(train_dataset, val_dataset, callback)
+        except KeyboardInterrupt:
+            if ctx.main and trainer.meta:  # the run directory was set up: say how to continue
+                done = trainer.history[-1]["epoch"] if trainer.history else 0
+                _write_status(out, "interrupted", epoch=done, message=f"resume with: lightdvae train --resume {out}")
+            raise
     finally:
         if ctx.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

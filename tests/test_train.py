@@ -441,3 +441,30 @@ def test_ddp_two_processes_gloo(corpus, tmp_path):
     assert all(np.isfinite(r["val_loss"]) for r in last["history"])
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "log.csv", "status.json"]
     assert read_status(out)["state"] == "finished"
+    # resume under torchrun: every process restores its own random state
+    resume = ["train", "--resume", str(out), "--epochs", "3", "--quiet"]
+    proc = subprocess.run([*cmd, *resume], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reseeded" not in proc.stderr
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3 and [r["epoch"] for r in last["history"]] == [1, 2, 3]
+
+
+def test_interrupt_marks_the_run_and_resume_continues(tmp_path, data, monkeypatch):
+    real = train_mod.train_step
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2 (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    cfg = _cfg(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, train_dataset=data[0], val_dataset=data[1])
+    assert read_status(cfg.out)["state"] == "interrupted" and read_status(cfg.out)["epoch"] == 1
+    monkeypatch.setattr(train_mod, "train_step", real)
+    result = train(resume_config(cfg.out), train_dataset=data[0], val_dataset=data[1])
+    assert result.epochs == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]
