@@ -889,8 +889,13 @@ class _Trainer:
                 "processes"
             )
         _seed_all(cfg.seed)  # the same initialisation on every process (DDP also broadcasts rank 0's weights)
+        model_config = dict(cfg.model_config)
+        if self.ss and "prior_on_own_past" not in model_config and cfg.model.strip().lower() == "srnn":
+            # The published scheduled-sampling SRNN also feeds its prior the h of its own past predictions
+            # (the authors' code and golden vectors); teacher forcing keeps the classic, parallel SRNN.
+            model_config["prior_on_own_past"] = True
         try:
-            model = build(cfg.model, **cfg.model_config)
+            model = build(cfg.model, **model_config)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model {cfg.model}: {exc}") from None
         if self.ss and not _supports_scheduled_sampling(model):

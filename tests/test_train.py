@@ -126,6 +126,19 @@ def test_scheduled_sampling_reaches_the_model(tmp_path, data, monkeypatch):
     steps = len(seen) // 4
     assert [seen[i * steps] for i in range(4)] == [0.0, 0.5, 1.0, 1.0]
     assert [r["ss_prob"] for r in result.history] == [0.0, 0.5, 1.0, 1.0]
+    # The scheduled-sampling SRNN is the published one: its prior sees the model's own past.
+    assert result.model.config.prior_on_own_past is True
+
+
+def test_teacher_forced_srnn_is_the_classic_one(tmp_path, data):
+    result = train(_cfg(tmp_path, "srnn", epochs=1), train_dataset=data[0], val_dataset=data[1])
+    assert result.model.config.prior_on_own_past is False
+    forced = train(
+        _cfg(tmp_path, "srnn", name="forced", training="ss", epochs=1, model_config={"prior_on_own_past": False}),
+        train_dataset=data[0],
+        val_dataset=data[1],
+    )
+    assert forced.model.config.prior_on_own_past is False
 
 
 # ----------------------------------------------------------------------------------------------------------------
