@@ -20,4 +20,10 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def(
       "gaussian_kl_backward(Tensor grad, Tensor mu_q, Tensor logvar_q, Tensor? mu_p, Tensor? logvar_p, "
       "int reduction) -> (Tensor, Tensor, Tensor, Tensor)");
+  // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
+  // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
+  // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).
+  m.def(
+      "kv_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, int cache_len, "
+      "float? softmax_scale, bool causal) -> Tensor");
 }

@@ -40,7 +40,7 @@ def backend() -> str:
 
 # Which ops have which kernels, read once at import: the build does not change while running, and
 # a plain dict lookup keeps the public ops traceable by torch.compile without graph breaks.
-_OPS = ("is_divergence", "gaussian_kl")
+_OPS = ("is_divergence", "gaussian_kl", "kv_attention")
 _KERNELS: dict[tuple[str, str], bool] = {}
 if HAS_NATIVE:
     for _op in _OPS:

@@ -12,7 +12,7 @@ def collect() -> dict:
     import lightdvae
     from lightdvae import _ext
 
-    ops = ("is_divergence", "gaussian_kl")
+    ops = _ext._OPS
     info = {
         "lightdvae": lightdvae.__version__,
         "python": platform.python_version(),

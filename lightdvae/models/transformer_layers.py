@@ -30,95 +30,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightdvae.models.base import activation as make_activation
+from lightdvae.ops.kv_attention import kv_attention as kv_attention_op
+from lightdvae.ops.kv_attention import kv_attention_ref  # noqa: F401  (re-exported: the reference semantics)
 
 # ---------------------------------------------------------------------------------------------
-# Cached attention: the reference semantics of lightdvae.ops.kv_attention (issue 5)
+# Cached attention: lightdvae.ops.kv_attention (native kernel, falls back to kv_attention_ref)
 # ---------------------------------------------------------------------------------------------
 
-
-def kv_attention_ref(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    k_new: Tensor,
-    v_new: Tensor,
-    cache_len: int,
-    softmax_scale: float | None = None,
-    causal: bool = True,
-) -> Tensor:
-    """Append new keys/values to a preallocated cache in place, then attend the new queries over the prefix.
-
-    Args:
-        q: queries of the new positions, ``(batch, heads, n_q, head_dim)``.
-        k_cache, v_cache: ``(batch, heads, max_len, head_dim)``, same dtype and device as ``q``.
-            **Mutated in place**: ``k_cache[:, :, cache_len:cache_len + n_new] = k_new`` (same for ``v``).
-            Entries at and beyond ``cache_len + n_new`` are neither read nor written.
-        k_new, v_new: keys/values of the new positions, ``(batch, heads, n_new, head_dim)``, ``n_new >= 1``.
-        cache_len: number of positions already filled before the call (a Python int, the same for the
-            whole batch); ``cache_len + n_new <= max_len``.  Not updated here: the caller advances it.
-        softmax_scale: scale of ``q @ k^T``; ``None`` means ``1 / sqrt(head_dim)``.
-        causal: with ``n_q`` queries and ``L = cache_len + n_new`` filled keys, query ``j`` (0-based)
-            sits at absolute position ``L - n_q + j`` and sees keys ``0 .. L - n_q + j`` (the bottom-right
-            aligned mask of flash-attention's ``flash_attn_with_kvcache``).  With ``n_q = 1`` it sees the
-            whole filled prefix.  ``causal=False``: every query sees all ``L`` keys.
-
-    Returns:
-        ``softmax(q @ k_cache[:, :, :L]^T * scale + mask) @ v_cache[:, :, :L]``, ``(batch, heads, n_q, head_dim)``,
-        in ``q``'s dtype.  float16/bfloat16 are computed in float32 and cast back; float32/float64 in
-        their own precision.
-
-    Inference only: the in-place append is not meant to be differentiated (call under ``torch.no_grad()``).
-    Devices: any (plain PyTorch).
-    """
-    _check_kv_inputs(q, k_cache, v_cache, k_new, v_new, cache_len)
-    n_q, n_new = q.shape[2], k_new.shape[2]
-    total = cache_len + n_new
-    k_cache[:, :, cache_len:total].copy_(k_new)
-    v_cache[:, :, cache_len:total].copy_(v_new)
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    qc = q.to(compute)
-    k = k_cache[:, :, :total].to(compute)
-    v = v_cache[:, :, :total].to(compute)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
-    scores = torch.matmul(qc, k.transpose(-1, -2)) * scale  # (batch, heads, n_q, total)
-    if causal and n_q > 1:  # a single query sees the whole prefix: no mask needed
-        q_pos = torch.arange(total - n_q, total, device=q.device)[:, None]
-        k_pos = torch.arange(total, device=q.device)[None, :]
-        scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)
-    return out.to(q.dtype)
-
-
-def _check_kv_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Tensor, v_new: Tensor, cache_len: int) -> None:
-    named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k_new": k_new, "v_new": v_new}
-    for name, t in named.items():
-        if t.dim() != 4:
-            raise ValueError(f"kv_attention: {name} must be (batch, heads, time, head_dim), got {tuple(t.shape)}")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"kv_attention: {name} is {t.dtype} on {t.device}, q is {q.dtype} on {q.device}")
-    b, h, _, d = q.shape
-    if k_cache.shape != v_cache.shape or k_cache.shape[:2] != (b, h) or k_cache.shape[3] != d:
-        raise ValueError(
-            f"kv_attention: caches must be ({b}, {h}, max_len, {d}), "
-            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
-        )
-    if k_new.shape != v_new.shape or k_new.shape[:2] != (b, h) or k_new.shape[3] != d or k_new.shape[2] < 1:
-        raise ValueError(
-            f"kv_attention: k_new/v_new must be ({b}, {h}, n_new >= 1, {d}), got {tuple(k_new.shape)} "
-            f"and {tuple(v_new.shape)}"
-        )
-    if cache_len < 0 or cache_len + k_new.shape[2] > k_cache.shape[2]:
-        raise ValueError(
-            f"kv_attention: cache_len={cache_len} + n_new={k_new.shape[2]} "
-            f"exceeds the cache's max_len={k_cache.shape[2]} (or cache_len < 0)"
-        )
-    if q.shape[2] > cache_len + k_new.shape[2]:
-        raise ValueError(f"kv_attention: {q.shape[2]} queries but only {cache_len + k_new.shape[2]} keys")
-
-
-#: The cached attention every step path calls.  Issue 5 points this at ``lightdvae.ops.kv_attention``
-#: (native kernel, same signature and semantics as :func:`kv_attention_ref`).
-kv_attention: Callable[..., Tensor] = kv_attention_ref
+#: The cached attention every step path calls: :func:`lightdvae.ops.kv_attention` (append in place, attend
+#: over the filled prefix; the native kernel when built, :func:`kv_attention_ref` otherwise).
+kv_attention: Callable[..., Tensor] = kv_attention_op
 
 
 @dataclass
