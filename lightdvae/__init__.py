@@ -6,7 +6,9 @@ compared against (VAE, DKF, RVAE, SRNN; Girin et al., 2021).  See README.md.
 
 __version__ = "0.1.0"
 
-from lightdvae import _ext  # noqa: F401  (one guarded import of the native extension)
-from lightdvae import ops  # noqa: F401
+from lightdvae import (
+    _ext,  # noqa: F401  (one guarded import of the native extension)
+    ops,  # noqa: F401
+)
 
 __all__ = ["__version__", "ops"]

@@ -1,6 +1,5 @@
 """KV-cached causal attention: native kernels against the PyTorch reference, in-place append, errors."""
 
-import importlib
 import math
 
 import pytest
@@ -10,10 +9,11 @@ from helpers import CUDA_DTYPES, report_close, requires_cuda, requires_native
 
 from lightdvae import _ext
 from lightdvae.models import transformer_layers as layers
+from lightdvae.ops import attention as attention_module
 from lightdvae.ops import kv_attention, kv_attention_ref
 
 # The module (the package's `kv_attention` attribute is the function of the same name).
-kv_module = importlib.import_module("lightdvae.ops.kv_attention")
+kv_module = attention_module
 SENTINEL = 7.0
 
 # (batch, heads, n_q, n_new, cache_len, head_dim): single decoding steps at awkward cache lengths,

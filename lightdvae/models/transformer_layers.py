@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightdvae.models.base import activation as make_activation
-from lightdvae.ops.kv_attention import kv_attention as kv_attention_op
-from lightdvae.ops.kv_attention import kv_attention_ref  # noqa: F401  (re-exported: the reference semantics)
+from lightdvae.ops.attention import kv_attention as kv_attention_op
+from lightdvae.ops.attention import kv_attention_ref  # noqa: F401  (re-exported: the reference semantics)
 
 # ---------------------------------------------------------------------------------------------
 # Cached attention: lightdvae.ops.kv_attention (native kernel, falls back to kv_attention_ref)

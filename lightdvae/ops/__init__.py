@@ -5,7 +5,7 @@ built and supports the inputs, and the reference otherwise; ``LIGHTDVAE_BACKEND=
 forces one.
 """
 
-from lightdvae.ops.kv_attention import kv_attention, kv_attention_ref
+from lightdvae.ops.attention import kv_attention, kv_attention_ref
 from lightdvae.ops.losses import REDUCTIONS, gaussian_kl, gaussian_kl_ref, is_divergence, is_divergence_ref
 
 __all__ = [
