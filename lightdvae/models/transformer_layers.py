@@ -278,10 +278,22 @@ class DecoderBody(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, n_heads, ff_dim, act, dropout, residual=not no_residual) for _ in range(n_layers)
         )
+        self._pe_table: Tensor | None = None  # positional table cache (not a parameter, not saved)
+
+    def _positions(self, start: int, length: int, like: Tensor) -> Tensor:
+        """Rows ``start .. start + length - 1`` of the sinusoidal table, kept between calls so that a decoding
+        step does not rebuild it (grown by doubling; the same values as :func:`sinusoidal_encoding`)."""
+        table = self._pe_table
+        end = start + length
+        if table is None or table.shape[0] < end or table.dtype != like.dtype or table.device != like.device:
+            size = max(end, 2 * table.shape[0] if table is not None else 256)
+            table = sinusoidal_encoding(0, size, self.d_model, dtype=like.dtype, device=like.device)
+            self._pe_table = table
+        return table[start:end]
 
     def _streams(self, latent: Tensor, speech: Tensor, start: int) -> tuple[Tensor, Tensor]:
         lat, sp = self.latent_embed(latent), self.speech_embed(speech)
-        pe = sinusoidal_encoding(start, lat.shape[1], self.d_model, dtype=lat.dtype, device=lat.device)
+        pe = self._positions(start, lat.shape[1], lat)
         lat, sp = self.drop(lat + pe), self.drop(sp + pe)
         return (sp, lat) if self.inv_s else (lat, sp)  # (query stream, memory)
 
