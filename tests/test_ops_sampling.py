@@ -185,6 +185,22 @@ def test_exact_lstm_equals_reference(native, loop, layers, dtype):
 
 
 @requires_native
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch.backends.mkldnn.flags' own
+@pytest.mark.parametrize("grad", [False, True])
+def test_exact_lstm_without_onednn(native, grad):
+    """With oneDNN switched off nn.LSTM runs ATen's cell; the native loop follows it (no packed weights)."""
+    args, opts = make_case("srnn_prior", 2, 33, torch.float32, layers=2)
+    opts["exact_lstm"] = True
+    if grad:
+        args = _leaves(args)
+    with torch.backends.mkldnn.flags(enabled=False), torch.set_grad_enabled(grad):
+        outs, refs = run("srnn_prior", args, opts), run("srnn_prior", args, opts, ref=True)
+        cell = run("srnn_prior", args, {**opts, "exact_lstm": False})
+    assert_same([o.detach() for o in outs], [r.detach() for r in refs], exact=True)
+    assert_same([o.detach() for o in outs], [c.detach() for c in cell], exact=True)
+
+
+@requires_native
 @pytest.mark.parametrize("loop", sorted(LSTM_LOOPS))
 def test_lstm_cell_and_nn_lstm_kernel_agree(native, loop):
     """The ATen cell equals nn.LSTM's kernel in float64 and is within float32 rounding of it in float32."""

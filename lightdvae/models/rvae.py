@@ -124,10 +124,11 @@ class RVAE(DVAE):
     name = "rvae"
     config_class = RVAEConfig
     sees_past_speech = False
-    #: The native posterior loop steps the z LSTM with ATen's LSTM cell (False, the default: about
-    #: 4x faster than the Python loop at batch 1 on a CPU core, samples within float rounding of it,
-    #: ~1e-7, which this loop does not amplify) or with nn.LSTM's own kernel (True: bit-identical to
-    #: the Python loop, about 2x faster).  Set it on an instance to change one model.
+    #: How the native posterior loop steps the z LSTM: with ATen's LSTM cell (False, the default;
+    #: samples within float rounding of the Python loop, ~1e-7, which this loop does not amplify) or
+    #: with nn.LSTM's own kernel (True: bit-identical to the Python loop, as fast without gradients,
+    #: but about 1.6x slower in training, where oneDNN reorders the weights at every step).  Set it on
+    #: an instance to change one model.
     exact_lstm: bool = False
 
     def __init__(self, config: RVAEConfig):

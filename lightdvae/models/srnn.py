@@ -127,11 +127,12 @@ class SRNN(DVAE):
     name = "srnn"
     config_class = SRNNConfig
     sees_past_speech = True
-    #: The native own-past and generation loops step the deterministic LSTM with nn.LSTM's own
+    #: How the native own-past and generation loops step the deterministic LSTM: with nn.LSTM's own
     #: kernel (True, the default: bit-identical to the Python loops, so imported checkpoints still
-    #: reproduce the published golden vectors) or with ATen's LSTM cell (False: about twice as fast
-    #: again at batch 1 on a CPU, but the exp(logvar) feedback amplifies its float32 rounding to
-    #: ~1e-5 relative).  Set it on an instance to change one model.
+    #: reproduce the published golden vectors; the exp(logvar) feedback amplifies any float32 rounding
+    #: difference to ~1e-5 relative) or with ATen's LSTM cell (False: the same speed without
+    #: gradients, faster when they are recorded, i.e. in scheduled-sampling training).  Set it on an
+    #: instance to change one model.
     exact_lstm: bool = True
 
     def __init__(self, config: SRNNConfig):

@@ -29,12 +29,14 @@ same noise the native loop gives the reference's samples: bit for bit where both
 kernels (see ``exact_lstm``), otherwise within float rounding, which SRNN's own-past loop amplifies
 (it feeds ``exp(logvar)`` back) to about 1e-5 relative in float32 over a few hundred frames.
 
-``exact_lstm`` (loops with an LSTM step): True steps the LSTM with ``torch.lstm``, the kernel
-``nn.LSTM`` runs (oneDNN on the CPU in float32, cuDNN on CUDA), so the loop reproduces the models'
-Python loops bit for bit; that kernel costs about 150 us a step on a CPU core (oneDNN reorders the
-weights at every call).  False (the default) writes the cell out as ATen's ``LSTMCell``
+``exact_lstm`` (the loops with an LSTM step): True runs the kernel that ``nn.LSTM`` runs
+(``torch.lstm``: oneDNN on the CPU in float32, cuDNN on CUDA, ATen's LSTM cell otherwise), so the
+loop reproduces the models' Python loops bit for bit.  Without gradients on the CPU the weights are
+packed for oneDNN once per loop, which makes it as fast as the alternative; with gradients every
+step is a whole ``torch.lstm`` call, and oneDNN reorders the weights at each one (slower in
+training).  False (the default) writes the cell out as ATen's ``LSTMCell`` does
 (``linear(h, w_hh, b_hh) + linear(x, w_ih, b_ih)``, then the gates): the same arithmetic as
-``nn.LSTM`` on the CPU in float64, within float rounding elsewhere, and several times cheaper.
+``nn.LSTM`` on the CPU in float64, within float rounding of it elsewhere.
 """
 
 from __future__ import annotations
