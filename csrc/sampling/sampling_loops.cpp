@@ -3,7 +3,7 @@
 //
 // The ops are registered CompositeImplicitAutograd: they run on whatever device their inputs are on
 // (on CUDA every ATen call below launches its CUDA kernel from this loop; the loops read nothing back
-// from the device, so they also run under CUDA-graph capture), and autograd differentiates them
+// from the device, so the host never waits for it inside a loop), and autograd differentiates them
 // through the recorded ATen graph (the posterior loops and the scheduled-sampling decoder run in
 // training).  When no input needs a gradient the loops run with gradient recording off, and the
 // LSTM loops pack their weights once for the whole loop (see LSTMStepper in cells.h).

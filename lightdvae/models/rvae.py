@@ -126,9 +126,9 @@ class RVAE(DVAE):
     sees_past_speech = False
     #: How the native posterior loop steps the z LSTM: with ATen's LSTM cell (False, the default;
     #: samples within float rounding of the Python loop, ~1e-7, which this loop does not amplify) or
-    #: with nn.LSTM's own kernel (True: bit-identical to the Python loop, as fast without gradients,
-    #: but about 1.6x slower in training, where oneDNN reorders the weights at every step).  Set it on
-    #: an instance to change one model.
+    #: with nn.LSTM's own kernel (True: bit-identical to the Python loop, but slower for this small
+    #: LSTM: about 1.7x at batch 1 without gradients, 2x in training, where oneDNN reorders the
+    #: weights at every step).  Set it on an instance to change one model.
     exact_lstm: bool = False
 
     def __init__(self, config: RVAEConfig):
