@@ -26,4 +26,28 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def(
       "kv_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, int cache_len, "
       "float? softmax_scale, bool causal) -> Tensor");
+
+  // Sequential latent sampling loops (SPEC 7.3), CompositeImplicitAutograd (csrc/sampling/).
+  // Sequences are time-major (frames, batch, features).  Weights are flat lists in nn.Module layout:
+  // Linear stacks [w0, b0, w1, b1, ...], Gaussian heads [w_mean, b_mean, w_logvar, b_logvar], LSTMs
+  // nn.LSTM._flat_weights.  activation: 0 tanh, 1 relu.  eps = None is the deterministic mode (means).
+  // exact_lstm: step LSTMs with at::lstm (nn.LSTM's own kernel) instead of the ATen cell.
+  m.def(
+      "dkf_posterior(Tensor gx, Tensor? eps, Tensor[] z_to_g, Tensor[] posterior_mlp, Tensor[] heads, "
+      "float g_terms, int activation) -> (Tensor z, Tensor mean, Tensor logvar)");
+  m.def("dkf_prior(Tensor eps, Tensor[] transition, float temperature) -> Tensor");
+  m.def(
+      "rvae_posterior(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
+      "Tensor[] heads, int activation, bool exact_lstm) -> (Tensor z, Tensor mean, Tensor logvar)");
+  m.def(
+      "srnn_posterior(Tensor g, Tensor? eps, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
+      "-> (Tensor z, Tensor mean, Tensor logvar)");
+  m.def(
+      "srnn_own_past(Tensor z, Tensor? h_true, bool[] use_own, Tensor[] h_embed, Tensor[] rnn_h, "
+      "Tensor[] decoder, Tensor[] decoder_out, int activation, bool exact_lstm) "
+      "-> (Tensor logvar, Tensor h_used, Tensor h_own)");
+  m.def(
+      "srnn_prior(Tensor eps, Tensor[] h_embed, Tensor[] rnn_h, Tensor[] prior_mlp, Tensor[] prior_heads, "
+      "Tensor[] decoder, Tensor[] decoder_out, int activation, float temperature, bool exact_lstm) "
+      "-> (Tensor z, Tensor logvar)");
 }

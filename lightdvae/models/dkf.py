@@ -31,10 +31,14 @@ from lightdvae.models.layers import (
     check_positive,
     check_power,
     draw,
+    linear_params,
+    loop_noise,
     run_lstm,
     shift_right,
+    use_native_loop,
     validate_common,
 )
+from lightdvae.ops import sampling
 
 
 @dataclass
@@ -81,7 +85,9 @@ class DKF(DVAE):
     Recurrent cells (what a native sampling loop mirrors):
     :meth:`posterior_cell` (one step of q, given the precomputed speech features ``g^x_t``) and
     :meth:`transition` (one step of the prior).  :meth:`sample_posterior` and :meth:`sample_prior`
-    are the loops over time.
+    are the loops over time: the native loops ``lightdvae.ops.sampling.dkf_posterior`` /
+    ``dkf_prior`` when the extension is built (bit-identical to the Python loops here, which
+    ``LIGHTDVAE_BACKEND=ref`` and active dropout select).
     """
 
     name = "dkf"
@@ -161,6 +167,18 @@ class DKF(DVAE):
         """
         batch, frames, _ = gx.shape
         eps = check_eps(eps, batch, frames, self.config.z_dim, gx)
+        if use_native_loop(self, "dkf_posterior", gx):
+            if sample and eps is None:
+                eps = loop_noise(batch, frames, self.config.z_dim, gx, generator)
+            return sampling.dkf_posterior(
+                gx,
+                eps if sample else None,
+                linear_params(self.z_to_g),
+                linear_params(self.posterior_mlp),
+                linear_params(self.posterior_mean, self.posterior_logvar),
+                g_terms=3.0 if self.config.rnn_bidirectional else 2.0,
+                activation=self.config.activation,
+            )
         z_t = gx.new_zeros(batch, self.config.z_dim)
         zs, means, logvars = [], [], []
         for t in range(frames):
@@ -183,6 +201,13 @@ class DKF(DVAE):
         ``temperature``; ``eps (n, frames, z_dim)`` is the noise when given."""
         like = self.decoder_logvar.weight
         eps = check_eps(eps, n, frames, self.config.z_dim, like)
+        if use_native_loop(self, "dkf_prior", like):
+            if eps is None:
+                eps = loop_noise(n, frames, self.config.z_dim, like, generator)
+            transition = linear_params(
+                self.gate_in, self.gate_out, self.proposal_in, self.proposal_out, self.prior_mean, self.prior_var
+            )
+            return sampling.dkf_prior(eps, transition, temperature)
         z_t = like.new_zeros(n, self.config.z_dim)
         zs = []
         for t in range(frames):

@@ -7,6 +7,9 @@
   (input, forget, cell, output): the math that a native sampling loop mirrors.
 - :func:`run_lstm`: a whole sequence through an ``nn.LSTM`` forwards or backwards in time.
 - :func:`draw`: the reparameterisation ``mean + exp(logvar / 2) * eps`` with optional pre-drawn noise.
+- :func:`linear_params`, :func:`lstm_params`, :func:`use_native_loop`, :func:`loop_noise`: what the models
+  hand to the native sampling loops of :mod:`lightdvae.ops.sampling` (weights as flat lists, the
+  backend decision, the noise of a whole loop drawn at once).
 
 Layout: the models' public tensors are batch first, ``(batch, frames, features)``; one step is
 ``(batch, features)``.  The recurrent models run their sequence layers time-major
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightdvae import _ext
 from lightdvae.models.base import activation as make_activation
 
 LSTMState = tuple[Tensor, Tensor]
@@ -129,6 +133,48 @@ def draw(
     if temperature != 1.0:
         eps = eps * temperature
     return torch.addcmul(mean, eps, torch.exp(0.5 * logvar))
+
+
+def linear_params(*modules: nn.Module) -> list[Tensor]:
+    """Weights and biases ``[w0, b0, w1, b1, ...]`` of :class:`MLP` and ``nn.Linear`` modules, in
+    order: the Linear-stack layout of the native sampling loops (an MLP adds all its layers)."""
+    params = []
+    for module in modules:
+        for layer in module.layers if isinstance(module, MLP) else [module]:
+            params += [layer.weight, layer.bias]
+    return params
+
+
+def lstm_params(lstm: nn.LSTM) -> list[Tensor]:
+    """``nn.LSTM``'s flat weights ``[w_ih_l0, w_hh_l0, b_ih_l0, b_hh_l0, ...]`` (unidirectional, with biases)."""
+    if lstm.bidirectional or not lstm.bias or lstm.proj_size:
+        raise ValueError("the native sampling loops step unidirectional LSTMs with biases and no projection")
+    return [w for layer in lstm.all_weights for w in layer]
+
+
+def use_native_loop(model: nn.Module, op: str, like: Tensor) -> bool:
+    """Whether ``model`` runs the native sampling loop ``op`` (``lightdvae.ops.sampling``) for inputs
+    like ``like``, or its own Python loop.
+
+    The backend (``LIGHTDVAE_BACKEND``, the build) decides, as for every op.  The native loops have
+    no dropout, so a model whose dropout is active (training with ``config.dropout > 0``) keeps its
+    Python loop whatever the backend: the loop then belongs to the model, not to an op, and
+    ``LIGHTDVAE_BACKEND=native`` still trains such models.
+    """
+    if model.training and model.config.dropout > 0:
+        return False
+    return _ext.use_native(op, like.device.type)
+
+
+def loop_noise(batch: int, frames: int, z_dim: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``N(0, I)`` noise of a whole sampling loop, ``(batch, frames, z_dim)``, drawn in one call.
+
+    It is drawn in time order (a batch-first view of time-major storage), the order in which the
+    Python loops draw one ``(batch, z_dim)`` block per step; on the CPU the two give the same numbers
+    whenever ``batch * z_dim`` is a multiple of 16 (always with the published ``z_dim = 16``).
+    """
+    noise = torch.randn(frames, batch, z_dim, dtype=like.dtype, device=like.device, generator=generator)
+    return noise.transpose(0, 1)
 
 
 def shift_right(x: Tensor, dim: int = 1) -> Tensor:

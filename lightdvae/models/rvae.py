@@ -31,11 +31,16 @@ from lightdvae.models.layers import (
     check_positive,
     check_power,
     draw,
+    linear_params,
+    loop_noise,
+    lstm_params,
     lstm_step,
     lstm_zero_state,
     run_lstm,
+    use_native_loop,
     validate_common,
 )
+from lightdvae.ops import sampling
 
 
 @dataclass
@@ -111,12 +116,20 @@ class RVAE(DVAE):
 
     Recurrent cell (what a native sampling loop mirrors): :meth:`posterior_cell`, one step of the
     encoder's z LSTM and the posterior heads, given the precomputed speech features ``g^x_t``.
-    :meth:`sample_posterior` is the loop over time.  Generation needs no loop (i.i.d. prior).
+    :meth:`sample_posterior` is the loop over time: the native loop
+    ``lightdvae.ops.sampling.rvae_posterior`` when the extension is built, the Python loop here
+    with ``LIGHTDVAE_BACKEND=ref`` or active dropout.  Generation needs no loop (i.i.d. prior).
     """
 
     name = "rvae"
     config_class = RVAEConfig
     sees_past_speech = False
+    #: How the native posterior loop steps the z LSTM: with ATen's LSTM cell (False, the default;
+    #: samples within float rounding of the Python loop, ~1e-7, which this loop does not amplify) or
+    #: with nn.LSTM's own kernel (True: bit-identical to the Python loop, but slower for this small
+    #: LSTM: about 1.7x at batch 1 without gradients, 2x in training, where oneDNN reorders the
+    #: weights at every step).  Set it on an instance to change one model.
+    exact_lstm: bool = False
 
     def __init__(self, config: RVAEConfig):
         super().__init__(config)
@@ -185,6 +198,19 @@ class RVAE(DVAE):
         """
         batch, frames, _ = gx.shape
         eps = check_eps(eps, batch, frames, self.config.z_dim, gx)
+        if use_native_loop(self, "rvae_posterior", gx):
+            if sample and eps is None:
+                eps = loop_noise(batch, frames, self.config.z_dim, gx, generator)
+            return sampling.rvae_posterior(
+                gx,
+                eps if sample else None,
+                linear_params(self.z_embed),
+                lstm_params(self.rnn_z),
+                linear_params(self.posterior_mlp),
+                linear_params(self.posterior_mean, self.posterior_logvar),
+                activation=self.config.activation,
+                exact_lstm=self.exact_lstm,
+            )
         z_t = gx.new_zeros(batch, self.config.z_dim)
         state = lstm_zero_state(self.rnn_z, batch, gx)
         zs, means, logvars = [], [], []

@@ -1,0 +1,326 @@
+// The sequential latent sampling loops of DKF, RVAE and SRNN (SPEC 7.3): the whole t = 1..T loop
+// in C++, one ATen call per layer and step, no Python per time step.
+//
+// The ops are registered CompositeImplicitAutograd: they run on whatever device their inputs are on
+// (on CUDA every ATen call below launches its CUDA kernel from this loop; the loops read nothing back
+// from the device, so the host never waits for it inside a loop), and autograd differentiates them
+// through the recorded ATen graph (the posterior loops and the scheduled-sampling decoder run in
+// training).  When no input needs a gradient the loops run with gradient recording off, and the
+// LSTM loops pack their weights once for the whole loop (see LSTMStepper in cells.h).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "sampling/cells.h"
+#include "sampling/sampling.h"
+
+namespace lightdvae {
+namespace {
+
+using sampling::draw;
+using sampling::heads;
+using sampling::Linear;
+using sampling::linears;
+using sampling::LSTMState;
+using sampling::LSTMStepper;
+using sampling::mlp;
+
+bool any_requires_grad(std::initializer_list<at::TensorList> lists, std::initializer_list<at::Tensor> tensors) {
+  if (!c10::GradMode::is_enabled()) {
+    return false;
+  }
+  for (const auto& list : lists) {
+    for (const auto& t : list) {
+      if (t.requires_grad()) {
+        return true;
+      }
+    }
+  }
+  for (const auto& t : tensors) {
+    if (t.defined() && t.requires_grad()) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Per-step results of a loop, stacked once at the end into a time-major (frames, batch, width)
+// tensor.  (Writing each step into a preallocated output instead, with out= variants for the
+// last op of the step, measured no faster on the CPU: the allocations are cheap next to the
+// per-call overhead, and one stack beats a copy per step.)
+class Steps {
+ public:
+  explicit Steps(int64_t frames) { steps_.reserve(frames); }
+  void put(at::Tensor value) { steps_.push_back(std::move(value)); }
+  at::Tensor result() const { return at::stack(steps_); }
+
+ private:
+  std::vector<at::Tensor> steps_;
+};
+
+at::Tensor noise_at(const at::Tensor& eps, int64_t t) { return eps.defined() ? eps[t] : at::Tensor(); }
+
+at::Tensor defined_or_empty(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------ DKF
+
+Tensors3 dkf_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
+                       at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
+  constexpr const char* op = "lightdvae::dkf_posterior";
+  check_sequence(op, gx_in, "gx");
+  check_activation(op, activation);
+  TORCH_CHECK(g_terms > 0, op, ": g_terms must be positive, got ", g_terms);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), g_dim = gx_in.size(2);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim, gx_in);
+  const int64_t z_dim = check_heads(op, heads_w, "heads", hidden, gx_in);
+  TORCH_CHECK(check_linears(op, z_to_g, "z_to_g", z_dim, gx_in) == g_dim, op,
+              ": z_to_g must map z_dim = ", z_dim, " features to the width of gx, ", g_dim);
+  const at::Tensor eps = defined_or_empty(eps_in);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
+  }
+  const bool record = any_requires_grad({z_to_g, posterior_mlp, heads_w}, {gx_in, eps});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor gx = gx_in.contiguous();
+
+  const auto z_to_g_l = linears(z_to_g), posterior_l = linears(posterior_mlp), heads_l = linears(heads_w);
+
+  Steps zs(frames);
+  Steps means(frames);
+  Steps logvars(frames);
+  at::Tensor z = at::zeros({batch, z_dim}, gx.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    const at::Tensor g = (mlp(z, z_to_g_l, activation) + gx[t]) / g_terms;
+    auto [mean, logvar] = heads(mlp(g, posterior_l, activation), heads_l);
+    z = draw(mean, logvar, noise_at(eps, t));
+    zs.put(z);
+    means.put(mean);
+    logvars.put(logvar);
+  }
+  return {zs.result(), means.result(), logvars.result()};
+}
+
+at::Tensor dkf_prior(const at::Tensor& eps_in, at::TensorList transition, double temperature) {
+  constexpr const char* op = "lightdvae::dkf_prior";
+  check_sequence(op, eps_in, "eps");
+  const int64_t frames = eps_in.size(0), batch = eps_in.size(1), z_dim = eps_in.size(2);
+  TORCH_CHECK(transition.size() == 12, op,
+              ": transition must be the weights and biases of gate_in, gate_out, proposal_in, proposal_out, "
+              "prior_mean, prior_var (12 tensors), got ",
+              transition.size());
+  for (size_t i = 0; i < 12; i += 2) {
+    TORCH_CHECK(check_linears(op, transition.slice(i, 2), "transition", z_dim, eps_in) == z_dim, op,
+                ": every transition layer maps z_dim = ", z_dim, " to z_dim");
+  }
+  const bool record = any_requires_grad({transition}, {eps_in});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor eps = temperature != 1.0 ? eps_in * temperature : eps_in;
+  const auto w = linears(transition);  // gate_in, gate_out, proposal_in, proposal_out, prior_mean, prior_var
+
+  Steps zs(frames);
+  at::Tensor z = at::zeros({batch, z_dim}, eps.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    // lightdvae.models.dkf.DKF.transition
+    const at::Tensor gate = at::sigmoid(w[1](at::relu(w[0](z))));
+    const at::Tensor proposal = w[3](at::relu(w[2](z)));
+    const at::Tensor mean = (1 - gate) * w[4](z) + gate * proposal;
+    const at::Tensor logvar = at::log(at::softplus(w[5](at::relu(proposal))));
+    z = draw(mean, logvar, eps[t]);
+    zs.put(z);
+  }
+  return zs.result();
+}
+
+// ----------------------------------------------------------------------------------------- RVAE
+
+Tensors3 rvae_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_embed,
+                        at::TensorList rnn_z, at::TensorList posterior_mlp, at::TensorList heads_w, int64_t activation,
+                        bool exact_lstm) {
+  constexpr const char* op = "lightdvae::rvae_posterior";
+  check_sequence(op, gx_in, "gx");
+  check_activation(op, activation);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), gx_dim = gx_in.size(2);
+  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
+              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
+  const int64_t z_dim = heads_w[0].size(0);
+  const int64_t embed_dim = check_linears(op, z_embed, "z_embed", z_dim, gx_in);
+  const int64_t gz_dim = check_lstm(op, rnn_z, "rnn_z", embed_dim, gx_in);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", gx_dim + gz_dim, gx_in);
+  check_heads(op, heads_w, "heads", hidden, gx_in);
+  const at::Tensor eps = defined_or_empty(eps_in);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
+  }
+  const bool record = any_requires_grad({z_embed, rnn_z, posterior_mlp, heads_w}, {gx_in, eps});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor gx = gx_in.contiguous();
+
+  const auto z_embed_l = linears(z_embed), posterior_l = linears(posterior_mlp), heads_l = linears(heads_w);
+  const LSTMStepper lstm(rnn_z, exact_lstm, gx, batch);
+
+  Steps zs(frames);
+  Steps means(frames);
+  Steps logvars(frames);
+  LSTMState state = lstm.zero_state(batch, gx.options());
+  at::Tensor z = at::zeros({batch, z_dim}, gx.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    const at::Tensor gz = lstm(mlp(z, z_embed_l, activation), state);
+    auto [mean, logvar] = heads(mlp(at::cat({gx[t], gz}, -1), posterior_l, activation), heads_l);
+    z = draw(mean, logvar, noise_at(eps, t));
+    zs.put(z);
+    means.put(mean);
+    logvars.put(logvar);
+  }
+  return {zs.result(), means.result(), logvars.result()};
+}
+
+// ----------------------------------------------------------------------------------------- SRNN
+
+Tensors3 srnn_posterior(const at::Tensor& g_in, const std::optional<at::Tensor>& eps_in, at::TensorList posterior_mlp,
+                        at::TensorList heads_w, int64_t activation) {
+  constexpr const char* op = "lightdvae::srnn_posterior";
+  check_sequence(op, g_in, "g");
+  check_activation(op, activation);
+  const int64_t frames = g_in.size(0), batch = g_in.size(1), g_dim = g_in.size(2);
+  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
+              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
+  const int64_t z_dim = heads_w[0].size(0);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim + z_dim, g_in);
+  check_heads(op, heads_w, "heads", hidden, g_in);
+  const at::Tensor eps = defined_or_empty(eps_in);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", frames, batch, z_dim, g_in);
+  }
+  const bool record = any_requires_grad({posterior_mlp, heads_w}, {g_in, eps});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor g = g_in.contiguous();
+
+  const auto posterior_l = linears(posterior_mlp), heads_l = linears(heads_w);
+
+  Steps zs(frames);
+  Steps means(frames);
+  Steps logvars(frames);
+  at::Tensor z = at::zeros({batch, z_dim}, g.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    auto [mean, logvar] = heads(mlp(at::cat({g[t], z}, -1), posterior_l, activation), heads_l);
+    z = draw(mean, logvar, noise_at(eps, t));
+    zs.put(z);
+    means.put(mean);
+    logvars.put(logvar);
+  }
+  return {zs.result(), means.result(), logvars.result()};
+}
+
+Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& h_true_in, const c10::List<bool>& use_own,
+                       at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
+                       int64_t activation, bool exact_lstm) {
+  constexpr const char* op = "lightdvae::srnn_own_past";
+  check_sequence(op, z_in, "z");
+  check_activation(op, activation);
+  const int64_t frames = z_in.size(0), batch = z_in.size(1), z_dim = z_in.size(2);
+  TORCH_CHECK(static_cast<int64_t>(use_own.size()) == frames, op, ": use_own must have one entry per frame (",
+              frames, "), got ", use_own.size());
+  TORCH_CHECK(decoder_out.size() == 2 && decoder_out[0].dim() == 2, op,
+              ": decoder_out must be the output Linear [weight, bias]");
+  const int64_t x_dim = decoder_out[0].size(0);
+  const int64_t embed_dim = check_linears(op, h_embed, "h_embed", x_dim, z_in);
+  const int64_t h_dim = check_lstm(op, rnn_h, "rnn_h", embed_dim, z_in);
+  const int64_t dec_dim = check_linears(op, decoder, "decoder", h_dim + z_dim, z_in);
+  check_linears(op, decoder_out, "decoder_out", dec_dim, z_in);
+  const at::Tensor h_true = defined_or_empty(h_true_in);
+  bool all_own = true;
+  for (const bool own : use_own) {
+    all_own = all_own && own;
+  }
+  TORCH_CHECK(all_own || h_true.defined(), op, ": h_true is needed where use_own is False");
+  if (h_true.defined()) {
+    check_sequence(op, h_true, "h_true");
+    TORCH_CHECK(h_true.size(0) == frames && h_true.size(1) == batch && h_true.size(2) == h_dim, op,
+                ": h_true must be (frames, batch, rnn_h hidden) = (", frames, ", ", batch, ", ", h_dim, "), got ",
+                h_true.sizes());
+    TORCH_CHECK(h_true.device() == z_in.device() && h_true.scalar_type() == z_in.scalar_type(), op,
+                ": h_true must be on the device and of the dtype of z");
+  }
+  const bool record = any_requires_grad({h_embed, rnn_h, decoder, decoder_out}, {z_in, h_true});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor z = z_in.contiguous();
+
+  const auto h_embed_l = linears(h_embed), decoder_l = linears(decoder);
+  const LSTMStepper lstm(rnn_h, exact_lstm, z, batch);
+  const auto out_l = linears(decoder_out)[0];
+
+  Steps logvars(frames);
+  Steps used(frames);
+  Steps own(frames);
+  LSTMState state = lstm.zero_state(batch, z.options());
+  at::Tensor s_prev = at::zeros({batch, x_dim}, z.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    const at::Tensor h_own = lstm(mlp(s_prev, h_embed_l, activation), state);
+    const at::Tensor h = use_own.get(t) ? h_own : h_true[t];
+    const at::Tensor logvar = out_l(mlp(at::cat({h, z[t]}, -1), decoder_l, activation));
+    s_prev = at::exp(logvar.detach());  // the model's own prediction; scheduled sampling does not backprop into it
+    logvars.put(logvar);
+    used.put(h);
+    own.put(h_own);
+  }
+  return {logvars.result(), used.result(), own.result()};
+}
+
+std::tuple<at::Tensor, at::Tensor> srnn_prior(const at::Tensor& eps_in, at::TensorList h_embed, at::TensorList rnn_h,
+                                              at::TensorList prior_mlp, at::TensorList prior_heads,
+                                              at::TensorList decoder, at::TensorList decoder_out, int64_t activation,
+                                              double temperature, bool exact_lstm) {
+  constexpr const char* op = "lightdvae::srnn_prior";
+  check_sequence(op, eps_in, "eps");
+  check_activation(op, activation);
+  const int64_t frames = eps_in.size(0), batch = eps_in.size(1), z_dim = eps_in.size(2);
+  TORCH_CHECK(decoder_out.size() == 2 && decoder_out[0].dim() == 2, op,
+              ": decoder_out must be the output Linear [weight, bias]");
+  const int64_t x_dim = decoder_out[0].size(0);
+  const int64_t embed_dim = check_linears(op, h_embed, "h_embed", x_dim, eps_in);
+  const int64_t h_dim = check_lstm(op, rnn_h, "rnn_h", embed_dim, eps_in);
+  const int64_t hidden = check_linears(op, prior_mlp, "prior_mlp", h_dim + z_dim, eps_in);
+  TORCH_CHECK(check_heads(op, prior_heads, "prior_heads", hidden, eps_in) == z_dim, op,
+              ": prior_heads must output z_dim = ", z_dim, " (the width of eps)");
+  const int64_t dec_dim = check_linears(op, decoder, "decoder", h_dim + z_dim, eps_in);
+  check_linears(op, decoder_out, "decoder_out", dec_dim, eps_in);
+  const bool record = any_requires_grad({h_embed, rnn_h, prior_mlp, prior_heads, decoder, decoder_out}, {eps_in});
+  at::AutoGradMode grad_mode(record);
+  const at::Tensor eps = temperature != 1.0 ? eps_in * temperature : eps_in;
+
+  const auto h_embed_l = linears(h_embed), prior_l = linears(prior_mlp), heads_l = linears(prior_heads),
+             decoder_l = linears(decoder);
+  const LSTMStepper lstm(rnn_h, exact_lstm, eps, batch);
+  const auto out_l = linears(decoder_out)[0];
+
+  Steps zs(frames);
+  Steps logvars(frames);
+  LSTMState state = lstm.zero_state(batch, eps.options());
+  at::Tensor s_prev = at::zeros({batch, x_dim}, eps.options());
+  at::Tensor z = at::zeros({batch, z_dim}, eps.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    const at::Tensor h = lstm(mlp(s_prev, h_embed_l, activation), state);
+    auto [mean, logvar_z] = heads(mlp(at::cat({h, z}, -1), prior_l, activation), heads_l);
+    z = draw(mean, logvar_z, eps[t]);
+    const at::Tensor logvar = out_l(mlp(at::cat({h, z}, -1), decoder_l, activation));
+    s_prev = at::exp(logvar);
+    zs.put(z);
+    logvars.put(logvar);
+  }
+  return {zs.result(), logvars.result()};
+}
+
+TORCH_LIBRARY_IMPL(lightdvae, CompositeImplicitAutograd, m) {
+  m.impl("dkf_posterior", &dkf_posterior);
+  m.impl("dkf_prior", &dkf_prior);
+  m.impl("rvae_posterior", &rvae_posterior);
+  m.impl("srnn_posterior", &srnn_posterior);
+  m.impl("srnn_own_past", &srnn_own_past);
+  m.impl("srnn_prior", &srnn_prior);
+}
+
+}  // namespace lightdvae
