@@ -277,6 +277,7 @@ def test_backend_ref_runs_the_reference(monkeypatch):
 
 @requires_native
 def test_half_on_cpu_falls_back_or_raises(monkeypatch):
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "auto")  # the automatic choice, whatever the caller set
     inputs = make_inputs(1, 2, 1, 1, 4, 16, torch.bfloat16)
     with torch.no_grad():
         out = kv_attention(*clone_all(inputs), 4)  # auto: the reference (float32 math) takes it
@@ -290,6 +291,7 @@ def test_half_on_cpu_falls_back_or_raises(monkeypatch):
 
 @requires_native
 def test_strided_cache_rows_fall_back_to_the_reference(monkeypatch):
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "auto")  # the automatic choice, whatever the caller set
     q, k_cache, v_cache, k_new, v_new = make_inputs(1, 2, 1, 1, 4, 8, torch.float32)
     k_s = torch.zeros(1, 2, 8, 16)[..., ::2].copy_(k_cache)  # head_dim stride 2: cannot be written by the kernel
     v_s = torch.zeros(1, 2, 8, 16)[..., ::2].copy_(v_cache)
