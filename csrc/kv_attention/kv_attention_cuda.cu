@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cuda_utils.cuh"
 #include "kv_attention/kv_attention.h"
 #include "kv_attention/kv_attention_math.h"
 
@@ -31,20 +32,6 @@ constexpr int kThreads = 128;
 constexpr int kUnroll = 4;         // keys in flight per group and iteration
 constexpr int kSlots = 8;          // head-dimension elements a lane holds at most
 constexpr int kMaxHeadDim = 256;   // 32 lanes x kSlots: see MAX_CUDA_HEAD_DIM in lightdvae/ops/kv_attention.py
-
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 __device__ __forceinline__ float exp2_acc(float x) { return exp2f(x); }
 __device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }

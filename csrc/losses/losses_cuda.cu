@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "cuda_utils.cuh"
 #include "losses/losses.h"
 #include "losses/losses_math.h"
 
@@ -24,20 +25,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kFinishThreads = 512;
-
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
