@@ -58,10 +58,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightdvae._io import atomic_write_bytes, atomic_write_text
 from lightdvae.audio import SAMPLE_RATE
 from lightdvae.cli import UserError
 from lightdvae.metrics import COLUMNS, METRICS, PESQ_VARIANTS, MetricUnavailable, check_available, compute_metrics
-from lightdvae.runs import atomic_write, load_run
+from lightdvae.runs import load_run
 
 logger = logging.getLogger("lightdvae.evaluate")
 
@@ -115,13 +116,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``path`` atomically (temporary file in the same folder, fsync, rename): see lightdvae.runs."""
-    return atomic_write(path, lambda fh: fh.write(data))
-
-
 def _atomic_write_json(path: Path, value) -> Path:
-    return _atomic_write_bytes(path, (json.dumps(_jsonable(value), indent=2) + "\n").encode("utf-8"))
+    return atomic_write_text(path, json.dumps(_jsonable(value), indent=2) + "\n")
 
 
 def _jsonable(value):
@@ -351,7 +347,7 @@ class _Journal:
     def __init__(self, path: Path, rows: list[dict]):
         self.path = path
         # start from a clean file holding exactly the rows kept (drops a torn last line)
-        _atomic_write_bytes(path, (_csv_header() + "".join(_csv_line(r) for r in rows)).encode("utf-8"))
+        atomic_write_bytes(path, (_csv_header() + "".join(_csv_line(r) for r in rows)).encode("utf-8"))
         self.fh = open(path, "a", encoding="utf-8", newline="")
 
     def append(self, row: dict) -> None:
@@ -812,7 +808,7 @@ def evaluate_model(
     model_failed = [r for r in rows if MODEL_ERROR in r["errors"]]
     if rows and len(model_failed) == len(rows):
         raise EvalError(f"the model failed on every file; first error: {model_failed[0]['errors'][MODEL_ERROR]}")
-    _atomic_write_bytes(out / PER_FILE, (_csv_header() + "".join(_csv_line(r) for r in rows)).encode("utf-8"))
+    atomic_write_bytes(out / PER_FILE, (_csv_header() + "".join(_csv_line(r) for r in rows)).encode("utf-8"))
     summary = _summary(
         rows=rows,
         run_info=run_info,
@@ -847,7 +843,7 @@ def _write_example(out: Path, name: str, reference: np.ndarray, estimate: np.nda
     stem = _stem(name)
     buf = io.BytesIO()
     np.savez(buf, reference=reference.astype(np.float32), estimate=estimate.astype(np.float32), name=np.array(name))
-    _atomic_write_bytes(out / EXAMPLE_DIR / f"{stem}.npz", buf.getvalue())
+    atomic_write_bytes(out / EXAMPLE_DIR / f"{stem}.npz", buf.getvalue())
     fig = resynthesis_figure(reference, {title: estimate}, suptitle=name)
     save_figure(fig, out / FIGURE_DIR / f"{stem}.png")
 

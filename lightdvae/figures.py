@@ -20,12 +20,12 @@ Typical use::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lightdvae._io import atomic_write
 from lightdvae.audio import HOP, SAMPLE_RATE
 
 DB_RANGE = 80.0  #: dB below the loudest bin of the figure that the colour scale spans.
@@ -246,16 +246,6 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG (or the format of ``path``'s suffix) under a temporary name, then rename it into
     place, so a reader never sees half a file.  Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi))
     return path

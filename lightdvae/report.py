@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightdvae._io import atomic_write_text
 from lightdvae.cli import UserError
 from lightdvae.metrics import COLUMNS, HIGHER_IS_BETTER, LABELS, PESQ_VARIANTS
 
@@ -581,7 +582,5 @@ def write_report(
         fig_dir = Path(out).parent / FIGURE_DIR
     text = build_report(evals, fdsds, title=title, figure_dir=fig_dir)
     if out is not None:
-        from lightdvae.evaluate import _atomic_write_bytes
-
-        _atomic_write_bytes(Path(out), text.encode("utf-8"))
+        atomic_write_text(Path(out), text)
     return text

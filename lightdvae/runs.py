@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from lightdvae._io import atomic_write, atomic_write_json, atomic_write_text
 from lightdvae.models import DVAE, build
 
 CONFIG_FILE = "config.json"
@@ -48,6 +47,7 @@ __all__ = [
     "STATUS_FILE",
     "CHECKPOINT_DIR",
     "atomic_write",
+    "atomic_write_json",
     "atomic_write_text",
     "save_checkpoint",
     "checkpoint_path",
@@ -57,40 +57,6 @@ __all__ = [
     "load_run",
     "is_run_dir",
 ]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable) -> Path:
-    """Write ``path`` through ``write(binary file handle)`` into a temporary file of the same folder, fsync it,
-    then rename it over ``path``: readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: str | os.PathLike, value) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:

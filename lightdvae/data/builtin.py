@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightdvae._io import atomic_write_text
 from lightdvae.audio import HOP, N_FFT, SAMPLE_RATE, resample, save_audio
 from lightdvae.data.corpora import BUILTIN_MANIFEST, BUILTIN_MARKER, SPLITS, Corpus, DataError, discover
 
@@ -445,16 +446,6 @@ def _utterances(split: str, speakers: list[_Speaker], sentences: list[str], seed
         j += 1
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _sentences_digest(sentences: list[str]) -> str:
     return hashlib.sha1("\n".join(sentences).encode()).hexdigest()[:16]
 
@@ -580,7 +571,7 @@ def build_corpus(
                     "those options to resume, or pass --force to start over"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / BUILD_STATE, json.dumps({"settings": settings}, indent=2))
+    atomic_write_text(out / BUILD_STATE, json.dumps({"settings": settings}, indent=2))
 
     t0 = time.perf_counter()
     rng = random.Random(seed)
@@ -677,8 +668,8 @@ def build_corpus(
     from lightdvae import __version__
 
     summary["lightdvae"] = __version__
-    _atomic_write_text(out / BUILTIN_MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic_write_text(out / BUILTIN_MARKER, json.dumps(summary, indent=2, ensure_ascii=False))
+    atomic_write_text(out / BUILTIN_MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / BUILTIN_MARKER, json.dumps(summary, indent=2, ensure_ascii=False))
     (out / BUILD_STATE).unlink(missing_ok=True)
     logger.info(
         "built-in corpus: %d files, %.1f min, %d speakers in %.1f s",

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightdvae._io import atomic_write, atomic_write_bytes
 from lightdvae.audio import N_FREQ, AudioError, FrontEnd, load_audio, power_spectrogram
 from lightdvae.data.corpora import DataError, DataWarning, default_cache_dir
 
@@ -217,28 +218,12 @@ class SpectrogramCache:
         )
 
     @staticmethod
-    def _tmp_name(path: Path) -> Path:
-        return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    def _atomic_write_bytes(path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data, fsync=False)  # a cache: rebuilt if a crash loses it
 
-    def _atomic_write_bytes(self, path: Path, data: bytes) -> None:
-        tmp = self._tmp_name(path)
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
-    def _atomic_save(self, path: Path, array: np.ndarray) -> None:
-        tmp = self._tmp_name(path)
-        try:
-            with open(tmp, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    @staticmethod
+    def _atomic_save(path: Path, array: np.ndarray) -> None:
+        atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False), fsync=False)
 
     def compute(self, path: str | os.PathLike, key: str | None = None) -> tuple[CacheEntry, list[str]]:
         """Run the front end on ``path`` and store the result; returns the entry and notes (resampled, mixed down).

@@ -28,16 +28,15 @@ both written atomically (temporary file in the same folder, then ``os.replace``)
 from __future__ import annotations
 
 import configparser
-import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from lightdvae._io import atomic_write, atomic_write_json
 from lightdvae.models.base import DVAE
 
 __all__ = [
@@ -451,28 +450,6 @@ def from_dvae(checkpoint, config_ini, overrides: Mapping | None = None) -> DVAE:
 # --------------------------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_run_dir(run_dir, model: DVAE, source: Mapping | None = None, checkpoint: str = "best") -> Path:
     """Write ``config.json`` and ``checkpoints/<checkpoint>.pt`` of ``model`` into ``run_dir``, atomically."""
     run_dir = Path(run_dir)
@@ -485,8 +462,8 @@ def save_run_dir(run_dir, model: DVAE, source: Mapping | None = None, checkpoint
         "model_name": name,
         "config": config,
     }
-    _atomic_write(run_dir / "checkpoints" / f"{checkpoint}.pt", lambda fh: torch.save(payload, fh))
-    _atomic_write(run_dir / "config.json", lambda fh: fh.write((json.dumps(meta, indent=2) + "\n").encode()))
+    atomic_write(run_dir / "checkpoints" / f"{checkpoint}.pt", lambda fh: torch.save(payload, fh))
+    atomic_write_json(run_dir / "config.json", meta)
     return run_dir
 
 
