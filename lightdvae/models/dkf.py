@@ -33,6 +33,7 @@ from lightdvae.models.layers import (
     draw,
     linear_params,
     loop_noise,
+    posterior_loop,
     run_lstm,
     shift_right,
     use_native_loop,
@@ -179,15 +180,7 @@ class DKF(DVAE):
                 g_terms=3.0 if self.config.rnn_bidirectional else 2.0,
                 activation=self.config.activation,
             )
-        z_t = gx.new_zeros(batch, self.config.z_dim)
-        zs, means, logvars = [], [], []
-        for t in range(frames):
-            mean, logvar = self.posterior_cell(gx[:, t], z_t)
-            z_t = draw(mean, logvar, sample, None if eps is None else eps[:, t], generator)
-            zs.append(z_t)
-            means.append(mean)
-            logvars.append(logvar)
-        return tuple(torch.stack(v, 0).transpose(0, 1) for v in (zs, means, logvars))
+        return posterior_loop(self.posterior_cell, gx, self.config.z_dim, sample, eps, generator)
 
     def sample_prior(
         self,

@@ -135,6 +135,27 @@ def draw(
     return torch.addcmul(mean, eps, torch.exp(0.5 * logvar))
 
 
+def posterior_loop(
+    cell, features: Tensor, z_dim: int, sample: bool, eps: Tensor | None, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Python reference of the sequential posteriors (the ``*_ref`` of :mod:`lightdvae.ops.sampling`).
+
+    For t = 1..T, ``mean, logvar = cell(features[:, t], z_{t-1})`` (z_0 = 0; a stateful cell keeps its state in
+    a closure) and ``z_t = draw(mean, logvar, sample, eps[:, t])``.  Returns ``z, mean, logvar``, each
+    ``(batch, frames, z_dim)`` (views of time-major storage).
+    """
+    batch, frames, _ = features.shape
+    z_t = features.new_zeros(batch, z_dim)
+    zs, means, logvars = [], [], []
+    for t in range(frames):
+        mean, logvar = cell(features[:, t], z_t)
+        z_t = draw(mean, logvar, sample, None if eps is None else eps[:, t], generator)
+        zs.append(z_t)
+        means.append(mean)
+        logvars.append(logvar)
+    return tuple(torch.stack(v, 0).transpose(0, 1) for v in (zs, means, logvars))
+
+
 def linear_params(*modules: nn.Module) -> list[Tensor]:
     """Weights and biases ``[w0, b0, w1, b1, ...]`` of :class:`MLP` and ``nn.Linear`` modules, in
     order: the Linear-stack layout of the native sampling loops (an MLP adds all its layers)."""

@@ -36,6 +36,7 @@ from lightdvae.models.layers import (
     lstm_params,
     lstm_step,
     lstm_zero_state,
+    posterior_loop,
     run_lstm,
     use_native_loop,
     validate_common,
@@ -211,16 +212,14 @@ class RVAE(DVAE):
                 activation=self.config.activation,
                 exact_lstm=self.exact_lstm,
             )
-        z_t = gx.new_zeros(batch, self.config.z_dim)
         state = lstm_zero_state(self.rnn_z, batch, gx)
-        zs, means, logvars = [], [], []
-        for t in range(frames):
-            mean, logvar, state = self.posterior_cell(gx[:, t], z_t, state)
-            z_t = draw(mean, logvar, sample, None if eps is None else eps[:, t], generator)
-            zs.append(z_t)
-            means.append(mean)
-            logvars.append(logvar)
-        return tuple(torch.stack(v, 0).transpose(0, 1) for v in (zs, means, logvars))
+
+        def cell(gx_t: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
+            nonlocal state
+            mean, logvar, state = self.posterior_cell(gx_t, z_prev, state)
+            return mean, logvar
+
+        return posterior_loop(cell, gx, self.config.z_dim, sample, eps, generator)
 
     def sample_prior(
         self,

@@ -46,6 +46,7 @@ from lightdvae.models.layers import (
     lstm_params,
     lstm_step,
     lstm_zero_state,
+    posterior_loop,
     run_lstm,
     shift_right,
     use_native_loop,
@@ -221,15 +222,7 @@ class SRNN(DVAE):
                 linear_params(self.posterior_mean, self.posterior_logvar),
                 activation=self.config.activation,
             )
-        z_t = g.new_zeros(batch, self.config.z_dim)
-        zs, means, logvars = [], [], []
-        for t in range(frames):
-            mean, logvar = self.posterior_cell(g[:, t], z_t)
-            z_t = draw(mean, logvar, sample, None if eps is None else eps[:, t], generator)
-            zs.append(z_t)
-            means.append(mean)
-            logvars.append(logvar)
-        return tuple(torch.stack(v, 0).transpose(0, 1) for v in (zs, means, logvars))
+        return posterior_loop(self.posterior_cell, g, self.config.z_dim, sample, eps, generator)
 
     def decode_own_past(self, z: Tensor, h_true: Tensor, use_own: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Decode ``z`` while running the deterministic path on the model's own predictions.
