@@ -9,10 +9,12 @@ Targets (CPU, batch 1, T = 1000 frames, default LigHT-DVAE sizes: d_model 128, 4
   in the extra_info of ``test_generation[cached-native]``).
 
 The recompute baseline runs both decoder bodies over the whole prefix and the output heads on the last position,
-at every step (``recompute_step``).  It is quadratic in T (about 40 s of CPU for T = 1000 here), so it is not run
-in full: its step is timed at 20 evenly spaced prefix lengths, linearly interpolated and summed over the T steps
--- an estimate, and said so in its extra_info.  ``test_recompute_baseline_is_the_same_computation`` checks on a
-short sequence that the baseline, run in full, gives the cached path's samples.
+at every step (``recompute_step``): the models' own parallel pass, their best non-cached path, under
+``torch.inference_mode()`` like the cached generation (``decode_stepwise``).  It is quadratic in T (about 40 s of
+CPU for T = 1000 here), so it is not run in full: its step is timed at 20 evenly spaced prefix lengths, linearly
+interpolated and summed over the T steps -- an estimate, and said so in its extra_info.
+``test_recompute_baseline_is_the_same_computation`` checks on a short sequence that the baseline, run in full,
+gives the cached path's samples.
 
 Clocks: wall (perf_counter) and CPU (process_time).  Every workload here is single-threaded, so the CPU clock is
 the wall clock minus the time the process waited for a core, the steadier figure on a machine shared with other
@@ -164,7 +166,7 @@ def test_generation(benchmark, describe, monkeypatch, one_thread, impl):
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def recompute_step(model, w: torch.Tensor, z, feats, i: int, eps, temperature: float = 1.0):
     """Generation step i (0-based) by re-running both decoder bodies over the whole prefix 0..i, no cache.
 
@@ -182,7 +184,7 @@ def recompute_step(model, w: torch.Tensor, z, feats, i: int, eps, temperature: f
     return logvar
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_recompute(model, n: int, frames: int, generator: torch.Generator) -> torch.Tensor:
     """model.generate without caches (the baseline): the same random draws in the same order."""
     c = model.config

@@ -86,10 +86,11 @@ def test_kv_attention_ref_half_precision_and_errors():
 
 
 def test_step_path_goes_through_the_single_kv_attention_hook(monkeypatch):
-    calls = []
+    calls, caches = [], set()
 
     def counting(*args, **kwargs):
         calls.append(args[5])
+        caches.add(args[1].data_ptr())
         return kv_attention_ref(*args, **kwargs)
 
     monkeypatch.setattr(layers, "kv_attention", counting)
@@ -99,6 +100,8 @@ def test_step_path_goes_through_the_single_kv_attention_hook(monkeypatch):
     # 2 uses of the body (prior, speech) x 2 layers x 2 attentions per frame
     assert len(calls) == frames * 2 * TINY["dec_layers"] * 2
     assert sorted(set(calls)) == list(range(frames))
+    # key caches: a self-attention cache per layer and use, one cross-attention cache per layer shared by both uses
+    assert len(caches) == 3 * TINY["dec_layers"]
 
 
 # ---- step path == parallel pass --------------------------------------------------------------
@@ -126,13 +129,14 @@ def test_stepwise_teacher_forced_equals_parallel(name, ablation):
 
 
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
-def test_decoder_body_chunked_steps_equal_parallel(ablation):
+@pytest.mark.parametrize(("act", "dtype"), [("relu", torch.float32), ("tanh", torch.float64)])
+def test_decoder_body_chunked_steps_equal_parallel(ablation, act, dtype):
     torch.manual_seed(0)
-    body = DecoderBody(7, 10, 16, 4, 3, 24, "relu", 0.0, **ABLATIONS[ablation]).eval()
-    latent, speech = torch.randn(2, 12, 7), torch.randn(2, 12, 10)
+    body = DecoderBody(7, 10, 16, 4, 3, 24, act, 0.0, **ABLATIONS[ablation]).to(dtype).eval()
+    latent, speech = torch.randn(2, 12, 7, dtype=dtype), torch.randn(2, 12, 10, dtype=dtype)
     with torch.no_grad():
         full = body(latent, speech)
-        cache = body.new_cache(2, 12, dtype=torch.float32, device="cpu")
+        cache = body.new_cache(2, 12, dtype=dtype, device="cpu")
         out, pos = [], 0
         for n in (1, 4, 2, 5):
             out.append(body.step(latent[:, pos : pos + n], speech[:, pos : pos + n], cache))
@@ -140,9 +144,152 @@ def test_decoder_body_chunked_steps_equal_parallel(ablation):
         with pytest.raises(ValueError, match="cache holds 12"):
             body.step(latent[:, :1], speech[:, :1], cache)
     err = max_err(torch.cat(out, 1), full)
-    print(f"{ablation}: chunked step vs parallel {err:.2e}")
-    assert err < TOL
+    print(f"{ablation} {act} {dtype}: chunked step vs parallel {err:.2e}")
+    assert err < (TOL if dtype == torch.float32 else 1e-12)
     assert all(lc.self_kv.length == 12 and lc.cross_kv.length == 12 for lc in cache.layers)
+
+
+# ---- the packed step path: shared memory, weights, grad mode, overhead -------------------------
+
+
+def test_shared_memory_caches_equal_two_parallel_passes():
+    """Two uses of one body on the same memory (LigHT's z prior and speech passes) share its keys/values."""
+    torch.manual_seed(0)
+    body = DecoderBody(7, 10, 16, 4, 2, 24, "relu", 0.0).eval()
+    b, t = 3, 10
+    lat_z, lat_s, speech = torch.randn(b, t, 7), torch.randn(b, t, 7), torch.randn(b, t, 10)
+    with torch.no_grad():
+        full_z, full_s = body(lat_z, speech), body(lat_s, speech)
+        s_cache = body.new_cache(b, t, dtype=torch.float32, device="cpu")
+        z_cache = body.new_cache(b, t, dtype=torch.float32, device="cpu", share_memory_with=s_cache)
+        out_z, out_s, pos = [], [], 0
+        for n in (1, 3, 1, 5):
+            out_z.append(body.step(lat_z[:, pos : pos + n], speech[:, pos : pos + n], z_cache))
+            out_s.append(body.step(lat_s[:, pos : pos + n], None, s_cache))  # memory computed by the z pass
+            pos += n
+    errs = (max_err(torch.cat(out_z, 1), full_z), max_err(torch.cat(out_s, 1), full_s))
+    print(f"shared memory: z pass {errs[0]:.2e}, s pass {errs[1]:.2e}")
+    assert max(errs) < TOL
+    for zc, sc in zip(z_cache.layers, s_cache.layers, strict=True):
+        assert zc.cross_kv is sc.cross_kv and zc.self_kv is not sc.self_kv
+        assert zc.cross_kv.length == zc.self_kv.length == sc.self_kv.length == t
+    assert z_cache.weights is s_cache.weights
+
+
+def test_step_path_errors():
+    torch.manual_seed(0)
+    body = DecoderBody(7, 10, 16, 4, 2, 24, "relu", 0.0).eval()
+    lat, sp = torch.randn(2, 1, 7), torch.randn(2, 1, 10)
+
+    def cache(**kw):
+        return body.new_cache(2, 5, dtype=torch.float32, device="cpu", **kw)
+
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="speech=None needs the memory"):
+            body.step(lat, None, cache())  # nothing computed the memory of position 0
+        first = cache()
+        second = cache(share_memory_with=first)
+        body.step(lat, sp, first)
+        body.step(lat, None, second)
+        with pytest.raises(ValueError, match="speech=None needs the memory"):
+            body.step(lat, None, second)  # position 1: the other cache has not stepped yet
+        with pytest.raises(ValueError, match="unused cache"):
+            cache(share_memory_with=first)  # already stepped
+        with pytest.raises(ValueError, match="unused cache"):
+            body.new_cache(2, 6, dtype=torch.float32, device="cpu", share_memory_with=cache())
+        with pytest.raises(ValueError, match="unused cache"):
+            body.new_cache(3, 5, dtype=torch.float32, device="cpu", share_memory_with=cache())
+        other = DecoderBody(7, 10, 16, 4, 2, 24, "relu", 0.0)
+        with pytest.raises(ValueError, match="same decoder body"):
+            other.new_cache(2, 5, dtype=torch.float32, device="cpu", share_memory_with=cache())
+        inv = DecoderBody(7, 10, 16, 4, 2, 24, "relu", 0.0, inv_s=True)
+        with pytest.raises(ValueError, match="Inv-s"):
+            inv.new_cache(
+                2,
+                5,
+                dtype=torch.float32,
+                device="cpu",
+                share_memory_with=inv.new_cache(2, 5, dtype=torch.float32, device="cpu"),
+            )
+        with pytest.raises(ValueError, match="differ in batch/time"):
+            body.step(lat, torch.randn(2, 2, 10), cache())
+    with pytest.raises(RuntimeError, match="inference-only"):
+        body.step(lat, sp, cache())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_step_path_follows_weight_changes(name):
+    """Each decode packs the weights afresh: after an optimizer step the step path still equals the parallel pass."""
+    model = tiny(name, "plain").eval()
+    b, t = 2, 7
+    power = spectrogram(b, t)
+    g = torch.Generator().manual_seed(2)
+    z, w = torch.randn(b, t, TINY["z_dim"], generator=g), torch.randn(b, TINY["w_dim"], generator=g)
+    before = model.decode_stepwise(w, t, z=z, past=power)["logvar"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.decode(z, w, power)[0].square().mean().backward()
+    opt.step()
+    steps = model.decode_stepwise(w, t, z=z, past=power)
+    with torch.no_grad():
+        logvar, p_mean, _ = model.decode(z, w, power)
+    assert max_err(steps["logvar"], before) > 1e-3  # the new weights are used
+    assert max_err(steps["logvar"], logvar) < TOL and max_err(steps["prior_mean"], p_mean) < TOL
+
+
+def test_train_mode_step_path_without_memory_sharing():
+    """In train() mode (dropout 0 here) the LigHT passes do not share the memory; the result is the same."""
+    model = tiny("light-dvae", "plain").train()
+    b, t = 2, 8
+    power = spectrogram(b, t)
+    g = torch.Generator().manual_seed(4)
+    z, w = torch.randn(b, t, TINY["z_dim"], generator=g), torch.randn(b, TINY["w_dim"], generator=g)
+    steps = model.decode_stepwise(w, t, z=z, past=power)
+    with torch.no_grad():
+        logvar, p_mean, p_logvar = model.decode(z, w, power)
+    errs = [
+        max_err(steps["logvar"], logvar),
+        max_err(steps["prior_mean"], p_mean),
+        max_err(steps["prior_logvar"], p_logvar),
+    ]
+    assert max(errs) < TOL, errs
+
+
+def test_stepwise_outputs_are_ordinary_tensors():
+    """The loop runs under inference mode; what it returns can be modified in place and used with autograd."""
+    model = tiny("light-dvae", "plain").eval()
+    steps = model.decode_stepwise(torch.zeros(2, TINY["w_dim"]), 5)
+    for key, value in steps.items():
+        assert value is not None and not value.is_inference(), key
+    steps["logvar"][:, 0] = 0.0
+    out = model.generate(1, 4)
+    assert not out.is_inference()
+    out.mul_(2.0)
+    assert model.decoder._pe_table is None or not model.decoder._pe_table.is_inference()
+
+
+def test_generation_step_issues_few_aten_calls():
+    """Overhead guard: ATen calls per generated frame of LigHT-DVAE (2 decoder layers, prior and speech passes).
+
+    The step path issued about 300 per frame before the weights were packed; it issues 111 now (torch 2.x)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model = tiny("light-dvae", "plain").eval()
+    counts = []
+    for frames in (10, 20):
+        Count.calls = 0
+        with Count():
+            model.generate(1, frames)
+        counts.append(Count.calls)
+    per_frame = (counts[1] - counts[0]) / 10
+    print(f"ATen calls per generated frame: {per_frame}")
+    assert per_frame <= 125
 
 
 # ---- causality --------------------------------------------------------------------------------

@@ -359,6 +359,31 @@ def test_input_errors(monkeypatch, backend):
         call(q, kc, vc, kn, vn, 4.0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["auto"])
+def test_select_kv_attention_picks_what_kv_attention_runs(monkeypatch, backend):
+    """The once-per-loop choice of the step paths: the native op or the reference, by kv_attention's rules."""
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", backend)
+    inputs = make_inputs(2, 3, 1, 1, 40, 32, torch.float32)
+    fn = kv_module.select_kv_attention(inputs[1], inputs[2])
+    native = backend != "ref" and _ext.has_kernel("kv_attention", "cpu")
+    assert fn is (torch.ops.lightdvae.kv_attention.default if native else kv_attention_ref)
+    a, b = clone_all(inputs), clone_all(inputs)
+    with torch.inference_mode():
+        out, ref = fn(*a, 40, None, True), kv_attention(*b, 40)
+    report_close(f"selected ({backend})", out, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+def test_select_kv_attention_falls_back_or_raises(monkeypatch):
+    half = make_inputs(1, 2, 1, 1, 4, 16, torch.bfloat16)
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "auto")
+    assert kv_module.select_kv_attention(half[1], half[2]) is kv_attention_ref  # no bfloat16 CPU kernel
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
+    monkeypatch.setattr(_ext, "HAS_NATIVE", False)
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation"):
+        kv_module.select_kv_attention(*make_inputs(1, 2, 1, 1, 3, 8, torch.float32)[1:3])
+
+
 @requires_native
 def test_native_op_checks_its_inputs():
     q, kc, vc, kn, vn = make_inputs(1, 2, 1, 1, 3, 8, torch.float32)

@@ -57,6 +57,12 @@ Past speech at test time (``forward(power, past=...)``; w and z are inferred fro
 Generation (``generate``): ``w = temperature * N(0, I)``; for t = 1..T the prior decoder gives
 ``p(z_t | s_hat_{1:t-1}, z_{1:t-1}, w)``, ``z_t = mean + temperature * std * eps``, the speech decoder gives
 ``logvar_t``, and ``s_hat_t = exp(logvar_t)`` is fed back; both decoders step with their own caches.
+
+Cost of the cached loops (issue #5): a frame runs the decoder body once per use on packed weights (see
+:mod:`~lightdvae.models.transformer_layers`), under ``torch.inference_mode()``.  LigHT-DVAE's two uses of its one
+body read the same past speech, so (in ``eval()`` mode) they share the cross-attention keys/values of that memory:
+the prior pass computes them, the speech pass reuses them.  ``benchmarks/test_kv_attention.py`` and
+``benchmarks/test_resynthesis.py`` time generation and GEN resynthesis.
 """
 
 from __future__ import annotations
@@ -249,7 +255,8 @@ class _HierarchicalTransformerDVAE(DVAE):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor | None]:
-        """Frame-by-frame decoding with key/value caches (O(t) per step); no gradients.
+        """Frame-by-frame decoding with key/value caches (O(t) per step); no gradients (runs in inference mode,
+        returns ordinary tensors).
 
         Args:
             w: (B, w_dim).  frames: T.
@@ -265,45 +272,78 @@ class _HierarchicalTransformerDVAE(DVAE):
             (frame t's row is the input that frame t + 1 saw).
         """
         c = self.config
-        batch, dtype, device = w.shape[0], w.dtype, w.device
+        batch = w.shape[0]
         if z is not None and tuple(z.shape) != (batch, frames, c.z_dim):
             raise ValueError(f"z must be ({batch}, {frames}, {c.z_dim}), got {tuple(z.shape)}")
         if past is not None and tuple(past.shape) != (batch, frames, c.x_dim):
             raise ValueError(f"past must be ({batch}, {frames}, {c.x_dim}), got {tuple(past.shape)}")
-        run_prior = prior or z is None
-        s_cache = self.s_body.new_cache(batch, frames, dtype=dtype, device=device)
-        z_cache = self.z_body.new_cache(batch, frames, dtype=dtype, device=device) if run_prior else None
-        w_t = w[:, None, :]
-        mem = torch.zeros(batch, 1, c.x_dim, dtype=dtype, device=device)  # features of s_0
-        z_prev = torch.zeros(batch, 1, c.z_dim, dtype=dtype, device=device)  # z_0
-        logvars, zs, p_means, p_logvars, fed = [], [], [], [], []
+        if frames < 1:
+            raise ValueError(f"decode_stepwise needs frames >= 1, got {frames}")
+        with torch.inference_mode():
+            out = self._decode_loop(w, frames, z, past, prior or z is None, temperature, generator)
+        # normal tensors (not inference tensors): callers may modify them in place or feed them to autograd
+        return {k: None if v is None else v.clone() for k, v in out.items()}
+
+    def _decode_loop(
+        self,
+        w: Tensor,
+        frames: int,
+        z: Tensor | None,
+        past: Tensor | None,
+        run_prior: bool,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor | None]:
+        """The loop of :meth:`decode_stepwise` (under inference mode), on (batch, features) rows.
+
+        Per frame: the z-prior pass (when ``run_prior``), z_t (given or drawn), the speech pass, the fed-back past.
+        For LigHT-DVAE the two passes run one decoder body on the same past speech, so they share its memory
+        keys/values (the prior pass computes them, the speech pass reuses them; eval mode only, where both passes
+        see the same, dropout-free memory).
+        """
+        c = self.config
+        batch, dtype, device = w.shape[0], w.dtype, w.device
+        s_body, z_body = self.s_body, self.z_body
+        s_cache = s_body.new_cache(batch, frames, dtype=dtype, device=device)
+        share = run_prior and self.shared_decoder and not c.inv_s and not self.training
+        z_cache = (
+            z_body.new_cache(batch, frames, dtype=dtype, device=device, share_memory_with=s_cache if share else None)
+            if run_prior
+            else None
+        )
+        prior_w, prior_b = self.z_prior_out.weight.t(), self.z_prior_out.bias
+        log_eps = torch.tensor(math.log(c.feature_eps), dtype=dtype, device=device)
+        feats = self.features(past) if past is not None else None
+        mem = torch.zeros(batch, c.x_dim, dtype=dtype, device=device)  # features of s_0
+        z_prev = torch.zeros(batch, c.z_dim, dtype=dtype, device=device)  # z_0
+        logvars, zs, priors, fed = [], [], [], []
         for i in range(frames):
             if z_cache is not None:
-                h = self.z_body.step(torch.cat([z_prev, w_t], -1), mem, z_cache)
-                p_mean, p_logvar = self.z_prior_out(h).chunk(2, dim=-1)
-                p_means.append(p_mean)
-                p_logvars.append(p_logvar)
+                h = z_body.step_rows(torch.cat([z_prev, w], -1), mem, z_cache)
+                prior_t = torch.addmm(prior_b, h, prior_w)  # [mean ; logvar] of p(z_t | ...)
+                priors.append(prior_t)
             if z is not None:
-                z_t = z[:, i : i + 1]
+                z_t = z[:, i]
             else:
-                eps = torch.randn(p_mean.shape, dtype=dtype, device=device, generator=generator)
-                z_t = p_mean + temperature * torch.exp(0.5 * p_logvar) * eps
-            logvar_t = self.s_out(self.s_body.step(torch.cat([z_t, w_t], -1), mem, s_cache))
-            mem = self.features(past[:, i : i + 1]) if past is not None else self._feedback_features(logvar_t)
+                eps = torch.randn(batch, c.z_dim, dtype=dtype, device=device, generator=generator)
+                z_t = torch.addcmul(
+                    prior_t[:, : c.z_dim], torch.exp(0.5 * prior_t[:, c.z_dim :]), eps, value=temperature
+                )
+            h = s_body.step_rows(torch.cat([z_t, w], -1), None if share else mem, s_cache)
+            logvar_t = self.s_out(h)  # the module call: benchmarks time the steps with a hook on it
+            mem = feats[:, i] if feats is not None else torch.logaddexp(logvar_t, log_eps)
             logvars.append(logvar_t)
             zs.append(z_t)
             fed.append(mem)
             z_prev = z_t
 
-        def cat(xs: list[Tensor]) -> Tensor | None:
-            return torch.cat(xs, dim=1) if xs else None
-
+        prior_all = torch.stack(priors, 1) if priors else None
         return {
-            "logvar": cat(logvars),
-            "z": cat(zs),
-            "prior_mean": cat(p_means),
-            "prior_logvar": cat(p_logvars),
-            "past_feats": cat(fed),
+            "logvar": torch.stack(logvars, 1),
+            "z": torch.stack(zs, 1),
+            "prior_mean": None if prior_all is None else prior_all[..., : c.z_dim],
+            "prior_logvar": None if prior_all is None else prior_all[..., c.z_dim :],
+            "past_feats": torch.stack(fed, 1),
         }
 
     # ---- method vocabulary ---------------------------------------------------------------------

@@ -4,19 +4,30 @@ Used by :mod:`lightdvae.models.transformer` (HiT-DVAE, LigHT-DVAE and their Inv-
 
 Layout: sequences are ``(batch, time, d_model)``; inside attention ``(batch, heads, time, head_dim)``.
 
-Every attention module has two entry points that compute the same function:
+A decoder stack (:class:`DecoderBody`) has two entry points that compute the same function:
 
-- ``forward(x, memory, causal)``: the parallel pass over whole sequences (training, teacher forcing),
-  one ``scaled_dot_product_attention`` with a causal mask;
-- ``step(x_new, memory_new, cache)``: the incremental pass.  The keys/values of the new positions are
-  appended in place into a preallocated :class:`KVCache` and the new queries attend over the filled
-  prefix, through the single function :func:`kv_attention` (see the block "Cached attention" below;
-  it is the one place a native kernel plugs in).
+- ``forward(latent, speech)``: the parallel pass over whole sequences (training, teacher forcing), one
+  ``scaled_dot_product_attention`` with a causal mask per attention;
+- ``step(latent, speech, cache)``: the incremental pass over the next position(s), for autoregressive
+  decoding (inference only).  The keys/values of the new positions are appended in place into a
+  preallocated :class:`KVCache` and the new queries attend over the filled prefix, through the single
+  function :func:`kv_attention` (see the block "Cached attention" below; it is the one place a native
+  kernel plugs in).
 
-Decoder layers are post-norm (sublayer -> dropout -> add -> LayerNorm) and have the same two entry
-points, written once in :meth:`DecoderLayer._sublayers` so the parallel and the step path cannot drift.
-There is no dropout on attention probabilities (the cached kernel is inference-only); dropout acts on
-embeddings, on sublayer outputs and inside the feed-forward block, and only in ``train()`` mode.
+The step path is written for the per-call overhead of batch-1 decoding, where a step is a chain of
+tiny matrix-vector products: :meth:`DecoderBody.new_cache` packs the weights once per sequence
+(:class:`StepWeights`: transposed for ``addmm``, the query/key/value projections of each
+self-attention in one matrix, the key/value projections of every layer's cross-attention in one
+matrix -- they all read the same memory --, the positional encodings folded into the embedding
+biases) and picks the attention implementation once; a step is then about 25 ATen calls per layer.
+Two caches of one body can share the memory keys/values (``share_memory_with``): LigHT-DVAE's z-prior
+and speech passes read the same past speech, so the second pass of a frame skips the speech
+embedding and the memory projections.  ``tests/test_models_transformer.py`` holds the step path to
+the parallel pass (1e-5 in float32) for every variant.
+
+Decoder layers are post-norm (sublayer -> dropout -> add -> LayerNorm).  There is no dropout on
+attention probabilities (the cached kernel is inference-only); dropout acts on embeddings, on sublayer
+outputs and inside the feed-forward block, and only in ``train()`` mode.
 """
 
 from __future__ import annotations
@@ -31,7 +42,10 @@ from torch import Tensor, nn
 
 from lightdvae.models.base import activation as make_activation
 from lightdvae.ops.attention import kv_attention as kv_attention_op
-from lightdvae.ops.attention import kv_attention_ref  # noqa: F401  (re-exported: the reference semantics)
+from lightdvae.ops.attention import (
+    kv_attention_ref,  # noqa: F401  (re-exported: the reference semantics)
+    select_kv_attention,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Cached attention: lightdvae.ops.kv_attention (native kernel, falls back to kv_attention_ref)
@@ -72,11 +86,61 @@ class LayerCache:
 
 
 @dataclass
+class StepWeights:
+    """The weights of a :class:`DecoderBody` packed for its step path (built by :meth:`DecoderBody.new_cache`).
+
+    Matrices are transposed to ``(in, out)`` for ``torch.addmm(bias, x, w)``.  ``latent_b`` / ``speech_b``:
+    ``(max_len, d)``, the embedding bias plus the positional encoding of every position.  ``memory_w``
+    ``(d, n_layers * 2 * d)`` / ``memory_b``: the key and value projections of every layer's cross-attention
+    side by side (layer-major, keys then values).  ``layers``: per decoder layer, the tuple
+    ``(qkv_w, qkv_b, self_out_w, self_out_b, cross_q_w, cross_q_b, cross_out_w, cross_out_b, ff1_w, ff1_b,
+    ff2_w, ff2_b, norm1_w, norm1_b, norm2_w, norm2_b, norm3_w, norm3_b, eps)`` with the query/key/value
+    projections of the self-attention in one ``(d, 3 d)`` matrix.  A copy taken when the cache is made: a cache
+    is only valid for the weights it was made with (as are the keys/values it holds).
+    """
+
+    owner: int  # id() of the body the weights come from
+    latent_w: Tensor
+    latent_b: Tensor
+    speech_w: Tensor
+    speech_b: Tensor
+    memory_w: Tensor
+    memory_b: Tensor
+    layers: list[tuple]
+    activation: Callable[[Tensor], Tensor]  # in place: torch.relu_ or torch.tanh_
+    dropout: float
+
+
+@dataclass
+class MemoryKV:
+    """Cross-attention keys/values of the memory stream, for every layer of a decoder stack.
+
+    ``caches``: one :class:`KVCache` per layer (also the ``cross_kv`` of the layers' :class:`LayerCache`);
+    ``rows``: per layer, the ``(keys, values)`` ``(batch, heads, n, head_dim)`` of the positions computed last;
+    ``end``: one past the last of those positions.  Shared by two :class:`DecoderCache` of one body when both
+    are fed the same memory at every position (``DecoderBody.new_cache(share_memory_with=...)``).
+    """
+
+    caches: list[KVCache]
+    rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    end: int = 0
+
+
+@dataclass
 class DecoderCache:
-    """Caches of a whole decoder stack plus the next time index (``position``) to be decoded."""
+    """Caches of a whole decoder stack plus the next time index (``position``) to be decoded.
+
+    Made by :meth:`DecoderBody.new_cache`, which also stores the packed weights (``weights``), the memory
+    keys/values (``memory``, maybe shared with another cache) and the attention implementation (``attend``,
+    chosen once: :func:`~lightdvae.ops.attention.select_kv_attention`, or the ``kv_attention`` hook of this
+    module when it has been replaced).
+    """
 
     layers: list[LayerCache] = field(default_factory=list)
     position: int = 0
+    weights: StepWeights | None = None
+    memory: MemoryKV | None = None
+    attend: Callable[..., Tensor] | None = None
 
     @property
     def max_len(self) -> int:
@@ -102,7 +166,11 @@ def sinusoidal_encoding(start: int, length: int, dim: int, *, dtype: torch.dtype
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with separate query and key/value inputs (self- or cross-attention)."""
+    """Multi-head attention with separate query and key/value inputs (self- or cross-attention).
+
+    The parallel pass is :meth:`forward`; the incremental one is written out in :meth:`DecoderBody.step_rows`
+    on the packed weights (:class:`StepWeights`).
+    """
 
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
@@ -129,15 +197,6 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"causal attention needs equal lengths, got {x.shape[1]} queries, {memory.shape[1]} keys")
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-
-    def step(self, x: Tensor, memory: Tensor, cache: KVCache) -> Tensor:
-        """Incremental pass.  x: (B, n, d) queries of the next ``n`` positions; memory: (B, n, d) the memory
-        entries at the same positions (``memory is x`` for self-attention).  Appends their keys/values to
-        ``cache`` in place, attends causally over the filled prefix, advances ``cache.length``; (B, n, d)."""
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
-        out = kv_attention(q, cache.k, cache.v, k, v, cache.length)
-        cache.length += memory.shape[1]
-        return self._merge(out)
 
 
 class FeedForward(nn.Module):
@@ -218,26 +277,16 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def _sublayers(self, x: Tensor, attend_self: Callable[[Tensor], Tensor], attend_memory: Callable[[Tensor], Tensor]):
-        a = self.drop(attend_self(x))
+    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+        """Parallel pass.  x: (B, T, d) query stream; memory: (B, T, d); position t sees memory <= t.
+
+        The step path (:meth:`DecoderBody.step_rows`) computes the same function on packed weights.
+        """
+        a = self.drop(self.self_attn(x, x, causal=True))
         x = self.norm1(x + a if self.residual else a)
-        c = self.drop(attend_memory(x))
+        c = self.drop(self.cross_attn(x, memory, causal=True))
         x = self.norm2(x + c if self.residual else c)
         return self.norm3(x + self.drop(self.ff(x)))
-
-    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
-        """Parallel pass.  x: (B, T, d) query stream; memory: (B, T, d); position t sees memory <= t."""
-        return self._sublayers(
-            x, lambda h: self.self_attn(h, h, causal=True), lambda h: self.cross_attn(h, memory, causal=True)
-        )
-
-    def step(self, x: Tensor, memory: Tensor, cache: LayerCache) -> Tensor:
-        """Step pass over the next n positions: x, memory (B, n, d) -> (B, n, d); appends to ``cache``."""
-        return self._sublayers(
-            x,
-            lambda h: self.self_attn.step(h, h, cache.self_kv),
-            lambda h: self.cross_attn.step(h, memory, cache.cross_kv),
-        )
 
 
 class DecoderBody(nn.Module):
@@ -270,7 +319,7 @@ class DecoderBody(nn.Module):
         no_residual: bool = False,
     ):
         super().__init__()
-        self.inv_s = inv_s
+        self.inv_s, self.residual = inv_s, not no_residual
         self.d_model, self.n_heads = d_model, n_heads
         self.latent_embed = nn.Linear(latent_dim, d_model)
         self.speech_embed = nn.Linear(x_dim, d_model)
@@ -306,26 +355,201 @@ class DecoderBody(nn.Module):
             x = layer(x, memory)
         return x
 
-    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device) -> DecoderCache:
-        """Empty caches for decoding up to ``max_len`` positions of a batch."""
+    def new_cache(
+        self, batch: int, max_len: int, *, dtype: torch.dtype, device, share_memory_with: DecoderCache | None = None
+    ) -> DecoderCache:
+        """Empty caches for decoding up to ``max_len`` positions of a batch, with this body's weights packed.
+
+        ``share_memory_with``: a cache of this same body (same batch and ``max_len``) whose memory keys/values
+        this one shares, for two uses of the body that are fed the same memory at every position (LigHT-DVAE's
+        z-prior and speech passes both read the past speech).  At each position the first of them to step
+        computes the memory's keys/values; the other may then pass ``speech=None`` to :meth:`step`.  Not with
+        ``inv_s`` (the memory is then the latent stream, which differs between the uses).
+
+        The cache holds a copy of the weights made here: make a new cache after changing the weights (its
+        keys/values were computed with the old ones anyway).
+        """
         hd = self.d_model // self.n_heads
 
         def kv() -> KVCache:
             return KVCache.empty(batch, self.n_heads, max_len, hd, dtype=dtype, device=device)
 
-        return DecoderCache([LayerCache(kv(), kv()) for _ in self.layers])
+        layers = [LayerCache(kv(), kv()) for _ in self.layers]
+        if share_memory_with is None:
+            weights = self._pack(max_len)
+            memory = MemoryKV([lc.cross_kv for lc in layers])
+        else:
+            other = share_memory_with
+            if self.inv_s:
+                raise ValueError("an Inv-s decoder cannot share memory keys/values: its memory is the latent stream")
+            if other.weights is None or other.weights.owner != id(self):
+                raise ValueError("share_memory_with must be a cache made by this same decoder body")
+            k, want = other.layers[0].self_kv.k, torch.device(device)
+            same_device = k.device.type == want.type and want.index in (None, k.device.index)
+            if (other.max_len, k.shape[0], k.dtype, other.position) != (max_len, batch, dtype, 0) or not same_device:
+                raise ValueError(
+                    "share_memory_with must be an unused cache of the same batch size, max_len, dtype and device"
+                )
+            weights, memory = other.weights, other.memory
+            for lc, shared in zip(layers, memory.caches, strict=True):
+                lc.cross_kv = shared
+        attend = kv_attention if kv_attention is not kv_attention_op else select_kv_attention(*_any_kv(layers))
+        return DecoderCache(layers, weights=weights, memory=memory, attend=attend)
 
-    def step(self, latent: Tensor, speech: Tensor, cache: DecoderCache) -> Tensor:
+    @torch.no_grad()
+    def _pack(self, max_len: int) -> StepWeights:
+        """The weights in the layout of the step path (see :class:`StepWeights`)."""
+
+        def t(w: Tensor) -> Tensor:
+            return w.detach().t().contiguous()
+
+        like = self.latent_embed.weight
+        # not self._positions: under inference mode that would leave an inference tensor in the shared table
+        pe = sinusoidal_encoding(0, max_len, self.d_model, dtype=like.dtype, device=like.device)
+        layers = []
+        for layer in self.layers:
+            sa, ca, (ff1, _, _, ff2) = layer.self_attn, layer.cross_attn, layer.ff.net
+            norms = (layer.norm1, layer.norm2, layer.norm3)
+            if len({n.eps for n in norms}) != 1:
+                raise ValueError("the step path needs one LayerNorm eps per decoder layer")
+            layers.append(
+                (
+                    t(torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])),
+                    torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias]).detach(),
+                    t(sa.out_proj.weight),
+                    sa.out_proj.bias.detach(),
+                    t(ca.q_proj.weight),
+                    ca.q_proj.bias.detach(),
+                    t(ca.out_proj.weight),
+                    ca.out_proj.bias.detach(),
+                    t(ff1.weight),
+                    ff1.bias.detach(),
+                    t(ff2.weight),
+                    ff2.bias.detach(),
+                    *(p.detach() for n in norms for p in (n.weight, n.bias)),
+                    norms[0].eps,
+                )
+            )
+        act = _INPLACE_ACTIVATIONS.get(type(self.layers[0].ff.net[1]))
+        if act is None:
+            raise NotImplementedError(f"no step path for the activation {self.layers[0].ff.net[1]}")
+        memory_proj = [proj for layer in self.layers for proj in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        return StepWeights(
+            owner=id(self),
+            latent_w=t(self.latent_embed.weight),
+            latent_b=self.latent_embed.bias.detach() + pe,
+            speech_w=t(self.speech_embed.weight),
+            speech_b=self.speech_embed.bias.detach() + pe,
+            memory_w=t(torch.cat([proj.weight for proj in memory_proj])),
+            memory_b=torch.cat([proj.bias for proj in memory_proj]).detach(),
+            layers=layers,
+            activation=act,
+            dropout=self.drop.p,
+        )
+
+    def step(self, latent: Tensor, speech: Tensor | None, cache: DecoderCache) -> Tensor:
         """Decode the next n positions ``cache.position .. + n - 1`` given the caches of all earlier ones.
 
         latent (B, n, latent_dim), speech (B, n, x_dim) -> (B, n, d_model); the caches grow by n.
         Equal to the rows of :meth:`forward` at those positions when the same inputs are fed.
+        ``speech=None``: the memory of these positions was already computed through a cache this one shares
+        its memory with (see :meth:`new_cache`).  Inference only: call it under ``torch.no_grad()`` or
+        ``torch.inference_mode()``.
         """
-        n = latent.shape[1]
-        if cache.position + n > cache.max_len:
-            raise ValueError(f"decoder cache holds {cache.max_len} positions; cannot decode up to {cache.position + n}")
-        x, memory = self._streams(latent, speech, cache.position)
-        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-            x = layer.step(x, memory, layer_cache)
-        cache.position += n
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "DecoderBody.step is inference-only (it writes into the caches in place and has no backward); "
+                "call it under torch.no_grad() or torch.inference_mode(), or train with the parallel forward()"
+            )
+        b, n = latent.shape[:2]
+        if speech is not None and speech.shape[:2] != latent.shape[:2]:
+            raise ValueError(f"latent {tuple(latent.shape)} and speech {tuple(speech.shape)} differ in batch/time")
+        rows = self.step_rows(
+            latent.reshape(b * n, -1), None if speech is None else speech.reshape(b * n, -1), cache, n
+        )
+        return rows.view(b, n, self.d_model)
+
+    def step_rows(self, latent: Tensor, speech: Tensor | None, cache: DecoderCache, n: int = 1) -> Tensor:
+        """:meth:`step` on rows: latent (B * n, latent_dim), speech (B * n, x_dim) or ``None`` -> (B * n, d_model).
+
+        Rows are ordered (batch, time).  The decoding loops of the models call this one (no reshapes, no checks
+        of the grad mode: run it under ``torch.inference_mode()`` or ``torch.no_grad()``).
+        """
+        p = cache.position
+        end = p + n
+        if end > cache.max_len:
+            raise ValueError(f"decoder cache holds {cache.max_len} positions; cannot decode up to {end}")
+        wts, attend, mem = cache.weights, cache.attend, cache.memory
+        b = latent.shape[0] // n
+        d, heads = self.d_model, self.n_heads
+        hd = d // heads
+        drop = wts.dropout if self.training else 0.0
+
+        x = torch.addmm(_rows(wts.latent_b, p, n, b), latent, wts.latent_w)
+        if drop:
+            x = F.dropout(x, drop)
+        if speech is None:
+            if mem.end != end or not mem.rows:
+                raise ValueError(
+                    f"speech=None needs the memory of positions {p}..{end - 1} computed through a cache that shares "
+                    "this one's memory (new_cache(share_memory_with=...)); pass the speech features instead"
+                )
+            kv_rows = mem.rows
+        else:
+            sp = torch.addmm(_rows(wts.speech_b, p, n, b), speech, wts.speech_w)
+            if drop:
+                sp = F.dropout(sp, drop)
+            if self.inv_s:
+                x, sp = sp, x  # query stream = speech, memory = latent
+            kv = torch.addmm(wts.memory_b, sp, wts.memory_w).view(b, n, len(self.layers), 2, heads, hd)
+            kv_rows = [layer_kv.unbind(0) for layer_kv in kv.permute(2, 3, 0, 4, 1, 5).unbind(0)]
+            mem.rows, mem.end = kv_rows, end
+
+        shape, act, residual = (d,), wts.activation, self.residual
+        for lw, lc, (k_mem, v_mem) in zip(wts.layers, cache.layers, kv_rows, strict=True):
+            (qkv_w, qkv_b, so_w, so_b, cq_w, cq_b, co_w, co_b, f1_w, f1_b, f2_w, f2_b) = lw[:12]
+            (n1_w, n1_b, n2_w, n2_b, n3_w, n3_b, eps) = lw[12:]
+            # causal self-attention over the query stream
+            q, k, v = torch.addmm(qkv_b, x, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            kvc = lc.self_kv
+            a = torch.addmm(so_b, _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d), so_w)
+            if drop:
+                a = F.dropout(a, drop)
+            x = torch.layer_norm(a.add_(x) if residual else a, shape, n1_w, n1_b, eps)
+            kvc.length = end
+            # causal cross-attention to the memory
+            q = torch.addmm(cq_b, x, cq_w).view(b, n, heads, hd).transpose(1, 2)
+            kvc = lc.cross_kv
+            c = torch.addmm(co_b, _merge(attend(q, kvc.k, kvc.v, k_mem, v_mem, p, None, True), b, n, d), co_w)
+            if drop:
+                c = F.dropout(c, drop)
+            x = torch.layer_norm(c.add_(x) if residual else c, shape, n2_w, n2_b, eps)
+            kvc.length = end
+            # feed-forward
+            h = act(torch.addmm(f1_b, x, f1_w))
+            if drop:
+                h = F.dropout(h, drop)
+            f = torch.addmm(f2_b, h, f2_w)
+            if drop:
+                f = F.dropout(f, drop)
+            x = torch.layer_norm(f.add_(x), shape, n3_w, n3_b, eps)
+        cache.position = end
         return x
+
+
+_INPLACE_ACTIVATIONS: dict[type, Callable[[Tensor], Tensor]] = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
+
+
+def _any_kv(layers: list[LayerCache]) -> tuple[Tensor, Tensor]:
+    return layers[0].self_kv.k, layers[0].self_kv.v
+
+
+def _rows(table: Tensor, start: int, n: int, batch: int) -> Tensor:
+    """Rows ``start .. start + n - 1`` of a per-position table, as the bias of (batch, time)-ordered rows."""
+    rows = table[start : start + n]
+    return rows.repeat(batch, 1) if n > 1 and batch > 1 else rows
+
+
+def _merge(out: Tensor, b: int, n: int, d: int) -> Tensor:
+    """(B, H, n, hd) attention output -> (B * n, d) rows ordered (batch, time)."""
+    return out.view(b, d) if n == 1 else out.transpose(1, 2).reshape(b * n, d)

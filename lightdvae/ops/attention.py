@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lightdvae import _ext
 
-__all__ = ["kv_attention", "kv_attention_ref", "MAX_CUDA_HEAD_DIM"]
+__all__ = ["kv_attention", "kv_attention_ref", "select_kv_attention", "MAX_CUDA_HEAD_DIM"]
 
 #: Largest head dimension of the CUDA kernel; larger ones run the reference on the GPU.
 MAX_CUDA_HEAD_DIM = 256
@@ -180,6 +181,33 @@ def kv_attention(
             q, k_cache, v_cache, k_new, v_new, cache_len, softmax_scale, bool(causal)
         )
     return kv_attention_ref(q, k_cache, v_cache, k_new, v_new, cache_len, softmax_scale, causal)
+
+
+def select_kv_attention(k_cache: Tensor, v_cache: Tensor) -> Callable[..., Tensor]:
+    """The implementation :func:`kv_attention` runs on these caches, chosen once for a whole decoding loop.
+
+    A decoding loop calls the op a few times per step with the same caches; :func:`kv_attention` decides the
+    backend at every call (``LIGHTDVAE_BACKEND``, the build, the dtype and device), which costs a few
+    microseconds each time.  This function makes that choice once, by the same rules, for queries of the caches'
+    dtype, device and head dimension, and returns the callable to use: the native op
+    ``torch.ops.lightdvae.kv_attention.default`` or :func:`kv_attention_ref`.
+
+    Args:
+        k_cache, v_cache: ``(batch, heads, max_len, head_dim)`` caches the loop will attend over.
+
+    Returns:
+        A callable taking :func:`kv_attention`'s eight arguments **positionally**: ``(q, k_cache, v_cache, k_new,
+        v_new, cache_len, softmax_scale, causal)``, with the same semantics (in-place append, result).  It does not
+        repeat :func:`kv_attention`'s inference-only guard: call it under ``torch.no_grad()`` or
+        ``torch.inference_mode()``.  The native op still checks shapes, dtypes and devices in C++.
+
+    ``LIGHTDVAE_BACKEND=native`` raises here, as :func:`kv_attention` would, when the native kernel is missing or
+    cannot take such caches.
+    """
+    device_type = "cpu" if k_cache.is_cpu else k_cache.device.type
+    if _ext.use_native("kv_attention", device_type, _native_supported(k_cache, k_cache, v_cache)):
+        return torch.ops.lightdvae.kv_attention.default
+    return kv_attention_ref
 
 
 # --------------------------------------------------------------------------------------------
