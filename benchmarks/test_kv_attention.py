@@ -162,7 +162,10 @@ def test_generation(benchmark, describe, monkeypatch, one_thread, impl):
     # per-step flatness from the round with the median total CPU time
     row = sorted(windows, key=lambda r: r["total_s_cpu"])[len(windows) // 2]
     benchmark.extra_info.update(
-        step_window_early=f"steps {early[0]}-{early[1]}", step_window_late=f"steps {late[0]}-{late[1]}", **row
+        step_window_early=f"steps {early[0]}-{early[1]}",
+        step_window_late=f"steps {late[0]}-{late[1]}",
+        step_ratio_late_vs_early_cpu_every_round=[r["step_ratio_late_vs_early_cpu"] for r in windows],
+        **row,
     )
 
 
