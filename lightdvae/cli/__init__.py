@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``lightdvae --help`` lists them.
-COMMANDS = ("info", "corpus", "train", "eval", "report", "fdsd", "import_dvae")
+COMMANDS = ("info", "corpus", "train", "eval", "generate", "swap_w", "report", "fdsd", "import_dvae")
 
 
 class UserError(Exception):
