@@ -1,5 +1,6 @@
-"""Shared test helpers: markers for the native build and the GPU, tolerances by dtype."""
+"""Shared test helpers: markers for the native build and the GPU, tolerances by dtype, a speech-like signal."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,9 @@ requires_cuda = pytest.mark.skipif(
     reason="needs a CUDA GPU and the extension's CUDA kernels",
 )
 
+#: a LigHT-DVAE small enough for end-to-end tests of the commands
+TINY_LIGHT = dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=2, ff_dim=32, w_dim=4, z_dim=3, dropout=0.0)
+
 CPU_DTYPES = [torch.float32, torch.float64]
 CUDA_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -25,3 +29,15 @@ def report_close(name: str, actual: torch.Tensor, expected: torch.Tensor, rtol: 
         scale = e.abs().max().clamp_min(1e-30)
         print(f"{name}: max abs err {err.max().item():.3e}, max rel-to-scale err {(err.max() / scale).item():.3e}")
     torch.testing.assert_close(a, e, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def speech_like(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
+    """Voiced harmonics (random f0 around 100-140 Hz, vibrato) with a syllable envelope and a little noise, peak 0.5."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 100 + 40 * rng.random() + 15 * np.sin(2 * np.pi * 0.6 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) * np.exp(-k / 6) for k in range(1, 25))
+    x = x * np.clip(np.sin(2 * np.pi * (2.0 + rng.random()) * t), 0, None) ** 0.5
+    x = x + 0.002 * rng.standard_normal(t.size)
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import TINY_LIGHT, speech_like
 
 from lightdvae import evaluate as E
 from lightdvae.cli import main
@@ -18,18 +19,6 @@ from lightdvae.models import build
 from lightdvae.models.dvae_import import save_run_dir
 
 SR = 16000
-TINY_LIGHT = dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=2, ff_dim=32, w_dim=4, z_dim=3, dropout=0.0)
-
-
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 100 + 40 * rng.random() + 15 * np.sin(2 * np.pi * 0.6 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    x = sum(np.sin(k * phase) * np.exp(-k / 6) for k in range(1, 25))
-    x = x * np.clip(np.sin(2 * np.pi * (2.0 + rng.random()) * t), 0, None) ** 0.5
-    x = x + 0.002 * rng.standard_normal(t.size)
-    return (0.5 * x / np.abs(x).max()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

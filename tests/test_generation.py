@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_evaluate import TINY_LIGHT, speech_like
+from helpers import TINY_LIGHT, speech_like
 
 from lightdvae import generation as G
 from lightdvae.audio import HOP, load_audio, power_spectrogram, resynthesize, save_audio, stft

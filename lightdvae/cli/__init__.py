@@ -9,11 +9,53 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``lightdvae --help`` lists them.
-COMMANDS = ("info", "corpus", "train", "eval", "generate", "swap_w", "report", "fdsd", "import_dvae")
+COMMANDS = (
+    "demo",
+    "info",
+    "corpus",
+    "train",
+    "eval",
+    "generate",
+    "swap_w",
+    "report",
+    "fdsd",
+    "import_dvae",
+    "reproduce",
+)
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2, no traceback."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)
+    return value
+
+
+# argparse names the type in its error message ("invalid positive integer value: '0'")
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "non-negative integer"
+positive_float.__name__ = "positive number"
 
 
 def build_parser() -> argparse.ArgumentParser:

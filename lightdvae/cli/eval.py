@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lightdvae.cli import UserError
+from lightdvae.cli import UserError, non_negative_int, positive_int
 
 
 def run(args) -> int:
@@ -53,24 +53,6 @@ def run(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_positive.__name__ = "positive integer"
-_non_negative.__name__ = "non-negative integer"
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
@@ -92,18 +74,18 @@ def register(subparsers) -> None:
         help="decoder fed its own past predictions (gen, the default) or the true past (gt); both: one after the other",
     )
     p.add_argument(
-        "--workers", type=_non_negative, metavar="N", help="metric worker processes (default: CPUs; 0: none)"
+        "--workers", type=non_negative_int, metavar="N", help="metric worker processes (default: CPUs; 0: none)"
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="torch threads of a CPU model (default: CPUs left by the workers)",
     )
-    p.add_argument("--max-files", type=_positive, metavar="N", help="only the first N files of the split")
+    p.add_argument("--max-files", type=positive_int, metavar="N", help="only the first N files of the split")
     p.add_argument("--save-audio", action="store_true", help="write the resynthesised wavs to OUT/audio/")
     p.add_argument(
-        "--figures", type=_non_negative, default=3, metavar="N", help="spectrogram figures of the first N files (3)"
+        "--figures", type=non_negative_int, default=3, metavar="N", help="spectrogram figures of the first N files (3)"
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/eval/<split>-<past>/)")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")

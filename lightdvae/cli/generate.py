@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lightdvae.cli import non_negative_int, positive_int
+
 
 def run(args) -> int:
     import logging
@@ -63,20 +65,6 @@ def run(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def _temperature(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
@@ -84,8 +72,6 @@ def _temperature(text: str) -> float:
     return value
 
 
-_positive.__name__ = "positive integer"
-_non_negative.__name__ = "non-negative integer"
 _temperature.__name__ = "finite number >= 0"
 
 
@@ -99,10 +85,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (config.json + checkpoints/best.pt)")
-    p.add_argument("--n", type=_positive, default=DEFAULT_N, metavar="N", help=f"number of samples ({DEFAULT_N})")
+    p.add_argument("--n", type=positive_int, default=DEFAULT_N, metavar="N", help=f"number of samples ({DEFAULT_N})")
     p.add_argument(
         "--frames",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_FRAMES,
         metavar="F",
         help=f"frames per sample, hop 16 ms: (F - 1) * 256 samples at 16 kHz ({DEFAULT_FRAMES} = 3.2 s)",
@@ -118,7 +104,7 @@ def register(subparsers) -> None:
         help="scale of the prior's standard deviations (1.0: the model's prior; 0: its means)",
     )
     p.add_argument(
-        "--seed", type=_non_negative, default=0, help="seeds sampling, Griffin-Lim phases and FDSD draws (0)"
+        "--seed", type=non_negative_int, default=0, help="seeds sampling, Griffin-Lim phases and FDSD draws (0)"
     )
     p.add_argument(
         "--which", "--checkpoint", dest="which", default="best", choices=("best", "last"), help="checkpoint (best)"
@@ -126,24 +112,24 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="torch threads (default: torch's); on a busy CPU 1 is often faster and steadier",
     )
     p.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_BATCH,
         metavar="B",
         help=f"samples generated together ({DEFAULT_BATCH}); each batch has its own random stream, so the samples "
         "depend on it",
     )
     p.add_argument(
-        "--griffin-lim-iters", type=_non_negative, metavar="K", help="Griffin-Lim iterations (100, the protocol's)"
+        "--griffin-lim-iters", type=non_negative_int, metavar="K", help="Griffin-Lim iterations (100, the protocol's)"
     )
     p.add_argument(
         "--figures",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_FIGURES,
         metavar="K",
         help=f"spectrograms of the first K samples in generation.png ({DEFAULT_FIGURES}; 0: no figures)",
@@ -156,7 +142,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split of the real set (test)")
     p.add_argument(
-        "--draws", type=_positive, default=DEFAULT_DRAWS, metavar="D", help=f"FDSD draws, mean ± std ({DEFAULT_DRAWS})"
+        "--draws",
+        type=positive_int,
+        default=DEFAULT_DRAWS,
+        metavar="D",
+        help=f"FDSD draws, mean ± std ({DEFAULT_DRAWS})",
     )
     p.add_argument(
         "--features",

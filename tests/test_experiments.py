@@ -1,0 +1,206 @@
+"""Experiments (lightdvae.experiments, ``lightdvae demo`` / ``lightdvae reproduce``): budget -> schedule, the
+paper's findings on known per-file numbers, and a whole tiny experiment end to end with its resumption."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import speech_like
+
+from lightdvae import experiments as X
+from lightdvae.cli import main
+
+SR = 16000
+TINY = {
+    "light-dvae": X.Entry(
+        "light-dvae",
+        "light-dvae",
+        dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ff_dim=32, w_dim=4, z_dim=3, dropout=0.0),
+    ),
+    "dkf": X.Entry("dkf", "dkf", dict(x_dims=[16], rnn_dim=8, z_to_g_dims=[], posterior_dims=[8], decoder_dims=[16])),
+    "srnn-tf": X.Entry(
+        "srnn-tf",
+        "srnn",
+        dict(h_dims=[16], rnn_h_dim=8, g_dims=[16], rnn_g_dim=8, posterior_dims=[8], prior_dims=[8], decoder_dims=[16]),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("expcorpus") / "tiny"
+    seed = 0
+    for split, n in (("train", 4), ("val", 2), ("test", 6)):
+        for u in range(n):
+            seed += 1
+            path = root / split / f"spk{u % 2}" / f"utt{u}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, speech_like(1.2 + 0.1 * (u % 3), seed), SR, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def test_model_keys_parse_and_bad_keys_are_named():
+    assert X.parse_models("all") == X.PAPER_MODELS and len(X.PAPER_MODELS) == 11
+    assert X.parse_models("demo") == X.DEMO_MODELS
+    assert X.parse_models(" light-dvae, DKF ") == ("light-dvae", "dkf")
+    with pytest.raises(X.ExperimentError, match="unknown model key.*lite"):
+        X.parse_models("lite,dkf")
+    with pytest.raises(X.ExperimentError, match="twice"):
+        X.parse_models("dkf,dkf")
+    labels = {k: X.ENTRIES[k].label for k in X.PAPER_MODELS}
+    assert labels["srnn-ss"] == "SRNN (SS)" and labels["light-inv-s-nr"] == "LigHT-Inv-s-NR"
+    assert labels["hit-inv-s"] == "HiT-Inv-s" and labels["srnn-tf"] == "SRNN (TF)"
+
+
+def test_schedule_scales_with_the_budget():
+    e = X.ENTRIES["srnn-ss"]
+    s = X.schedule_for_budget(e, minutes=10, steps_per_epoch=50, val_steps=6, step_seconds=0.1, training_ss=True)
+    # epoch = 0.1 * (50 + 2) + 0.5 = 5.7 s -> 600 / 5.7 = 105 epochs
+    assert s["epochs"] == 105 and s["kl_warmup_epochs"] == round(0.3 * 105)
+    assert (s["ss_start"], s["ss_end"]) == (round(105 / 6), round(105 / 2))
+    tiny = X.schedule_for_budget(X.ENTRIES["dkf"], minutes=0.01, steps_per_epoch=50, val_steps=6, step_seconds=0.1)
+    assert tiny["epochs"] == 2 and tiny["kl_warmup_epochs"] == 1 and "ss_start" not in tiny
+
+
+def _fake_per_file(values: dict):
+    def per_file(out, key, past):
+        v = values.get((key, past))
+        return {} if v is None else {f"f{i}": float(x) for i, x in enumerate(v)}
+
+    return per_file
+
+
+def test_findings_verdicts_from_paired_differences(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    base = 8 + rng.standard_normal(20)
+    noise = lambda s: 0.1 * rng.standard_normal(20)  # noqa: E731
+    values = {
+        ("dkf", "gen"): base,
+        ("srnn-tf", "gen"): base - 6 + noise(0),
+        ("srnn-tf", "gt"): base + 1 + noise(1),
+        ("srnn-ss", "gen"): base + 0.5 + noise(2),
+        ("srnn-ss", "gt"): base + 0.7 + noise(3),
+        ("hit-dvae", "gen"): base + 2 + noise(4),
+        ("hit-dvae", "gt"): base + 2.1 + noise(5),
+        ("light-dvae", "gen"): base + 2.2 + noise(6),
+        ("light-dvae", "gt"): base + 2.3 + noise(7),
+        ("hit-inv-s", "gen"): base - 5 + noise(8),
+        ("hit-inv-s", "gt"): base + 2 + noise(9),
+        ("hit-inv-s-nr", "gen"): base - 2 + noise(10),
+        ("hit-inv-s-nr", "gt"): base - 4 + noise(11),  # GEN and GT 2 dB apart: not "the same"
+    }
+    monkeypatch.setattr(X, "_per_file", _fake_per_file(values))
+    keys = ["dkf", "srnn-tf", "srnn-ss", "hit-dvae", "light-dvae", "hit-inv-s", "hit-inv-s-nr"]
+    res = {r["finding"]: r for r in X.findings(tmp_path, keys)}
+    verdict = {k: r["verdict"] for k, r in res.items()}
+    assert verdict["The transformer DVAEs (HiT-DVAE, LigHT-DVAE) lead on SI-SDR (GEN)"] == "holds"
+    assert verdict["SRNN (TF) collapses in GEN while SRNN (SS) does not"] == "holds"
+    assert verdict["HiT-Inv-s collapses in GEN but not in GT"] == "holds"
+    assert verdict["HiT-Inv-s-NR scores the same in GEN and GT"] == "does not hold"
+    assert verdict["LigHT-Inv-s collapses in GEN but not in GT"] == "not tested"
+    assert verdict["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"] == "holds"
+    assert "0.80" in res["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"]["evidence"]
+    # the baselines ahead: the first finding does not hold; a difference lost in the noise is not resolved
+    values[("dkf", "gen")] = base + 3
+    assert X.findings(tmp_path, keys)[0]["verdict"] == "does not hold"
+    values[("dkf", "gen")] = base + 2.2 + 2 * rng.standard_normal(20)
+    assert X.findings(tmp_path, keys)[0]["verdict"] in ("not resolved", "holds", "does not hold")
+    values[("srnn-ss", "gen")] = base - 6
+    srnn = [r for r in X.findings(tmp_path, keys) if r["finding"].startswith("SRNN")][0]
+    assert srnn["verdict"] == "does not hold" and "SRNN (SS) GEN - GT" in srnn["evidence"]
+
+
+@pytest.fixture
+def tiny_entries(monkeypatch):
+    monkeypatch.setattr(X, "ENTRIES", {**X.ENTRIES, **TINY})
+
+
+def _experiment(corpus, out, **kw):
+    base = dict(
+        out=str(out),
+        models=("light-dvae", "dkf", "srnn-tf"),
+        data=str(corpus),
+        minutes_per_model=0.02,
+        batch_size=4,
+        gen_n=4,
+        gen_frames=24,
+        fdsd_draws=2,
+        device="cpu",
+    )
+    return X.ExperimentConfig(**{**base, **kw})
+
+
+def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus, tmp_path, tiny_entries, monkeypatch):
+    out = tmp_path / "exp"
+    lines = []
+    calls = {"eval": 0}
+    real_eval = X._evaluate_all
+
+    def interrupted_eval(*args, **kwargs):
+        calls["eval"] += 1
+        raise KeyboardInterrupt
+
+    # first session: trained, then interrupted at the evaluation
+    monkeypatch.setattr(X, "_evaluate_all", interrupted_eval)
+    with pytest.raises(KeyboardInterrupt):
+        X.run_experiment(_experiment(corpus, out), say=lines.append)
+    state = json.loads((out / X.STATE_FILE).read_text())
+    assert set(state["models"]) == {"light-dvae", "dkf", "srnn-tf"}
+    epochs = {k: (out / "runs" / k / "log.csv").read_text().count("\n") - 1 for k in state["models"]}
+    assert all(e >= 1 for e in epochs.values())
+    assert all(state["models"][k]["training"] in ("finished", "time_limit") for k in epochs)
+
+    # second session: resumes at the evaluation, does not train again
+    monkeypatch.setattr(X, "_evaluate_all", real_eval)
+    result = X.run_experiment(_experiment(corpus, out), say=lines.append)
+    assert {k: (out / "runs" / k / "log.csv").read_text().count("\n") - 1 for k in epochs} == epochs
+    state = result["state"]
+    assert state["sessions"] == 2 and set(state["stages"]) >= {"corpus", "training", "evaluation", "generation"}
+    report = Path(result["report"]).read_text()
+    for text in ("Analysis-resynthesis", "LigHT-DVAE", "DKF", "SRNN (TF)", "FDSD", "## Training", "## Cost"):
+        assert text in report, text
+    assert "The paper's findings" in report and "SRNN (TF) collapses in GEN" in report
+    for key in ("light-dvae", "srnn-tf"):
+        assert (out / "runs" / key / "eval" / "test-gt" / "summary.json").is_file()
+    assert not (out / "runs" / "dkf" / "eval" / "test-gt").exists()  # DKF does not see past speech
+    cost = json.loads((out / X.COST_FILE).read_text())
+    assert set(cost["light-dvae"]["backends"]) >= {"ref"}
+    assert (out / "report" / "figures").is_dir() and any((out / "report" / "figures").glob("*.png"))
+
+    # third session: everything done, nothing recomputed
+    monkeypatch.setattr(X, "_evaluate_all", interrupted_eval)
+    X.run_experiment(_experiment(corpus, out), say=lines.append)  # would raise if evaluation ran again
+    with pytest.raises(X.ExperimentError, match="other settings.*minutes_per_model"):
+        X.run_experiment(_experiment(corpus, out, minutes_per_model=0.05), say=lines.append)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["reproduce", "--models", "vae,nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown model key(s) nope" in capsys.readouterr().err
+    assert main(["demo", "--minutes", "0.5", "--out", str(tmp_path / "y")]) == 2
+    assert "give at least 2 minutes" in capsys.readouterr().err
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "notes.txt").write_text("mine")
+    assert main(["reproduce", "--models", "vae", "--out", str(tmp_path / "z")]) == 2
+    assert "not an experiment folder" in capsys.readouterr().err
+    assert (tmp_path / "z" / "notes.txt").read_text() == "mine"
+
+
+def test_a_missing_metric_package_stops_before_any_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pesq" else real(name, *a))
+    with pytest.raises(X.ExperimentError, match=r"needs pesq: pip install 'lightdvae\[eval\]'"):
+        X.run_experiment(X.ExperimentConfig(out=str(tmp_path / "e"), models=("vae",)), say=lambda s: None)
+    assert not (tmp_path / "e" / "runs").exists()
