@@ -8,6 +8,9 @@ import torch
 os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: torch threads of the decoding benchmarks (``pytestmark = pytest.mark.usefixtures("bench_threads")``): batch-1
+#: decoding is a chain of small ops, which a second thread only slows down on a shared machine.
+BENCH_THREADS = int(os.environ.get("LIGHTDVAE_BENCH_THREADS", "1"))
 
 
 def synchronize(device: str) -> None:
@@ -31,3 +34,12 @@ def describe(benchmark):
         )
 
     return _describe
+
+
+@pytest.fixture
+def bench_threads():
+    """Run the test on :data:`BENCH_THREADS` torch threads (``LIGHTDVAE_BENCH_THREADS``, default 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(BENCH_THREADS)
+    yield BENCH_THREADS
+    torch.set_num_threads(before)

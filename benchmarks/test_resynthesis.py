@@ -35,16 +35,10 @@ from lightdvae.audio import HOP, SAMPLE_RATE
 from lightdvae.models import build
 
 SECONDS_FULL, SECONDS_SMOKE = 10.0, 1.0
-THREADS = int(os.environ.get("LIGHTDVAE_BENCH_THREADS", "1"))
 MODELS = ["light-dvae", "hit-dvae", "srnn", "dkf", "rvae", "vae"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def utterance(seconds: float) -> torch.Tensor:

@@ -23,8 +23,6 @@ OpenMP/MKL thread pool, which on a shared machine can stall for whole millisecon
 its other thread waits for a core (medians swung 10x between runs with 2 threads on 2 shared cores).
 """
 
-import os
-
 import pytest
 import torch
 from conftest import DEVICES, synchronize
@@ -33,17 +31,11 @@ from lightdvae import _ext
 from lightdvae.models import build
 
 FRAMES = 500
-THREADS = int(os.environ.get("LIGHTDVAE_BENCH_THREADS", "1"))
 BATCHES = [1, 16]
 OPS = {"dkf": "dkf_posterior", "rvae": "rvae_posterior", "srnn": "srnn_posterior"}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("bench_threads")
 
 
 def _backend(monkeypatch, impl, device, model=None):

@@ -565,14 +565,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _trained_runs(cfg: ExperimentConfig, state: _State, out: Path):
+    """``(key, entry, run_dir, sha256 of best.pt)`` of every model whose training ended with weights."""
+    for key in cfg.models:
+        if _trained(state, key, out):
+            run = _run_dir(out, key)
+            yield key, ENTRIES[key], run, _sha256(run / "checkpoints" / "best.pt")
+
+
 def _evaluate_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, progress) -> None:
     from lightdvae.evaluate import STATE, default_out_dir, evaluate_run
 
-    for key in cfg.models:
-        if not _trained(state, key, out):
-            continue
-        entry, run = ENTRIES[key], _run_dir(out, key)
-        sha = _sha256(run / "checkpoints" / "best.pt")
+    for key, entry, run, sha in _trained_runs(cfg, state, out):
         evals = state.model(key).setdefault("eval", {})
         for past in ("gen", "gt") if entry.sees_past_speech else ("gen",):
             if (evals.get(past) or {}).get("sha256") == sha:
@@ -602,11 +606,7 @@ def _evaluate_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, 
 def _generate_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, progress) -> None:
     from lightdvae.generation import generate_run
 
-    for key in cfg.models:
-        if not _trained(state, key, out):
-            continue
-        entry, run = ENTRIES[key], _run_dir(out, key)
-        sha = _sha256(run / "checkpoints" / "best.pt")
+    for key, entry, run, sha in _trained_runs(cfg, state, out):
         info = state.model(key)
         if (info.get("generation") or {}).get("sha256") == sha:
             continue

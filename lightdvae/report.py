@@ -382,7 +382,12 @@ def _fdsd_section(fdsds: list[dict]) -> list[str]:
         for kind, value in floors.items():
             what = {"exact_phase": "real vs real (exact phase)", "griffin_lim": "real vs real (Griffin-Lim)"}
             body.append(
-                [f"_{what.get(kind, kind)}_", _num(value.get("mean"), 2) + f" ± {_num(value.get('std'), 2)}", "", ""]
+                [
+                    f"_{what.get(kind, kind)}_",
+                    _num(value.get("mean"), 2) + f" ± {_num(value.get('std'), 2)}",
+                    str(value.get("draws", "")),
+                    str(value.get("n", "")),
+                ]
                 + ([""] if len(nets) > 1 else [])
             )
         lines += [_table(header, body), ""]
