@@ -353,17 +353,12 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_
     if isinstance(wave, torch.Tensor):
         wave = wave.detach().to("cpu", torch.float32).numpy()
     wave = np.clip(np.asarray(wave, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sf.write(str(tmp), wave, int(sample_rate), subtype="PCM_16", format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from lightdvae._io import atomic_write
+
+    fmt = "FLAC" if Path(path).suffix.lower() == ".flac" else "WAV"
+    return atomic_write(
+        path, lambda fh: sf.write(fh, wave, int(sample_rate), subtype="PCM_16", format=fmt), fsync=False
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
