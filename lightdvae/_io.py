@@ -4,6 +4,7 @@ partial one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,3 +49,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, value) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint digests in result fingerprints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 import json
 import logging
@@ -58,11 +57,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_bytes, atomic_write_text
+from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file
 from lightdvae.audio import SAMPLE_RATE
 from lightdvae.cli import UserError
 from lightdvae.metrics import COLUMNS, METRICS, PESQ_VARIANTS, MetricUnavailable, check_available, compute_metrics
-from lightdvae.runs import load_run
+from lightdvae.runs import load_run, weights_sha256
 
 logger = logging.getLogger("lightdvae.evaluate")
 
@@ -133,14 +132,6 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -534,7 +525,7 @@ def evaluate_run(
     config = model.config.to_dict() if hasattr(model, "config") else {}
     run_info = {
         "run_dir": str(run_dir.resolve()),
-        "checkpoint": {"which": which, "path": str(ckpt.resolve()), "sha256": _sha256(ckpt)},
+        "checkpoint": {"which": which, "path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)},
         "model": {
             "name": name,
             "label": label or model_label(name, config, _training_mode(meta)),
@@ -638,11 +629,7 @@ def evaluate_model(
             "sees_past_speech": bool(getattr(model, "sees_past_speech", True)),
         }
     if "checkpoint" not in run_info:
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        run_info["checkpoint"] = {"which": None, "path": None, "sha256": h.hexdigest()}
+        run_info["checkpoint"] = {"which": None, "path": None, "sha256": weights_sha256(model)}
     fingerprint = {
         "checkpoint_sha256": run_info["checkpoint"]["sha256"],
         "corpus": str(Path(corpus.root).resolve()),

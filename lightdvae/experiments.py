@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_json, atomic_write_text
+from lightdvae._io import atomic_write_json, atomic_write_text, sha256_file
 from lightdvae.cli import UserError
 
 __all__ = [
@@ -358,7 +357,7 @@ def _sync(device: torch.device) -> None:
 
 
 def schedule_for_budget(
-    entry: Entry, minutes: float, steps_per_epoch: int, val_steps: int, step_seconds: float, training_ss: bool = False
+    entry: Entry, minutes: float, steps_per_epoch: int, val_steps: int, step_seconds: float
 ) -> dict:
     """Epochs, KL warm-up and scheduled-sampling ramp that fit ``minutes`` of training.
 
@@ -373,7 +372,7 @@ def schedule_for_budget(
         "epochs": epochs,
         "kl_warmup_epochs": max(1, round(WARMUP_FRACTION * epochs)),
     }
-    if training_ss:
+    if entry.training == "ss":
         start, end = (max(1, round(f * epochs)) for f in SS_FRACTIONS)
         sched.update(ss_start=start, ss_end=max(start, end))
     return sched
@@ -492,9 +491,7 @@ def _train_all(cfg: ExperimentConfig, state: _State, out: Path, device: torch.de
             sched = info.get("schedule")
             if sched is None:
                 step_s = _step_seconds(entry, cfg.batch_size, cfg.seq_len, device)
-                sched = schedule_for_budget(
-                    entry, budget, len(loaders.train), len(loaders.val or ()), step_s, entry.training == "ss"
-                )
+                sched = schedule_for_budget(entry, budget, len(loaders.train), len(loaders.val or ()), step_s)
                 info["schedule"] = sched
                 state.save()
             say(
@@ -557,20 +554,12 @@ def _trained(state: _State, key: str, out: Path) -> bool:
     ).is_file()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _trained_runs(cfg: ExperimentConfig, state: _State, out: Path):
     """``(key, entry, run_dir, sha256 of best.pt)`` of every model whose training ended with weights."""
     for key in cfg.models:
         if _trained(state, key, out):
             run = _run_dir(out, key)
-            yield key, ENTRIES[key], run, _sha256(run / "checkpoints" / "best.pt")
+            yield key, ENTRIES[key], run, sha256_file(run / "checkpoints" / "best.pt")
 
 
 def _evaluate_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, progress) -> None:
@@ -642,7 +631,7 @@ def _backend(name: str):
 def _cost_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, progress=None) -> None:
     """Training step and generation time per model, native vs reference ops, measured here, now."""
     from lightdvae import _ext
-    from lightdvae.runs import load_run
+    from lightdvae.runs import LOG_FILE, load_run
 
     path = out / COST_FILE
     cost = json.loads(path.read_text()) if path.is_file() else {}
@@ -673,10 +662,7 @@ def _cost_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, prog
                 "generate_s": round(float(np.median(gen_s[1:])), 5),
                 "generate_s_per_audio_s": round(float(np.median(gen_s[1:])) / seconds_audio, 5),
             }
-        run = _run_dir(out, key)
-        from lightdvae.runs import LOG_FILE
-
-        epochs = _log_rows(run / LOG_FILE)
+        epochs = _log_rows(_run_dir(out, key) / LOG_FILE)
         row["epoch_s"] = round(float(np.median([r["seconds"] for r in epochs])), 2) if epochs else None
         row["epochs"] = len(epochs)
         row["parameters"] = int(model.num_parameters())
@@ -694,7 +680,6 @@ def _cost_all(cfg: ExperimentConfig, state: _State, out: Path, device, say, prog
                 },
             },
         )
-    state.data["cost"] = str(path)
 
 
 def _log_rows(path: Path) -> list[dict]:

@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_bytes, atomic_write_text
+from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file
 from lightdvae.audio import GRIFFIN_LIM_ITERS, HOP, SAMPLE_RATE
 from lightdvae.cli import UserError
 
@@ -165,7 +165,7 @@ def _batch_generator(seed: int, index: int, device: torch.device) -> torch.Gener
 
 def _load(run_dir, which: str, device) -> tuple:
     """``(model, checkpoint path, run meta, torch device, model description)`` with one-line errors."""
-    from lightdvae.evaluate import _load_model, _resolve_device, _run_meta, _sha256, _training_mode, model_label
+    from lightdvae.evaluate import _load_model, _resolve_device, _run_meta, _training_mode, model_label
 
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
@@ -177,7 +177,7 @@ def _load(run_dir, which: str, device) -> tuple:
     config = model.config.to_dict() if hasattr(model, "config") else {}
     info = {
         "run_dir": str(run_dir.resolve()),
-        "checkpoint": {"which": which, "path": str(ckpt.resolve()), "sha256": _sha256(ckpt)},
+        "checkpoint": {"which": which, "path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)},
         "model": {
             "name": name,
             "label": model_label(name, config, _training_mode(meta)),
@@ -665,16 +665,13 @@ def _generation_figures(
 
 def _describe(model) -> dict:
     from lightdvae.evaluate import model_label
+    from lightdvae.runs import weights_sha256
 
     name = getattr(model, "name", type(model).__name__)
     config = model.config.to_dict() if hasattr(model, "config") else {}
-    h = __import__("hashlib").sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {
         "run_dir": None,
-        "checkpoint": {"which": None, "path": None, "sha256": h.hexdigest()},
+        "checkpoint": {"which": None, "path": None, "sha256": weights_sha256(model)},
         "model": {
             "name": name,
             "label": model_label(name, config),
@@ -986,12 +983,6 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x))))
 
 
-def _file_digest(path: Path) -> str:
-    from lightdvae.evaluate import _sha256
-
-    return _sha256(path)
-
-
 def swap_w(
     run_dir,
     a,
@@ -1063,8 +1054,8 @@ def swap_w(
         raise GenerationError(f"output folder {out} exists and is not a folder")
     fingerprint = {
         "checkpoint_sha256": info["checkpoint"]["sha256"],
-        "a": _file_digest(paths["a"]),
-        "b": _file_digest(paths["b"]),
+        "a": sha256_file(paths["a"]),
+        "b": sha256_file(paths["b"]),
         "past": past,
         "griffin_lim": bool(griffin_lim),
         "griffin_lim_iters": iters if griffin_lim else None,

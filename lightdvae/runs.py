@@ -135,3 +135,15 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torc
         hint = f" (it has: {', '.join(have)})" if have else " (it holds no checkpoint)"
         raise FileNotFoundError(f"no checkpoint {path}{hint if which in CHECKPOINTS else ''}")
     return model_from_checkpoint(load_checkpoint(path), device)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hex SHA-256 of a model's state dict (names and raw bytes, in name order): identifies weights that were
+    never saved as a checkpoint file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -46,7 +46,10 @@ def corpus(tmp_path_factory) -> Path:
 def private_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_model_keys_parse_and_bad_keys_are_named():
@@ -64,7 +67,7 @@ def test_model_keys_parse_and_bad_keys_are_named():
 
 def test_schedule_scales_with_the_budget():
     e = X.ENTRIES["srnn-ss"]
-    s = X.schedule_for_budget(e, minutes=10, steps_per_epoch=50, val_steps=6, step_seconds=0.1, training_ss=True)
+    s = X.schedule_for_budget(e, minutes=10, steps_per_epoch=50, val_steps=6, step_seconds=0.1)
     # epoch = 0.1 * (50 + 2) + 0.5 = 5.7 s -> 600 / 5.7 = 105 epochs
     assert s["epochs"] == 105 and s["kl_warmup_epochs"] == round(0.3 * 105)
     assert (s["ss_start"], s["ss_end"]) == (round(105 / 6), round(105 / 2))
