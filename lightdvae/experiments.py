@@ -67,6 +67,12 @@ WARMUP_FRACTION = 0.3  #: KL warm-up, as a fraction of the epochs that fit the b
 SS_FRACTIONS = (1 / 6, 1 / 2)  #: scheduled-sampling ramp of SRNN (SS): the published epochs 50 -> 150 of 300
 COLLAPSE_DB = 3.0  #: GEN SI-SDR this far below GT SI-SDR (paired mean over files) is called a collapse
 SAME_DB = 1.0  #: two SI-SDR means closer than this (paired, dB) are called the same
+BASELINE_LR = 1e-3  #: Adam learning rate of the classic DVAEs: the published protocol (SPEC section 6)
+#: Adam learning rate of the transformer DVAEs.  At 1e-3 the post-norm transformers collapse their latents on a
+#: short budget (validation KL 0.9-1.8 nats per frame after 5 minutes, GEN SI-SDR -4.3 to -4.9 dB on the built-in
+#: corpus); at 3e-4 LigHT-DVAE keeps its latents (KL 37) and halves its validation loss in the same 5 minutes
+#: (README, "Reproducing the paper's findings").
+TRANSFORMER_LR = 3e-4
 
 
 class ExperimentError(UserError):
@@ -78,12 +84,14 @@ class ExperimentError(UserError):
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
-    """One trained model of an experiment: a registry name, config overrides and the training mode."""
+    """One trained model of an experiment: a registry name, config overrides, the training mode and its Adam
+    learning rate (an experiment's ``lr`` overrides it for every model)."""
 
     key: str
     model: str
     model_config: dict = field(default_factory=dict)
     training: str = "tf"
+    lr: float = BASELINE_LR
 
     @property
     def label(self) -> str:
@@ -103,12 +111,12 @@ def _entries() -> dict[str, Entry]:
         Entry("rvae", "rvae"),
         Entry("srnn-tf", "srnn"),
         Entry("srnn-ss", "srnn", training="ss"),
-        Entry("hit-dvae", "hit-dvae"),
-        Entry("light-dvae", "light-dvae"),
+        Entry("hit-dvae", "hit-dvae", lr=TRANSFORMER_LR),
+        Entry("light-dvae", "light-dvae", lr=TRANSFORMER_LR),
     ]
     for base, key in (("hit-dvae", "hit"), ("light-dvae", "light")):
-        items.append(Entry(f"{key}-inv-s", base, {"inv_s": True}))
-        items.append(Entry(f"{key}-inv-s-nr", base, {"inv_s": True, "no_residual": True}))
+        items.append(Entry(f"{key}-inv-s", base, {"inv_s": True}, lr=TRANSFORMER_LR))
+        items.append(Entry(f"{key}-inv-s-nr", base, {"inv_s": True, "no_residual": True}, lr=TRANSFORMER_LR))
     return {e.key: e for e in items}
 
 
@@ -160,8 +168,10 @@ class ExperimentConfig:
 
     out: the experiment folder.  models: entry keys (:data:`ENTRIES`).  data: corpus spec (``builtin``,
     ``wsj0:DIR``, ``vb:DIR``, ``DIR``).  minutes_per_model: training budget of one model (wall clock, this
-    machine); ``weights`` multiplies it per key (the demo gives LigHT-DVAE 2).  batch_size, lr, seq_len, beta: the
+    machine); ``weights`` multiplies it per key (the demo gives LigHT-DVAE 2).  batch_size, seq_len, beta: the
     training settings (batch 32 rather than the published 128: four times the optimizer steps in a short budget).
+    lr: Adam's learning rate for every model; None (default): each model's own (:attr:`Entry.lr`: 1e-3 for the
+    classic DVAEs, 3e-4 for the transformer DVAEs).
     eval_max_files: evaluate only the first N test files (None: all).  gen_n, gen_frames: generated samples and
     their length (frames; 188 = 3 s).  fdsd_draws: FDSD repeated draws.  cost: measure native vs reference cost.
     device: ``auto``, ``cpu``, ``cuda``.  seed: training seeds.  corpus_minutes: size of the built-in corpus.
@@ -173,7 +183,7 @@ class ExperimentConfig:
     minutes_per_model: float = 5.0
     weights: dict = field(default_factory=dict)
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None
     seq_len: int = 50
     beta: float = 1e-2
     eval_max_files: int | None = None
@@ -201,6 +211,10 @@ class ExperimentConfig:
         ):
             if not isinstance(value, int) or value < low:
                 raise ExperimentError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.lr is not None and (
+            isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf
+        ):
+            raise ExperimentError(f"lr must be a finite number > 0 (or None: each model's own), got {self.lr!r}")
         if self.eval_max_files is not None and (not isinstance(self.eval_max_files, int) or self.eval_max_files < 1):
             raise ExperimentError(f"eval max files must be an integer >= 1, got {self.eval_max_files!r}")
         bad = sorted(set(self.weights) - set(self.models))
@@ -210,6 +224,10 @@ class ExperimentConfig:
 
     def budget_minutes(self, key: str) -> float:
         return float(self.minutes_per_model) * float(self.weights.get(key, 1.0))
+
+    def lr_of(self, key: str) -> float:
+        """Adam's learning rate of the model ``key``: ``lr`` when set, else the entry's own."""
+        return float(self.lr) if self.lr is not None else ENTRIES[key].lr
 
     def fingerprint(self) -> dict:
         d = dataclasses.asdict(self)
@@ -511,7 +529,7 @@ def _train_all(cfg: ExperimentConfig, state: _State, out: Path, device: torch.de
                 epochs=sched["epochs"],
                 max_minutes=budget,
                 batch_size=cfg.batch_size,
-                lr=cfg.lr,
+                lr=cfg.lr_of(key),
                 beta=cfg.beta,
                 kl_warmup_epochs=sched["kl_warmup_epochs"],
                 patience=0,
@@ -873,14 +891,14 @@ def _settings_section(cfg: ExperimentConfig, state: _State, out: Path, corpus) -
     lines = [
         "## Training",
         "",
-        f"Corpus `{cfg.data}` ({corpus.name}); batch {cfg.batch_size} segments of {cfg.seq_len} frames, Adam lr "
-        f"{cfg.lr}, beta {cfg.beta}, KL warm-up over {round(100 * WARMUP_FRACTION)} % of the epochs that fit the "
-        "budget, early stopping off, best validation weights kept; device "
+        f"Corpus `{cfg.data}` ({corpus.name}); batch {cfg.batch_size} segments of {cfg.seq_len} frames, Adam "
+        f"({_lr_text(cfg)}), beta {cfg.beta}, KL warm-up over {round(100 * WARMUP_FRACTION)} % of the epochs that "
+        "fit the budget, early stopping off, best validation weights kept; device "
         f"{state.data.get('device', cfg.device)}, {torch.get_num_threads()} torch threads.",
         "",
-        "| model | parameters | budget (min) | epochs | s / epoch | KL warm-up | best epoch | best val loss "
+        "| model | parameters | lr | budget (min) | epochs | s / epoch | KL warm-up | best epoch | best val loss "
         "| stopped |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     from lightdvae.runs import LOG_FILE
 
@@ -890,11 +908,12 @@ def _settings_section(cfg: ExperimentConfig, state: _State, out: Path, corpus) -
         sched = info.get("schedule") or {}
         secs = [r["seconds"] for r in rows if isinstance(r.get("seconds"), float)]
         lines.append(
-            f"| {ENTRIES[key].label} | {info.get('parameters', 0):,} | {cfg.budget_minutes(key):.1f} | {len(rows)} "
+            f"| {ENTRIES[key].label} | {info.get('parameters', 0):,} | {cfg.lr_of(key):g} "
+            f"| {cfg.budget_minutes(key):.1f} | {len(rows)} "
             f"| {np.median(secs):.1f} | {sched.get('kl_warmup_epochs', '')} | {info.get('best_epoch', '')} | "
             f"{info.get('best_val_loss', float('nan')):.1f} | {info.get('training', 'not trained')} |"
             if secs
-            else f"| {ENTRIES[key].label} | | {cfg.budget_minutes(key):.1f} | 0 | | | | "
+            else f"| {ENTRIES[key].label} | | {cfg.lr_of(key):g} | {cfg.budget_minutes(key):.1f} | 0 | | | | "
             f"| {info.get('training', 'not trained')} |"
         )
     stages = state.data["stages"]
@@ -906,6 +925,15 @@ def _settings_section(cfg: ExperimentConfig, state: _State, out: Path, corpus) -
         "",
     ]
     return lines
+
+
+def _lr_text(cfg: ExperimentConfig) -> str:
+    lrs = sorted({cfg.lr_of(key) for key in cfg.models}, reverse=True)
+    if len(lrs) == 1:
+        return f"lr {lrs[0]:g}"
+    return "lr per model, in the table: " + ", ".join(
+        f"{lr:g} for " + ", ".join(ENTRIES[k].label for k in cfg.models if cfg.lr_of(k) == lr) for lr in lrs
+    )
 
 
 def _findings_section(out: Path, models: Sequence[str]) -> list[str]:

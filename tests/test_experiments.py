@@ -19,6 +19,7 @@ TINY = {
         "light-dvae",
         "light-dvae",
         dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ff_dim=32, w_dim=4, z_dim=3, dropout=0.0),
+        lr=X.TRANSFORMER_LR,
     ),
     "dkf": X.Entry("dkf", "dkf", dict(x_dims=[16], rnn_dim=8, z_to_g_dims=[], posterior_dims=[8], decoder_dims=[16])),
     "srnn-tf": X.Entry(
@@ -176,6 +177,10 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     for key in ("light-dvae", "srnn-tf"):
         assert (out / "runs" / key / "eval" / "test-gt" / "summary.json").is_file()
     assert not (out / "runs" / "dkf" / "eval" / "test-gt").exists()  # DKF does not see past speech
+    # each model trained with its own learning rate, and the report says which
+    lrs = {k: json.loads((out / "runs" / k / "config.json").read_text())["training"]["lr"] for k in epochs}
+    assert lrs == {"light-dvae": X.TRANSFORMER_LR, "dkf": X.BASELINE_LR, "srnn-tf": X.BASELINE_LR}
+    assert "lr per model" in report and "| LigHT-DVAE | " in report
     cost = json.loads((out / X.COST_FILE).read_text())
     assert set(cost["light-dvae"]["backends"]) >= {"ref"}
     assert (out / "report" / "figures").is_dir() and any((out / "report" / "figures").glob("*.png"))
@@ -185,6 +190,20 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     X.run_experiment(_experiment(corpus, out), say=lines.append)  # would raise if evaluation ran again
     with pytest.raises(X.ExperimentError, match="other settings.*minutes_per_model"):
         X.run_experiment(_experiment(corpus, out, minutes_per_model=0.05), say=lines.append)
+
+
+def test_learning_rate_per_model_and_override():
+    cfg = X.ExperimentConfig(out="x", models=("vae", "light-dvae", "hit-inv-s")).validate()
+    assert [cfg.lr_of(k) for k in cfg.models] == [1e-3, 3e-4, 3e-4]
+    assert all(X.ENTRIES[k].lr == X.TRANSFORMER_LR for k in X.PAPER_MODELS if "hit" in k or "light" in k)
+    assert all(X.ENTRIES[k].lr == X.BASELINE_LR for k in ("vae", "dkf", "rvae", "srnn-tf", "srnn-ss"))
+    forced = X.ExperimentConfig(out="x", models=("vae", "light-dvae"), lr=5e-4).validate()
+    assert {forced.lr_of(k) for k in forced.models} == {5e-4}
+    assert X._lr_text(forced) == "lr 0.0005" and "1e-3" not in X._lr_text(cfg)
+    assert X._lr_text(cfg) == "lr per model, in the table: 0.001 for VAE, 0.0003 for LigHT-DVAE, HiT-Inv-s"
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), True, "1e-3"):
+        with pytest.raises(X.ExperimentError, match="lr must be"):
+            X.ExperimentConfig(out="x", models=("vae",), lr=bad).validate()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

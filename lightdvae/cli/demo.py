@@ -25,6 +25,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="builtin", metavar="SPEC", help="corpus: builtin (default), wsj0:DIR, vb:DIR, DIR")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="training batch size (32)")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        metavar="LR",
+        help="Adam learning rate for every model (default: each model's own: 1e-3 classic DVAEs, 3e-4 transformers)",
+    )
     p.add_argument("--gen-n", type=positive_int, default=32, metavar="N", help="generated samples per model (32)")
     p.add_argument("--gen-frames", type=positive_int, default=188, metavar="F", help="frames per sample (188 = 3 s)")
     p.add_argument("--draws", type=positive_int, default=10, metavar="N", help="FDSD repeated draws (10)")
@@ -46,6 +52,7 @@ def config_from_args(args, *, out: str, models, minutes_per_model: float, weight
         minutes_per_model=minutes_per_model,
         weights=weights,
         batch_size=args.batch_size,
+        lr=args.lr,
         eval_max_files=args.max_files,
         gen_n=args.gen_n,
         gen_frames=args.gen_frames,
