@@ -4,6 +4,7 @@ partial one."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -58,3 +59,8 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second: the time stamps of every file the package writes."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

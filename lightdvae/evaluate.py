@@ -37,7 +37,6 @@ Typical use::
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import logging
@@ -57,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file
+from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file, utc_now
 from lightdvae.audio import SAMPLE_RATE
 from lightdvae.cli import UserError
 from lightdvae.metrics import COLUMNS, METRICS, PESQ_VARIANTS, MetricUnavailable, check_available, compute_metrics
@@ -111,10 +110,6 @@ class EvalError(UserError):
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def _atomic_write_json(path: Path, value) -> Path:
     return atomic_write_text(path, json.dumps(_jsonable(value), indent=2) + "\n")
 
@@ -430,7 +425,7 @@ def _check_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
         "fingerprint": fingerprint,
         "wall_s": float(state.get("wall_s") or 0.0) if old == fingerprint else 0.0,
         "sessions": int(state.get("sessions") or 0) if old == fingerprint else 0,
-        "updated": _now(),
+        "updated": utc_now(),
     }
     _atomic_write_json(state_path, state)
     return state
@@ -438,7 +433,7 @@ def _check_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
 
 def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> None:
     state = {**state, "wall_s": state["wall_s"] + session_s, "sessions": state["sessions"] + 1}
-    state.update(updated=_now(), finished=finished)
+    state.update(updated=utc_now(), finished=finished)
     try:
         _atomic_write_json(out / STATE, state)
     except OSError as exc:  # never hide the original error behind this one
@@ -868,7 +863,7 @@ def _summary(
     return {
         "kind": SUMMARY_KIND,
         "format": FORMAT_VERSION,
-        "created": _now(),
+        "created": utc_now(),
         "run_dir": run_info.get("run_dir"),
         "checkpoint": run_info.get("checkpoint"),
         "model": run_info["model"],

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_json, atomic_write_text, sha256_file
+from lightdvae._io import atomic_write_json, atomic_write_text, sha256_file, utc_now
 from lightdvae.cli import UserError
 
 __all__ = [
@@ -240,10 +239,6 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # State
 # ----------------------------------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 class _State:
     """``experiment.json``: settings, per-model schedule and progress, wall time per stage over sessions."""
 
@@ -280,7 +275,7 @@ class _State:
         self.data = data or {
             "kind": KIND,
             "format": FORMAT_VERSION,
-            "created": _now(),
+            "created": utc_now(),
             "settings": cfg.fingerprint(),
             "models": {},
             "stages": {},
@@ -288,11 +283,11 @@ class _State:
             "sessions": 0,
         }
         self.data["sessions"] = int(self.data.get("sessions", 0)) + 1
-        self.data["updated"] = _now()
+        self.data["updated"] = utc_now()
         self.save()
 
     def save(self) -> None:
-        self.data["updated"] = _now()
+        self.data["updated"] = utc_now()
         atomic_write_json(self.path, self.data)
 
     def model(self, key: str) -> dict:

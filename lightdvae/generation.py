@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file
+from lightdvae._io import atomic_write_bytes, atomic_write_text, sha256_file, utc_now
 from lightdvae.audio import GRIFFIN_LIM_ITERS, HOP, SAMPLE_RATE
 from lightdvae.cli import UserError
 
@@ -467,7 +467,6 @@ def generate_model(
     figure (left out without it).  Other arguments as for :func:`generate_run` (not validated again here).
     """
     from lightdvae.audio import griffin_lim, save_audio
-    from lightdvae.evaluate import _now
 
     out = Path(out)
     dev = device or next(model.parameters()).device
@@ -556,7 +555,7 @@ def generate_model(
     manifest = {
         "kind": GENERATION_KIND,
         "format": FORMAT_VERSION,
-        "created": (old_manifest or {}).get("created") if reused else _now(),
+        "created": (old_manifest or {}).get("created") if reused else utc_now(),
         "run_dir": info.get("run_dir"),
         "checkpoint": info["checkpoint"],
         "model": info["model"],
@@ -764,7 +763,6 @@ def _fdsd_for(
 ) -> dict:
     """Compute (or reuse) ``fdsd.json``; returns the short summary that goes into the manifest."""
     from lightdvae.audio import AudioError, load_audio
-    from lightdvae.evaluate import _now
     from lightdvae.fdsd import extract_features, fdsd_floor, fdsd_from_features, get_extractor
 
     fingerprint = manifest["fingerprint"]
@@ -840,7 +838,7 @@ def _fdsd_for(
     result = {
         "kind": FDSD_KIND,
         "format": FORMAT_VERSION,
-        "created": _now(),
+        "created": utc_now(),
         "model": model,
         "run_dir": info.get("run_dir"),
         "checkpoint": info["checkpoint"],
@@ -1024,7 +1022,6 @@ def swap_w(
         stft,
     )
     from lightdvae.audio import griffin_lim as run_griffin_lim
-    from lightdvae.evaluate import _now
 
     if past not in ("gen", "gt"):
         raise GenerationError(f"past must be 'gen' (own past) or 'gt' (true past), got {past!r}")
@@ -1150,7 +1147,7 @@ def swap_w(
     result = {
         "kind": SWAP_KIND,
         "format": FORMAT_VERSION,
-        "created": _now(),
+        "created": utc_now(),
         "run_dir": info["run_dir"],
         "checkpoint": info["checkpoint"],
         "model": info["model"],

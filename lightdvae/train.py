@@ -43,7 +43,6 @@ import contextlib
 import copy
 import csv
 import dataclasses
-import datetime
 import inspect
 import io
 import math
@@ -61,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightdvae._io import utc_now
 from lightdvae.cli import UserError
 from lightdvae.models import DVAE, DVAEOutput, LossTerms, build, elbo_terms, names
 from lightdvae.runs import (
@@ -754,7 +754,7 @@ def _log_csv(history: list[dict]) -> str:
 
 
 def _write_status(out: Path, state: str, **extra) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = utc_now()
     atomic_write_json(out / STATUS_FILE, {"state": state, "updated": now, **extra})
 
 
@@ -989,11 +989,11 @@ class _Trainer:
             if cfg.resume:
                 old = read_config(self.out)
                 self.meta["created"] = old.get("created")
-                self.meta["resumed"] = [*old.get("resumed", []), {"at_epoch": self.start_epoch, "time": _now()}]
+                self.meta["resumed"] = [*old.get("resumed", []), {"at_epoch": self.start_epoch, "time": utc_now()}]
             else:
                 if cfg.force:
                     _clear_run_files(self.out)
-                self.meta["created"] = _now()
+                self.meta["created"] = utc_now()
             atomic_write_json(self.out / CONFIG_FILE, self.meta)
             _write_status(self.out, "running", epoch=self.start_epoch, epochs=cfg.epochs)
         ctx.barrier()
@@ -1195,10 +1195,6 @@ class _Trainer:
             history=list(self.history),
             seconds=time.perf_counter() - self.t_start,
         )
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _epoch_line(row: dict, cfg: TrainConfig, bad_epochs: int) -> str:

@@ -1,7 +1,12 @@
-"""Shared test helpers: markers for the native build and the GPU, tolerances by dtype, a speech-like signal."""
+"""Shared test helpers: markers for the native build and the GPU, tolerances by dtype, a speech-like signal, a tiny
+corpus of such signals and a run folder holding a tiny untrained model."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from lightdvae import _ext
@@ -41,3 +46,28 @@ def speech_like(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
     x = x * np.clip(np.sin(2 * np.pi * (2.0 + rng.random()) * t), 0, None) ** 0.5
     x = x + 0.002 * rng.standard_normal(t.size)
     return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+
+def write_corpus(root: Path, files, sr: int = 16000) -> Path:
+    """``root/SPLIT/SPEAKER/uttN.wav`` (16-bit PCM) for each ``(split, speaker, N, seconds)`` of ``files``: speech-like
+    signals seeded 1, 2, ... in the order given.  Returns ``root``."""
+    for seed, (split, speaker, utt, seconds) in enumerate(files, start=1):
+        path = Path(root) / split / speaker / f"utt{utt}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, speech_like(seconds, seed, sr), sr, subtype="PCM_16")
+    return Path(root)
+
+
+def make_run(path: Path, name: str = "light-dvae", data: str | None = None, **config) -> Path:
+    """A run folder (``lightdvae train``'s layout) holding an untrained model ``name``, seeded; the transformer DVAEs
+    are TINY_LIGHT-sized unless ``config`` says otherwise.  ``data``: the corpus spec the run records."""
+    from lightdvae.models import build
+    from lightdvae.models.dvae_import import save_run_dir
+
+    torch.manual_seed(0)
+    config = {**(TINY_LIGHT if name in ("hit-dvae", "light-dvae") else {}), **config}
+    save_run_dir(path, build(name, **config), {"kind": "test"})
+    if data is not None:  # as `lightdvae train` records the corpus
+        meta = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**meta, "data": {"spec": data}}))
+    return path

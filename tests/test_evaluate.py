@@ -9,43 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from helpers import TINY_LIGHT, speech_like
+from helpers import TINY_LIGHT, make_run, speech_like, write_corpus
 
 from lightdvae import evaluate as E
 from lightdvae.cli import main
 from lightdvae.metrics import COLUMNS
 from lightdvae.models import build
-from lightdvae.models.dvae_import import save_run_dir
 
 SR = 16000
+
+
+pytestmark = pytest.mark.usefixtures("private_dirs")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """train/val/test folders; the test split has 3 files of 1.0 to 1.4 s from 2 speakers."""
-    root = tmp_path_factory.mktemp("evalcorpus") / "tiny"
-    seed = 0
-    for split, files in (("train", [("a", 0)]), ("val", [("b", 0)]), ("test", [("c", 0), ("c", 1), ("d", 0)])):
-        for spk, u in files:
-            seed += 1
-            path = root / split / spk / f"utt{u}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, speech_like(1.0 + 0.2 * (seed % 3), seed), SR, subtype="PCM_16")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def private_data_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
-
-
-def make_run(path: Path, name: str = "light-dvae", **config) -> Path:
-    torch.manual_seed(0)
-    config = {**(TINY_LIGHT if name == "light-dvae" else {}), **config}
-    save_run_dir(path, build(name, **config), {"kind": "test"})
-    return path
+    files = [("train", "a", 0), ("val", "b", 0), ("test", "c", 0), ("test", "c", 1), ("test", "d", 0)]
+    return write_corpus(
+        tmp_path_factory.mktemp("evalcorpus") / "tiny",
+        [(split, spk, u, 1.0 + 0.2 * (seed % 3)) for seed, (split, spk, u) in enumerate(files, start=1)],
+    )
 
 
 def rows_of(path: Path) -> list[dict]:

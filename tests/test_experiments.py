@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import torch
-from helpers import speech_like
+from helpers import write_corpus
 
 from lightdvae import experiments as X
 from lightdvae.cli import main
@@ -30,27 +28,16 @@ TINY = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("private_dirs", "one_thread")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("expcorpus") / "tiny"
-    seed = 0
-    for split, n in (("train", 4), ("val", 2), ("test", 6)):
-        for u in range(n):
-            seed += 1
-            path = root / split / f"spk{u % 2}" / f"utt{u}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, speech_like(1.2 + 0.1 * (u % 3), seed), SR, subtype="PCM_16")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    files = [(split, u) for split, n in (("train", 4), ("val", 2), ("test", 6)) for u in range(n)]
+    return write_corpus(
+        tmp_path_factory.mktemp("expcorpus") / "tiny",
+        [(split, f"spk{u % 2}", u, 1.2 + 0.1 * (u % 3)) for split, u in files],
+    )
 
 
 def test_model_keys_parse_and_bad_keys_are_named():
@@ -211,6 +198,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown model key(s) nope" in capsys.readouterr().err
     assert main(["demo", "--minutes", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert "give at least 2 minutes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--lr", "0", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "invalid positive number value: '0'" in capsys.readouterr().err
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "notes.txt").write_text("mine")
     assert main(["reproduce", "--models", "vae", "--out", str(tmp_path / "z")]) == 2

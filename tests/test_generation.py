@@ -9,39 +9,29 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import TINY_LIGHT, speech_like
+from helpers import TINY_LIGHT, make_run, speech_like, write_corpus
 
 from lightdvae import generation as G
 from lightdvae.audio import HOP, load_audio, power_spectrogram, resynthesize, save_audio, stft
 from lightdvae.cli import main
 from lightdvae.models import build
-from lightdvae.models.dvae_import import save_run_dir
 from lightdvae.report import build_report, find_results
 
 SR = 16000
 FAST = dict(griffin_lim_iters=8, batch_size=4)  # Griffin-Lim's iterations are most of a generation's cost
 
 
+pytestmark = pytest.mark.usefixtures("private_dirs", "one_thread")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """train/val/test folders; the test split has 6 files of 0.6 to 1.0 s from 3 speakers."""
-    root = tmp_path_factory.mktemp("gencorpus") / "tiny"
     files = [("train", "a", 0), ("val", "b", 0)] + [("test", spk, u) for spk in "cde" for u in range(2)]
-    for seed, (split, spk, u) in enumerate(files, start=1):
-        path = root / split / spk / f"utt{u}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, speech_like(0.6 + 0.2 * (seed % 3), seed), SR, subtype="PCM_16")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return write_corpus(
+        tmp_path_factory.mktemp("gencorpus") / "tiny",
+        [(split, spk, u, 0.6 + 0.2 * (seed % 3)) for seed, (split, spk, u) in enumerate(files, start=1)],
+    )
 
 
 @pytest.fixture
@@ -56,16 +46,6 @@ def tiny_features():
     register_extractor("tiny-test", lambda: as_extractor(stats, "tiny-test", "waveform level statistics (4-d)"))
     yield "tiny-test"
     unregister_extractor("tiny-test")
-
-
-def make_run(path: Path, name: str = "light-dvae", data: str | None = None, **config) -> Path:
-    torch.manual_seed(0)
-    config = {**(TINY_LIGHT if name in G.W_MODELS else {}), **config}
-    save_run_dir(path, build(name, **config), {"kind": "test"})
-    if data is not None:  # as `lightdvae train` records the corpus
-        meta = json.loads((path / "config.json").read_text())
-        (path / "config.json").write_text(json.dumps({**meta, "data": {"spec": data}}))
-    return path
 
 
 def one_line_error(capsys, argv) -> str:

@@ -33,8 +33,8 @@ from lightdvae.models.layers import (
     draw,
     linear_params,
     loop_noise,
-    posterior_loop,
     run_lstm,
+    sequential_posterior,
     shift_right,
     use_native_loop,
     validate_common,
@@ -157,30 +157,22 @@ class DKF(DVAE):
     def sample_posterior(
         self, gx: Tensor, sample: bool = True, eps: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw z_1..z_T from q step by step, starting from z_0 = 0.
+        """Draw z_1..z_T from q step by step (:func:`~lightdvae.models.layers.sequential_posterior`), ``gx`` being
+        :meth:`encode_speech`'s ``(batch, frames, rnn_dim)``.  Returns ``z, mean, logvar``,
+        ``(batch, frames, z_dim)``."""
 
-        Args:
-            gx: speech features from :meth:`encode_speech`, ``(batch, frames, rnn_dim)``.
-            sample: False takes the mean at every step (deterministic mode).
-            eps: noise ``(batch, frames, z_dim)``; drawn with ``generator`` when omitted.
-
-        Returns ``z, mean, logvar``, each ``(batch, frames, z_dim)`` (views of time-major storage).
-        """
-        batch, frames, _ = gx.shape
-        eps = check_eps(eps, batch, frames, self.config.z_dim, gx)
-        if use_native_loop(self, "dkf_posterior", gx):
-            if sample and eps is None:
-                eps = loop_noise(batch, frames, self.config.z_dim, gx, generator)
+        def native(eps: Tensor | None):
             return sampling.dkf_posterior(
                 gx,
-                eps if sample else None,
+                eps,
                 linear_params(self.z_to_g),
                 linear_params(self.posterior_mlp),
                 linear_params(self.posterior_mean, self.posterior_logvar),
                 g_terms=3.0 if self.config.rnn_bidirectional else 2.0,
                 activation=self.config.activation,
             )
-        return posterior_loop(self.posterior_cell, gx, self.config.z_dim, sample, eps, generator)
+
+        return sequential_posterior(self, "dkf_posterior", gx, sample, eps, generator, native, self.posterior_cell)
 
     def sample_prior(
         self,

@@ -156,6 +156,35 @@ def posterior_loop(
     return tuple(torch.stack(v, 0).transpose(0, 1) for v in (zs, means, logvars))
 
 
+def sequential_posterior(
+    model: nn.Module,
+    op: str,
+    features: Tensor,
+    sample: bool,
+    eps: Tensor | None,
+    generator: torch.Generator | None,
+    native,
+    cell,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The sequential posterior of a dynamical model: z_1..z_T drawn from q step by step (z_0 = 0).
+
+    ``features (batch, frames, F)`` are the model's encoded speech; ``sample=False`` takes the mean at every step;
+    ``eps (batch, frames, z_dim)`` is the noise, drawn with ``generator`` when omitted.  The native loop ``op``
+    (:mod:`lightdvae.ops.sampling`) runs when :func:`use_native_loop` says so, as ``native(eps or None)`` (None in
+    deterministic mode); otherwise the Python reference :func:`posterior_loop` with ``cell``.  The noise is drawn
+    the same way for both, so they give the same samples.  Returns ``z, mean, logvar``, each
+    ``(batch, frames, z_dim)`` (views of time-major storage).
+    """
+    batch, frames, _ = features.shape
+    z_dim = model.config.z_dim
+    eps = check_eps(eps, batch, frames, z_dim, features)
+    if use_native_loop(model, op, features):
+        if sample and eps is None:
+            eps = loop_noise(batch, frames, z_dim, features, generator)
+        return native(eps if sample else None)
+    return posterior_loop(cell, features, z_dim, sample, eps, generator)
+
+
 def linear_params(*modules: nn.Module) -> list[Tensor]:
     """Weights and biases ``[w0, b0, w1, b1, ...]`` of :class:`MLP` and ``nn.Linear`` modules, in
     order: the Linear-stack layout of the native sampling loops (an MLP adds all its layers)."""

@@ -32,13 +32,11 @@ from lightdvae.models.layers import (
     check_power,
     draw,
     linear_params,
-    loop_noise,
     lstm_params,
     lstm_step,
     lstm_zero_state,
-    posterior_loop,
     run_lstm,
-    use_native_loop,
+    sequential_posterior,
     validate_common,
 )
 from lightdvae.ops import sampling
@@ -188,23 +186,14 @@ class RVAE(DVAE):
     def sample_posterior(
         self, gx: Tensor, sample: bool = True, eps: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw z_1..z_T from q step by step (z_0 = 0, zero LSTM state).
+        """Draw z_1..z_T from q step by step (:func:`~lightdvae.models.layers.sequential_posterior`; zero LSTM
+        state), ``gx`` being :meth:`encode_speech`'s ``(batch, frames, gx_dim)``.  Returns ``z, mean, logvar``,
+        ``(batch, frames, z_dim)``."""
 
-        Args:
-            gx: speech features from :meth:`encode_speech`, ``(batch, frames, gx_dim)``.
-            sample: False takes the mean at every step (deterministic mode).
-            eps: noise ``(batch, frames, z_dim)``; drawn with ``generator`` when omitted.
-
-        Returns ``z, mean, logvar``, each ``(batch, frames, z_dim)`` (views of time-major storage).
-        """
-        batch, frames, _ = gx.shape
-        eps = check_eps(eps, batch, frames, self.config.z_dim, gx)
-        if use_native_loop(self, "rvae_posterior", gx):
-            if sample and eps is None:
-                eps = loop_noise(batch, frames, self.config.z_dim, gx, generator)
+        def native(eps: Tensor | None):
             return sampling.rvae_posterior(
                 gx,
-                eps if sample else None,
+                eps,
                 linear_params(self.z_embed),
                 lstm_params(self.rnn_z),
                 linear_params(self.posterior_mlp),
@@ -212,14 +201,15 @@ class RVAE(DVAE):
                 activation=self.config.activation,
                 exact_lstm=self.exact_lstm,
             )
-        state = lstm_zero_state(self.rnn_z, batch, gx)
+
+        state = lstm_zero_state(self.rnn_z, gx.shape[0], gx)
 
         def cell(gx_t: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
             nonlocal state
             mean, logvar, state = self.posterior_cell(gx_t, z_prev, state)
             return mean, logvar
 
-        return posterior_loop(cell, gx, self.config.z_dim, sample, eps, generator)
+        return sequential_posterior(self, "rvae_posterior", gx, sample, eps, generator, native, cell)
 
     def sample_prior(
         self,

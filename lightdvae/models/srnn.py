@@ -46,8 +46,8 @@ from lightdvae.models.layers import (
     lstm_params,
     lstm_step,
     lstm_zero_state,
-    posterior_loop,
     run_lstm,
+    sequential_posterior,
     shift_right,
     use_native_loop,
     validate_common,
@@ -201,28 +201,20 @@ class SRNN(DVAE):
     def sample_posterior(
         self, g: Tensor, sample: bool = True, eps: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw z_1..z_T from q step by step (z_0 = 0).
+        """Draw z_1..z_T from q step by step (:func:`~lightdvae.models.layers.sequential_posterior`), ``g`` being
+        :meth:`encode_speech`'s ``(batch, frames, rnn_g_dim)``.  Returns ``z, mean, logvar``,
+        ``(batch, frames, z_dim)``."""
 
-        Args:
-            g: encoder features from :meth:`encode_speech`, ``(batch, frames, rnn_g_dim)``.
-            sample: False takes the mean at every step (deterministic mode).
-            eps: noise ``(batch, frames, z_dim)``; drawn with ``generator`` when omitted.
-
-        Returns ``z, mean, logvar``, each ``(batch, frames, z_dim)`` (views of time-major storage).
-        """
-        batch, frames, _ = g.shape
-        eps = check_eps(eps, batch, frames, self.config.z_dim, g)
-        if use_native_loop(self, "srnn_posterior", g):
-            if sample and eps is None:
-                eps = loop_noise(batch, frames, self.config.z_dim, g, generator)
+        def native(eps: Tensor | None):
             return sampling.srnn_posterior(
                 g,
-                eps if sample else None,
+                eps,
                 linear_params(self.posterior_mlp),
                 linear_params(self.posterior_mean, self.posterior_logvar),
                 activation=self.config.activation,
             )
-        return posterior_loop(self.posterior_cell, g, self.config.z_dim, sample, eps, generator)
+
+        return sequential_posterior(self, "srnn_posterior", g, sample, eps, generator, native, self.posterior_cell)
 
     def decode_own_past(self, z: Tensor, h_true: Tensor, use_own: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Decode ``z`` while running the deterministic path on the model's own predictions.

@@ -155,6 +155,21 @@ def _stack_batch_first(steps: list[Tensor]) -> Tensor:
     return torch.stack(steps, 0).transpose(0, 1)
 
 
+def _posterior_ref(features: Tensor, eps: Tensor | None, z_dim: int, cell) -> tuple[Tensor, Tensor, Tensor]:
+    """The loop of the posterior references: for t = 1..T, ``mean, logvar = cell(t, z_{t-1})`` (z_0 = 0; a stateful
+    cell keeps its state in a closure), ``z_t = mean + exp(logvar / 2) * eps[:, t]`` (the mean when eps is None).
+    Returns ``z, mean, logvar`` as :func:`_stack_batch_first` views."""
+    z = features.new_zeros(features.shape[0], z_dim)
+    zs, means, logvars = [], [], []
+    for t in range(features.shape[1]):
+        mean, logvar = cell(t, z)
+        z = _draw(mean, logvar, None if eps is None else eps[:, t])
+        zs.append(z)
+        means.append(mean)
+        logvars.append(logvar)
+    return _stack_batch_first(zs), _stack_batch_first(means), _stack_batch_first(logvars)
+
+
 # --------------------------------------------------------------------------------------------
 # DKF
 # --------------------------------------------------------------------------------------------
@@ -171,17 +186,12 @@ def dkf_posterior_ref(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Python loop of :func:`dkf_posterior` (``DKF.sample_posterior`` over explicit weights)."""
     _activation_code(activation)
-    batch, frames, _ = gx.shape
-    z = gx.new_zeros(batch, heads[0].shape[0])
-    zs, means, logvars = [], [], []
-    for t in range(frames):
+
+    def cell(t: int, z: Tensor) -> tuple[Tensor, Tensor]:
         g = (_mlp(z, z_to_g, activation) + gx[:, t]) / g_terms
-        mean, logvar = _heads(_mlp(g, posterior_mlp, activation), heads)
-        z = _draw(mean, logvar, None if eps is None else eps[:, t])
-        zs.append(z)
-        means.append(mean)
-        logvars.append(logvar)
-    return _stack_batch_first(zs), _stack_batch_first(means), _stack_batch_first(logvars)
+        return _heads(_mlp(g, posterior_mlp, activation), heads)
+
+    return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
 def dkf_posterior(
@@ -283,19 +293,15 @@ def rvae_posterior_ref(
     """Python loop of :func:`rvae_posterior` (``RVAE.sample_posterior`` over explicit weights;
     with ``exact_lstm=True`` the same calls as the model's loop)."""
     _activation_code(activation)
-    batch, frames, _ = gx.shape
     layers, hidden = len(rnn_z) // 4, rnn_z[1].shape[1]
-    state = (gx.new_zeros(layers, batch, hidden), gx.new_zeros(layers, batch, hidden))
-    z = gx.new_zeros(batch, heads[0].shape[0])
-    zs, means, logvars = [], [], []
-    for t in range(frames):
+    state = (gx.new_zeros(layers, gx.shape[0], hidden), gx.new_zeros(layers, gx.shape[0], hidden))
+
+    def cell(t: int, z: Tensor) -> tuple[Tensor, Tensor]:
+        nonlocal state
         gz, state = _lstm_step(_mlp(z, z_embed, activation), state, rnn_z, exact_lstm)
-        mean, logvar = _heads(_mlp(torch.cat([gx[:, t], gz], dim=-1), posterior_mlp, activation), heads)
-        z = _draw(mean, logvar, None if eps is None else eps[:, t])
-        zs.append(z)
-        means.append(mean)
-        logvars.append(logvar)
-    return _stack_batch_first(zs), _stack_batch_first(means), _stack_batch_first(logvars)
+        return _heads(_mlp(torch.cat([gx[:, t], gz], dim=-1), posterior_mlp, activation), heads)
+
+    return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
 def rvae_posterior(
@@ -347,16 +353,11 @@ def srnn_posterior_ref(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Python loop of :func:`srnn_posterior` (``SRNN.sample_posterior`` over explicit weights)."""
     _activation_code(activation)
-    batch, frames, _ = g.shape
-    z = g.new_zeros(batch, heads[0].shape[0])
-    zs, means, logvars = [], [], []
-    for t in range(frames):
-        mean, logvar = _heads(_mlp(torch.cat([g[:, t], z], dim=-1), posterior_mlp, activation), heads)
-        z = _draw(mean, logvar, None if eps is None else eps[:, t])
-        zs.append(z)
-        means.append(mean)
-        logvars.append(logvar)
-    return _stack_batch_first(zs), _stack_batch_first(means), _stack_batch_first(logvars)
+
+    def cell(t: int, z: Tensor) -> tuple[Tensor, Tensor]:
+        return _heads(_mlp(torch.cat([g[:, t], z], dim=-1), posterior_mlp, activation), heads)
+
+    return _posterior_ref(g, eps, heads[0].shape[0], cell)
 
 
 def srnn_posterior(
