@@ -15,8 +15,10 @@ Stages, each resumable (an interrupted experiment continues where it stopped whe
 2. training: every model gets the same wall-clock budget (``minutes_per_model``; the demo weights LigHT-DVAE
    double).  The schedule is scaled to the budget: the step time of the model is measured on a few batches, the
    number of epochs that fit is derived from it, and the KL warm-up (30 % of them) and, for SRNN (SS), the
-   scheduled-sampling ramp (from 1/6 to 1/2 of them, the published 50 -> 150 of 300) follow.  Early stopping is off
-   (a budget run is short); the best validation weights are kept.  A run that diverges is reported, the others go on;
+   scheduled-sampling ramp (from 1/6 to 1/2 of them, the published 50 -> 150 of 300) follow.  Adam runs at each
+   model's rate (:attr:`Entry.lr`: 1e-3 for the classic DVAEs, 3e-4 for the transformer DVAEs).  Early stopping is
+   off (a budget run is short); the best validation weights are kept.  A run that diverges is reported, the others
+   go on;
 3. evaluation of whole test utterances: GEN past for every model, GT past too for the models that see past speech;
 4. generation from the prior with Griffin-Lim, and FDSD against the test split with its real-vs-real floor;
 5. cost: one process measures each model's training step and generation time with the native ops and with the
