@@ -20,7 +20,8 @@ Clocks: wall (perf_counter) and CPU (process_time).  Every workload here is sing
 the wall clock minus the time the process waited for a core, the steadier figure on a machine shared with other
 jobs; both are recorded.
 
-Threads: every benchmark here runs on one thread (``torch.set_num_threads(1)``, recorded in extra_info).
+Threads: every benchmark here runs on one thread (the ``bench_threads`` fixture; ``LIGHTDVAE_BENCH_THREADS``
+changes it), recorded in extra_info.
 Batch-1 decoding is a chain of small ops that extra threads do not speed up, and the comparison with the
 recompute baseline is made at equal threads.  On a machine whose cores are shared with other jobs, more threads
 than idle cores make OpenMP regions stall: one recompute step at prefix 100 took 1.5 s on 2 threads against
@@ -47,14 +48,6 @@ T_FULL, T_SMOKE = 1000, 60
 RECOMPUTE_SAMPLES = 20
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _skip_missing(impl: str, device: str) -> None:
     if impl == "native" and not _ext.has_kernel("kv_attention", device):
         pytest.skip(f"no native {device} kernel of kv_attention in this build")
@@ -69,7 +62,7 @@ def _skip_missing(impl: str, device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cache_len", [100, 500, 1000])
 @pytest.mark.parametrize("impl", list(OP_IMPLS))
-def test_kv_attention_op(benchmark, describe, one_thread, impl, cache_len, device):
+def test_kv_attention_op(benchmark, describe, bench_threads, impl, cache_len, device):
     _skip_missing(impl, device)
     g = torch.Generator().manual_seed(0)
     b, h, d = 1, 4, 32
@@ -127,7 +120,7 @@ def _now() -> tuple[float, float]:
 
 @pytest.mark.benchmark(group="light_dvae_generation")
 @pytest.mark.parametrize("impl", ["cached-native", "cached-reference"])
-def test_generation(benchmark, describe, monkeypatch, one_thread, impl):
+def test_generation(benchmark, describe, monkeypatch, bench_threads, impl):
     if impl == "cached-native":
         _skip_missing("native", "cpu")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native" if impl == "cached-native" else "ref")
@@ -209,7 +202,7 @@ def test_recompute_baseline_is_the_same_computation():
 
 
 @pytest.mark.benchmark(group="light_dvae_generation_recompute")
-def test_generation_recompute(benchmark, describe, monkeypatch, one_thread):
+def test_generation_recompute(benchmark, describe, monkeypatch, bench_threads):
     """Recompute baseline at RECOMPUTE_SAMPLES prefix lengths; estimated total and the speedup in extra_info."""
     _skip_missing("native", "cpu")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")

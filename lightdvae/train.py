@@ -754,8 +754,7 @@ def _log_csv(history: list[dict]) -> str:
 
 
 def _write_status(out: Path, state: str, **extra) -> None:
-    now = utc_now()
-    atomic_write_json(out / STATUS_FILE, {"state": state, "updated": now, **extra})
+    atomic_write_json(out / STATUS_FILE, {"state": state, "updated": utc_now(), **extra})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -171,9 +171,10 @@ def sequential_posterior(
     ``features (batch, frames, F)`` are the model's encoded speech; ``sample=False`` takes the mean at every step;
     ``eps (batch, frames, z_dim)`` is the noise, drawn with ``generator`` when omitted.  The native loop ``op``
     (:mod:`lightdvae.ops.sampling`) runs when :func:`use_native_loop` says so, as ``native(eps or None)`` (None in
-    deterministic mode); otherwise the Python reference :func:`posterior_loop` with ``cell``.  The noise is drawn
-    the same way for both, so they give the same samples.  Returns ``z, mean, logvar``, each
-    ``(batch, frames, z_dim)`` (views of time-major storage).
+    deterministic mode); otherwise the Python reference :func:`posterior_loop` with ``cell``.  With the same
+    ``eps`` both give the same samples; without it the native path draws the loop's noise in one call
+    (:func:`loop_noise`: the per-step draws' numbers whenever ``batch * z_dim`` is a multiple of 16).  Returns
+    ``z, mean, logvar``, each ``(batch, frames, z_dim)`` (views of time-major storage).
     """
     batch, frames, _ = features.shape
     z_dim = model.config.z_dim
