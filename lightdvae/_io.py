@@ -7,10 +7,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -50,6 +53,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, value) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def jsonable(value):
+    """``value`` with NaN and inf turned into null (they are not JSON), NumPy scalars into Python numbers, paths
+    into strings; dict keys become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, value) -> Path:
+    """Atomically write ``value`` as indented JSON, NaN and inf as null (:func:`jsonable`)."""
+    return atomic_write_text(path, json.dumps(jsonable(value), indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def slug(text: str, fill: str = "_", keep: str = "-_.", default: str = "x") -> str:
+    """A file-name-safe form of ``text``: characters other than letters, digits and ``keep`` become ``fill``;
+    leading and trailing ``fill`` / dots are stripped; ``default`` when nothing is left."""
+    out = "".join(c if c.isalnum() or c in keep else fill for c in str(text))
+    return out.strip("." + fill) or default
 
 
 def sha256_file(path: str | os.PathLike) -> str:

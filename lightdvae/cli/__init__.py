@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from lightdvae.errors import UserError  # the class every library error derives from
+
 # Sub-command modules, in the order ``lightdvae --help`` lists them.
 COMMANDS = (
     "demo",
@@ -22,10 +24,6 @@ COMMANDS = (
     "import_dvae",
     "reproduce",
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2, no traceback."""
 
 
 def positive_int(text: str) -> int:

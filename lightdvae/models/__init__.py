@@ -22,6 +22,63 @@ _REGISTRY: dict[str, tuple[str, str, dict]] = {
 }
 
 
+# The name tables show for each registry name, in the paper's order; the transformer DVAEs' ablations get
+# ``<prefix>-Inv-s[-NR]`` and the SRNN its training mode, ``SRNN (TF)`` / ``SRNN (SS)``.
+LABELS: dict[str, str] = {
+    "vae": "VAE",
+    "dkf": "DKF",
+    "rvae": "RVAE",
+    "rvae-causal": "RVAE (causal)",
+    "srnn": "SRNN",
+    "hit-dvae": "HiT-DVAE",
+    "light-dvae": "LigHT-DVAE",
+}
+ABLATION_PREFIX: dict[str, str] = {"hit-dvae": "HiT", "light-dvae": "LigHT"}
+#: Families: which models decode from the past speech (autoregressive) and which have a sequence latent w.
+SEES_PAST_SPEECH = frozenset({"srnn", "hit-dvae", "light-dvae"})
+HAS_W = frozenset({"hit-dvae", "light-dvae"})
+
+
+def model_label(name: str, config: dict | None = None, training: str | None = None) -> str:
+    """The name a table shows for a model: ``"LigHT-DVAE"``, ``"HiT-Inv-s-NR"``, ``"SRNN (SS)"``, ``"RVAE"``...
+
+    Args:
+        name: registry name (:func:`names`).
+        config: the model config (``inv_s`` / ``no_residual`` of the transformer DVAEs, ``prior_on_own_past`` of
+            an imported SRNN).
+        training: ``"tf"`` or ``"ss"`` (how an SRNN was trained); from the config when None.
+    """
+    config = config or {}
+    key = name.strip().lower()
+    if key in ABLATION_PREFIX and config.get("inv_s"):
+        return f"{ABLATION_PREFIX[key]}-Inv-s{'-NR' if config.get('no_residual') else ''}"
+    label = LABELS.get(key, name)
+    if key == "srnn":
+        mode = training or ("ss" if config.get("prior_on_own_past") else "tf")
+        label += f" ({str(mode).upper()})"
+    return label
+
+
+def parse_label(label: str) -> dict:
+    """The inverse of :func:`model_label`: ``"SRNN (TF)"`` -> ``{"label", "name": "srnn", "config", "training"}``
+    (``name`` is ``""`` for a label no model has)."""
+    text = str(label).lower()
+    name = next((n for n, lab in LABELS.items() if text == lab.lower()), "")
+    name = name or next((n for n, lab in LABELS.items() if text.split(" (")[0] == lab.lower()), "")
+    for n, prefix in ABLATION_PREFIX.items():
+        if text.startswith(prefix.lower() + "-inv-s"):
+            name = n
+    config = {"inv_s": "inv-s" in text, "no_residual": text.endswith("-nr")}
+    training = "tf" if "(tf)" in text else "ss" if "(ss)" in text else None
+    return {"label": str(label), "name": name, "config": config, "training": training}
+
+
+def order_key(name: str) -> int:
+    """A model's place in the paper's tables (unknown names last)."""
+    key = str(name).lower()
+    return list(LABELS).index(key) if key in LABELS else len(LABELS)
+
+
 def names() -> list[str]:
     return list(_REGISTRY)
 
@@ -51,6 +108,13 @@ def from_dvae(checkpoint, config_ini, overrides: dict | None = None) -> DVAE:
 
 
 __all__ = [
+    "LABELS",
+    "ABLATION_PREFIX",
+    "SEES_PAST_SPEECH",
+    "HAS_W",
+    "model_label",
+    "parse_label",
+    "order_key",
     "DVAE",
     "DVAEOutput",
     "LossTerms",

@@ -1,0 +1,171 @@
+"""Where the package runs: the device, torch's thread count, device synchronisation, the version stamp every result
+file carries, the ops backend, and progress bars.  One home for each, so that training, evaluation, generation and
+experiments resolve ``--device cuda:1`` the same way, restore the thread count they change, and show a bar on the
+same terminals.
+
+Leaf module: it imports torch, NumPy and :mod:`lightdvae.errors` / :mod:`lightdvae._ext` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from lightdvae.errors import UserError
+
+__all__ = [
+    "parse_device",
+    "resolve_device",
+    "thread_scope",
+    "sync",
+    "versions",
+    "backend_scope",
+    "progress_bar",
+    "show_progress",
+]
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(spec: str | torch.device | None, error: type[Exception] = UserError) -> torch.device | None:
+    """The device ``spec`` names, or None for ``auto`` (and None); raises ``error`` for a malformed spec or a
+    device type other than cpu / cuda.  Nothing is checked against the hardware (see :func:`resolve_device`)."""
+    if spec is None or str(spec) == "auto":
+        return None
+    if isinstance(spec, torch.device):
+        device = spec
+    else:
+        try:
+            device = torch.device(str(spec))
+        except (RuntimeError, TypeError):
+            raise error(f"device must be {DEVICE_HELP}, got {spec!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise error(f"device must be {DEVICE_HELP}, got {spec!r}")
+    return device
+
+
+def resolve_device(spec: str | torch.device | None = "auto", error: type[Exception] = UserError) -> torch.device:
+    """The device to run on: ``auto`` (or None) is the GPU when torch sees one, else the CPU.  Raises ``error``
+    for a malformed spec or a GPU that is not there."""
+    device = parse_device(spec, error)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise error(f"device {str(spec)!r} asks for a GPU but torch sees no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise error(f"device {str(spec)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+@contextlib.contextmanager
+def thread_scope(threads: int | None) -> Iterator[int]:
+    """``torch.set_num_threads(threads)`` inside the block, the previous count restored after (also on error).
+    ``threads=None`` leaves torch's setting alone.  Yields the count in force."""
+    before = torch.get_num_threads()
+    if threads is not None and int(threads) != before:
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): call it on both sides of a timed region."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def versions(
+    device: torch.device | None = None, *, packages: Iterable[str] = (), cuda: bool = False, threads: bool = False
+) -> dict:
+    """The version stamp of a result file: lightdvae, Python, torch, NumPy, the native extension and backend;
+    ``cuda``: torch's CUDA version; ``device``: the device and GPU name; ``threads``: torch's thread count;
+    ``packages``: the installed version of each (None when absent)."""
+    import lightdvae
+    from lightdvae import _ext
+
+    out: dict = {
+        "lightdvae": lightdvae.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "native_extension": bool(_ext.HAS_NATIVE),
+        "backend": _ext.backend(),
+    }
+    if cuda:
+        out["torch_cuda"] = torch.version.cuda
+    if device is not None:
+        device = torch.device(device)
+        out["device"] = str(device)
+        out["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    if threads:
+        out["threads"] = torch.get_num_threads()
+    for name in packages:
+        out[name] = _package_version(name)
+    return out
+
+
+@contextlib.contextmanager
+def backend_scope(name: str) -> Iterator[None]:
+    """``LIGHTDVAE_BACKEND=name`` (``auto``, ``native``, ``ref``) inside the block, the previous value restored."""
+    old = os.environ.get("LIGHTDVAE_BACKEND")
+    os.environ["LIGHTDVAE_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LIGHTDVAE_BACKEND", None)
+        else:
+            os.environ["LIGHTDVAE_BACKEND"] = old
+
+
+def show_progress(progress: bool | None, work: int | None = None, min_work: int = 0) -> bool:
+    """The one rule for bars: ``progress`` True / False forces it; None shows a bar only on a terminal (stderr)
+    and when there are at least ``min_work`` items to do."""
+    if progress is not None:
+        return bool(progress)
+    if work is not None and work < min_work:
+        return False
+    return sys.stderr.isatty()
+
+
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: float | None = None,
+    initial: float = 0,
+    desc: str | None = None,
+    unit: str = "it",
+    progress: bool | None = None,
+    min_work: int = 0,
+    leave: bool = False,
+):
+    """A tqdm bar on stderr, shown by :func:`show_progress`'s rule (``min_work`` counts ``total``)."""
+    from tqdm.auto import tqdm
+
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    work = None if total is None else int(total - initial)
+    shown = show_progress(progress, work, min_work)
+    return tqdm(
+        iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not shown, leave=leave, dynamic_ncols=True
+    )
