@@ -5,7 +5,7 @@
 Groups:
   metrics_per_file   one 3 s utterance: each metric alone (RMSE, SI-SDR, PESQ-WB, PESQ-NB, ESTOI) and all together
   metrics_pool       all metrics on 8 files: in this process vs in a pool of 2 worker processes (the evaluation's
-                     path: lightdvae.evaluate._make_pool / _metrics_job), files per second in extra_info
+                     path: lightdvae.evaluate.workers.make_pool / metrics_job), files per second in extra_info
 """
 
 import os
@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from lightdvae import evaluate as E
 from lightdvae import metrics as M
+from lightdvae.evaluate import workers as W
 
 SR = 16000
 SECONDS = 3.0
@@ -57,7 +57,7 @@ def test_metric_per_file(benchmark, describe, metric):
 
 @pytest.fixture(scope="module")
 def pool():
-    p = E._make_pool(POOL_WORKERS, None)
+    p = W.make_pool(POOL_WORKERS, None)
     yield p
     p.shutdown(wait=True)
 
@@ -78,7 +78,7 @@ def test_metrics_serial_vs_pool(benchmark, describe, request, mode):
         executor = request.getfixturevalue("pool")
 
         def run():
-            futures = [executor.submit(E._metrics_job, i, r, e, M.METRICS) for i, (r, e) in enumerate(pairs)]
+            futures = [executor.submit(W.metrics_job, i, r, e, M.METRICS) for i, (r, e) in enumerate(pairs)]
             return [f.result()[1] for f in futures]
 
     results = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)

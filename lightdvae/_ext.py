@@ -40,11 +40,11 @@ def backend() -> str:
 
 # Which ops have which kernels, read once at import: the build does not change while running, and
 # a plain dict lookup keeps the public ops traceable by torch.compile without graph breaks.
-# _OPS have a kernel per device (CPU, CUDA).  _COMPOSITE_OPS are CompositeImplicitAutograd ops (the
+# DEVICE_OPS have a kernel per device (CPU, CUDA).  COMPOSITE_OPS are CompositeImplicitAutograd ops (the
 # sampling loops: C++ loops of ATen calls), which run wherever ATen does: the computed dispatch
 # table counts their kernel for every device.
-_OPS = ("is_divergence", "gaussian_kl", "kv_attention")
-_COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
+DEVICE_OPS = ("is_divergence", "gaussian_kl", "kv_attention")
+COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
 _KERNELS: dict[tuple[str, str], bool] = {}
 
 
@@ -61,9 +61,9 @@ def _has_kernel(op: str, key: str, composite: bool) -> bool:
 
 
 if HAS_NATIVE:
-    for _op in _OPS + _COMPOSITE_OPS:
+    for _op in DEVICE_OPS + COMPOSITE_OPS:
         for _device, _key in (("cpu", "CPU"), ("cuda", "CUDA")):
-            _KERNELS[(_op, _device)] = _has_kernel(_op, _key, _op in _COMPOSITE_OPS)
+            _KERNELS[(_op, _device)] = _has_kernel(_op, _key, _op in COMPOSITE_OPS)
 
 
 def has_kernel(op: str, device_type: str) -> bool:

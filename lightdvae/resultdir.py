@@ -16,14 +16,22 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
-from collections.abc import Iterable, Mapping
+import socket
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from lightdvae._io import read_json
+from lightdvae._io import read_json, utc_now
 from lightdvae.errors import FolderError
 
-__all__ = ["claim", "clear", "differences", "describe_differences"]
+__all__ = ["claim", "clear", "differences", "describe_differences", "folder_lock", "lock_holder", "LOCK_FILE"]
+
+#: The lock file of a folder being written (kept after release: removing it would race with a new holder).
+LOCK_FILE = ".lightdvae.lock"
 
 #: How a fingerprint key is named in messages when its own name says little.
 KEY_NAMES = {"checkpoint_sha256": "checkpoint weights"}
@@ -89,3 +97,103 @@ def claim(
             f"replace {them}, or --out DIR to keep both"
         )
     return state if old is not None else None
+
+
+def _describe_holder(info: dict | None) -> str:
+    if not info:
+        return "another lightdvae process"
+    command = info.get("command") or "lightdvae"
+    where = f"pid {info.get('pid', '?')}" + (f" on {info['host']}" if info.get("host") != socket.gethostname() else "")
+    return f"`{command}` ({where}, since {info.get('since', '?')})"
+
+
+def lock_holder(out: str | Path) -> dict | None:
+    """Who holds ``out``'s lock (``{"pid", "command", "host", "since"}``), or None when no live process does.
+    A lock left by a killed process is free: the operating system releases it with the process."""
+    path = Path(out) / LOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locks
+        return None
+    try:
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                try:
+                    info = json.loads(fh.read() or "{}")
+                except ValueError:
+                    info = {}
+                return info if isinstance(info, dict) else {}
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def _try_lock(fh, fcntl, attempts: int = 20) -> bool:
+    """An exclusive lock, retried for about a second (a :func:`lock_holder` probe holds it for microseconds)."""
+    import time
+
+    for i in range(attempts):
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if i + 1 < attempts:
+                time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | Path, command: str | None = None, error: type[Exception] = FolderError) -> Iterator[Path]:
+    """Hold ``out``'s lock while this process writes into it: a second writer (another command, or the same one
+    started twice) is refused at once with ``error`` naming the first; a lock left by a killed process is taken
+    over (``flock`` locks die with their process).  Creates ``out``; an unwritable ``out`` raises ``error`` with
+    one line.  Where ``fcntl`` is missing (Windows) nothing is locked."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise error(f"cannot write to {out}: {exc.strerror or exc}; choose a folder you can write to") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield out
+            return
+        if not _try_lock(fh, fcntl):
+            fh.seek(0)
+            try:
+                info = json.loads(fh.read() or "{}")
+            except ValueError:
+                info = None
+            raise error(
+                f"{out} is being written by {_describe_holder(info if isinstance(info, dict) else None)}; wait for it "
+                "to finish, or use another folder"
+            ) from None
+        prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+        from_cli = prog.name == "lightdvae" or (prog.name == "__main__.py" and prog.parent.name == "lightdvae")
+        argv = sys.argv[1:] if from_cli else []
+        info = {
+            "pid": os.getpid(),
+            "command": command or " ".join(["lightdvae", *argv]) or "lightdvae",
+            "host": socket.gethostname(),
+            "since": utc_now(),
+        }
+        if argv and command:
+            info["command"] = " ".join(["lightdvae", *argv])
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(info))
+        fh.flush()
+        try:
+            yield out
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()

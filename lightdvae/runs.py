@@ -38,6 +38,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,9 +166,24 @@ def corpus_spec(meta: dict) -> str | None:
 
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:
-    """The parsed ``status.json`` of a training run, or None (imported runs have none)."""
+    """The parsed ``status.json`` of a training run, or None (imported runs have none).
+
+    A run whose status says ``running`` but whose folder no live process holds (it was killed) is reported as
+    ``interrupted``, with the command that continues it."""
+    from lightdvae.resultdir import lock_holder
+
     path = Path(run_dir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"cannot read {path}: {exc}") from None
+    if not isinstance(status, dict):
+        raise RunError(f"{path} is not a run status (a JSON object was expected)")
+    if status.get("state") == "running" and lock_holder(run_dir) is None:
+        status = {**status, "state": "interrupted", "message": f"resume with: lightdvae train --resume {run_dir}"}
+    return status
 
 
 def model_from_checkpoint(payload: dict, device: str | torch.device = "cpu") -> DVAE:
@@ -342,12 +358,16 @@ def write_status(run_dir: str | os.PathLike, state: str, **extra) -> Path:
 
 
 def clear_run_files(run_dir: str | os.PathLike) -> None:
-    """Delete the files of a training run (config, log, status, both checkpoints)."""
+    """Delete the files of a training run (config, log, status, both checkpoints) and the results computed from
+    its weights (``eval/``, ``generate/``), so that nothing of a previous run passes for the new one's."""
     run_dir = Path(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for which in CHECKPOINTS:
         checkpoint_path(run_dir, which).unlink(missing_ok=True)
+    for sub in (EVAL_DIR, GENERATE_DIR):
+        if (run_dir / sub).is_dir():
+            shutil.rmtree(run_dir / sub)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -360,3 +380,27 @@ def weights_sha256(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def export_pretrained(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: str, card: dict) -> Path:
+    """Write the best weights of ``run_dir`` as the shipped prior ``name`` in ``out_dir``: ``<name>.pt`` (float16
+    state dict, model name and config) and ``<name>.json`` (``card`` plus the label, parameter count, config and
+    the SHA-256 of the ``.pt``), both atomically.  :func:`lightdvae.models.pretrained` reads them back."""
+    payload = load_checkpoint(checkpoint_path(run_dir, "best"))
+    state = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    half = {"model": state, "model_name": payload["model_name"], "config": payload["config"]}
+    out_dir = Path(out_dir)
+    pt = save_checkpoint(out_dir / f"{name}.pt", half)
+    meta = read_meta(run_dir)
+    params = build(payload["model_name"], **payload["config"]).num_parameters()
+    full = {
+        "name": name,
+        "model": payload["model_name"],
+        "label": model_label(payload["model_name"], payload["config"], training_mode(meta)),
+        "parameters": int(params),
+        "config": payload["config"],
+        **card,
+        "sha256": sha256_file(pt),
+    }
+    atomic_write_json(out_dir / f"{name}.json", full)
+    return pt

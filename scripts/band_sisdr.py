@@ -16,8 +16,9 @@ import argparse
 import numpy as np
 import torch
 
-from lightdvae.audio import SAMPLE_RATE, istft, load_audio, resynthesize, stft
+from lightdvae.audio import SAMPLE_RATE, istft, stft
 from lightdvae.data import resolve_corpus
+from lightdvae.evaluate import resynthesize_file
 from lightdvae.metrics import si_sdr
 from lightdvae.runs import load_run
 
@@ -36,13 +37,9 @@ def band_scores(run: str, files, bins: list[tuple[int, int]], past: str) -> np.n
     model = load_run(run).eval()
     rows = []
     for path in files:
-        wave = torch.as_tensor(load_audio(path, log=False))
-        spec = stft(wave)
-        with torch.no_grad():
-            variance = model.resynthesize(torch.view_as_real(spec).square().sum(-1)[None], past=past, sample=False)[0]
-        estimate = stft(resynthesize(variance, spec, wave.numel()).float())
-        n = wave.numel()
-        rows.append([si_sdr(band_limited(spec, lo, hi, n), band_limited(estimate, lo, hi, n)) for lo, hi in bins])
+        reference, estimate, info = resynthesize_file(model, path, past)
+        spec, estimated, n = info["spec"], stft(estimate), reference.size
+        rows.append([si_sdr(band_limited(spec, lo, hi, n), band_limited(estimated, lo, hi, n)) for lo, hi in bins])
     return np.array(rows)
 
 

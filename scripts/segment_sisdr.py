@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
-from lightdvae.audio import HOP, load_audio, resynthesize, stft
+from lightdvae.audio import HOP
 from lightdvae.data import resolve_corpus
+from lightdvae.evaluate import resynthesize_file
 from lightdvae.metrics import si_sdr
 from lightdvae.runs import load_run
 
@@ -27,13 +27,8 @@ def segment_scores(run: str, files, frames: int, past: str) -> tuple[np.ndarray,
     model = load_run(run).eval()
     inside, after = [], []
     for path in files:
-        wave = torch.as_tensor(load_audio(path, log=False))
-        spec = stft(wave)
-        power = torch.view_as_real(spec).square().sum(-1)
-        with torch.no_grad():
-            variance = model.resynthesize(power[None], past=past, sample=False)[0]
-        estimate = resynthesize(variance, spec, wave.numel()).numpy()
-        cut, reference = frames * HOP, wave.numpy()
+        reference, estimate, _ = resynthesize_file(model, path, past)
+        cut = frames * HOP
         if reference.size < cut + 12 * HOP:  # too short to have an "after" part worth scoring
             continue
         inside.append(si_sdr(reference[:cut], estimate[:cut]))

@@ -1,7 +1,6 @@
 """Shared test helpers: markers for the native build and the GPU, tolerances by dtype, a speech-like signal, a tiny
 corpus of such signals and a run folder holding a tiny untrained model."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,11 @@ def make_run(path: Path, name: str = "light-dvae", data: str | None = None, **co
     """A run folder (``lightdvae train``'s layout) holding an untrained model ``name``, seeded; the transformer DVAEs
     are TINY_LIGHT-sized unless ``config`` says otherwise.  ``data``: the corpus spec the run records."""
     from lightdvae.models import build
-    from lightdvae.models.dvae_import import save_run_dir
+    from lightdvae.runs import read_config, save_model, write_config
 
     torch.manual_seed(0)
     config = {**(TINY_LIGHT if name in ("hit-dvae", "light-dvae") else {}), **config}
-    save_run_dir(path, build(name, **config), {"kind": "test"})
+    save_model(path, build(name, **config), {"kind": "test"})
     if data is not None:  # as `lightdvae train` records the corpus
-        meta = json.loads((path / "config.json").read_text())
-        (path / "config.json").write_text(json.dumps({**meta, "data": {"spec": data}}))
+        write_config(path, {**read_config(path), "data": {"spec": data}})
     return path

@@ -16,6 +16,9 @@ import soundfile as sf
 from lightdvae.cli import main as cli_main
 from lightdvae.data import DataError, discover, read_manifest, resolve_corpus
 from lightdvae.data import builtin as B
+from lightdvae.data.builtin import build as build_mod
+from lightdvae.data.builtin import espeak as espeak_mod
+from lightdvae.data.builtin import plan as plan_mod
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 needs_espeak = pytest.mark.skipif(
@@ -48,7 +51,7 @@ def test_missing_espeak_is_a_clear_error(monkeypatch, tmp_path, capsys):
 
 
 def test_phoneme_parsing():
-    plain, tokens = B._parse_phonemes("h @ l 'oU  w '3: l d\n_:  D 'E r\n")
+    plain, tokens = espeak_mod._parse_phonemes("h @ l 'oU  w '3: l d\n_:  D 'E r\n")
     assert plain == "h@l'oU w'3:ld _: D'Er"
     assert tokens == [["h", "@", "l", "'oU"], ["w", "'3:", "l", "d"], ["_:"], ["D", "'E", "r"]]
 
@@ -57,16 +60,16 @@ def test_split_planning_keeps_variants_together():
     import random
 
     probes = [B.VoiceProbe(v, v, np.zeros(513), 1.0) for v in B.candidate_voices()[:80]]
-    speakers = B._plan_speakers(probes, random.Random(0))
+    speakers = plan_mod.plan_speakers(probes, random.Random(0))
     split_of_variant = {}
     for s in speakers:
-        split_of_variant.setdefault(B._variant(s.voice), set()).add(s.split)
+        split_of_variant.setdefault(plan_mod._variant(s.voice), set()).add(s.split)
     assert all(len(v) == 1 for v in split_of_variant.values())
     counts = {sp: sum(s.split == sp for s in speakers) for sp in ("train", "val", "test")}
     assert counts["val"] >= 1 and counts["test"] >= 1 and counts["train"] >= 0.6 * len(probes)
     # one variant only: split voice by voice
     few = [B.VoiceProbe(f"{b}+f2", b, np.zeros(513), 1.0) for b in B.DEFAULT_BASES[:5]]
-    assert {s.split for s in B._plan_speakers(few, random.Random(0))} == {"train", "val", "test"}
+    assert {s.split for s in plan_mod.plan_speakers(few, random.Random(0))} == {"train", "val", "test"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
     ref_rows = [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(ref.root)]
 
     out = tmp_path / "run"
-    real = B._synthesize_one
+    real = build_mod._synthesize_one
     calls = []
 
     def crash_after_five(root, utt):
@@ -190,10 +193,10 @@ def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(root, utt)
 
-    monkeypatch.setattr(B, "_synthesize_one", crash_after_five)
+    monkeypatch.setattr(build_mod, "_synthesize_one", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         B.build_corpus(out, workers=1, **opts)
-    monkeypatch.setattr(B, "_synthesize_one", real)
+    monkeypatch.setattr(build_mod, "_synthesize_one", real)
     assert (out / B.BUILD_STATE).is_file() and not (out / "corpus.json").exists()
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav"))
     assert written and not list(out.rglob("*.tmp"))
@@ -229,7 +232,7 @@ def test_explicit_voices(tmp_path):
 @needs_espeak
 def test_resolve_builtin_resumes_an_interrupted_build(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
-    real = B._synthesize_one
+    real = build_mod._synthesize_one
     calls = []
 
     def crash_after_three(root, utt):
@@ -238,10 +241,10 @@ def test_resolve_builtin_resumes_an_interrupted_build(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(root, utt)
 
-    monkeypatch.setattr(B, "_synthesize_one", crash_after_three)
+    monkeypatch.setattr(build_mod, "_synthesize_one", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         resolve_corpus("builtin", minutes=0.25, seed=2, progress=False)
-    monkeypatch.setattr(B, "_synthesize_one", real)
+    monkeypatch.setattr(build_mod, "_synthesize_one", real)
     c = resolve_corpus("builtin", progress=False)  # picks up the interrupted build's own options
     info = json.loads((c.root / "corpus.json").read_text())
     assert info["settings"]["minutes"] == 0.25 and info["settings"]["seed"] == 2

@@ -13,6 +13,7 @@ from helpers import TINY_LIGHT, make_run, speech_like, write_corpus
 
 from lightdvae import evaluate as E
 from lightdvae.cli import main
+from lightdvae.evaluate import workers as W
 from lightdvae.metrics import COLUMNS
 from lightdvae.models import build
 
@@ -97,7 +98,7 @@ def test_interrupted_eval_resumes_without_redoing_files(corpus, tmp_path, monkey
     run = make_run(tmp_path / "light")
     out = tmp_path / "out"
     kw = dict(data=str(corpus), out=out, workers=0, figures=0, metrics=("rmse", "si_sdr"), model_threads=1)
-    real = E.compute_metrics
+    real = W.compute_metrics
     calls, interrupt = [], [True]
 
     def flaky(ref, est, metrics):
@@ -106,7 +107,7 @@ def test_interrupted_eval_resumes_without_redoing_files(corpus, tmp_path, monkey
             raise KeyboardInterrupt
         return real(ref, est, metrics)
 
-    monkeypatch.setattr(E, "compute_metrics", flaky)
+    monkeypatch.setattr(W, "compute_metrics", flaky)
     with pytest.raises(KeyboardInterrupt):
         E.evaluate_run(run, **kw)
     assert len(E.read_per_file(out / "per_file.csv")) == 1 and not (out / "summary.json").exists()

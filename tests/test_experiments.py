@@ -10,6 +10,7 @@ from helpers import write_corpus
 
 from lightdvae import experiments as X
 from lightdvae.cli import main
+from lightdvae.experiments import paper_findings, stages, writeup
 
 SR = 16000
 TINY = {
@@ -90,7 +91,7 @@ def test_findings_verdicts_from_paired_differences(monkeypatch, tmp_path):
         ("hit-inv-s-nr", "gen"): base - 2 + noise(10),
         ("hit-inv-s-nr", "gt"): base - 4 + noise(11),  # GEN and GT 2 dB apart: not "the same"
     }
-    monkeypatch.setattr(X, "_per_file", _fake_per_file(values))
+    monkeypatch.setattr(paper_findings, "per_file", _fake_per_file(values))
     keys = ["dkf", "srnn-tf", "srnn-ss", "hit-dvae", "light-dvae", "hit-inv-s", "hit-inv-s-nr"]
     res = {r["finding"]: r for r in X.findings(tmp_path, keys)}
     verdict = {k: r["verdict"] for k, r in res.items()}
@@ -113,7 +114,8 @@ def test_findings_verdicts_from_paired_differences(monkeypatch, tmp_path):
 
 @pytest.fixture
 def tiny_entries(monkeypatch):
-    monkeypatch.setattr(X, "ENTRIES", {**X.ENTRIES, **TINY})
+    for key, entry in TINY.items():  # every module of lightdvae.experiments reads this one dict
+        monkeypatch.setitem(X.ENTRIES, key, entry)
 
 
 def _experiment(corpus, out, **kw):
@@ -135,14 +137,14 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     out = tmp_path / "exp"
     lines = []
     calls = {"eval": 0}
-    real_eval = X._evaluate_all
+    real_eval = stages.evaluate_all
 
     def interrupted_eval(*args, **kwargs):
         calls["eval"] += 1
         raise KeyboardInterrupt
 
     # first session: trained, then interrupted at the evaluation
-    monkeypatch.setattr(X, "_evaluate_all", interrupted_eval)
+    monkeypatch.setattr(stages, "evaluate_all", interrupted_eval)
     with pytest.raises(KeyboardInterrupt):
         X.run_experiment(_experiment(corpus, out), say=lines.append)
     state = json.loads((out / X.STATE_FILE).read_text())
@@ -152,7 +154,7 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     assert all(state["models"][k]["training"] in ("finished", "time_limit") for k in epochs)
 
     # second session: resumes at the evaluation, does not train again
-    monkeypatch.setattr(X, "_evaluate_all", real_eval)
+    monkeypatch.setattr(stages, "evaluate_all", real_eval)
     result = X.run_experiment(_experiment(corpus, out), say=lines.append)
     assert {k: (out / "runs" / k / "log.csv").read_text().count("\n") - 1 for k in epochs} == epochs
     state = result["state"]
@@ -173,7 +175,7 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     assert (out / "report" / "figures").is_dir() and any((out / "report" / "figures").glob("*.png"))
 
     # third session: everything done, nothing recomputed
-    monkeypatch.setattr(X, "_evaluate_all", interrupted_eval)
+    monkeypatch.setattr(stages, "evaluate_all", interrupted_eval)
     X.run_experiment(_experiment(corpus, out), say=lines.append)  # would raise if evaluation ran again
     with pytest.raises(X.ExperimentError, match="other settings.*minutes_per_model"):
         X.run_experiment(_experiment(corpus, out, minutes_per_model=0.05), say=lines.append)
@@ -186,8 +188,8 @@ def test_learning_rate_per_model_and_override():
     assert all(X.ENTRIES[k].lr == X.BASELINE_LR for k in ("vae", "dkf", "rvae", "srnn-tf", "srnn-ss"))
     forced = X.ExperimentConfig(out="x", models=("vae", "light-dvae"), lr=5e-4).validate()
     assert {forced.lr_of(k) for k in forced.models} == {5e-4}
-    assert X._lr_text(forced) == "lr 0.0005" and "1e-3" not in X._lr_text(cfg)
-    assert X._lr_text(cfg) == "lr per model, in the table: 0.001 for VAE, 0.0003 for LigHT-DVAE, HiT-Inv-s"
+    assert writeup.lr_text(forced) == "lr 0.0005" and "1e-3" not in writeup.lr_text(cfg)
+    assert writeup.lr_text(cfg) == "lr per model, in the table: 0.001 for VAE, 0.0003 for LigHT-DVAE, HiT-Inv-s"
     for bad in (0.0, -1e-3, float("nan"), float("inf"), True, "1e-3"):
         with pytest.raises(X.ExperimentError, match="lr must be"):
             X.ExperimentConfig(out="x", models=("vae",), lr=bad).validate()

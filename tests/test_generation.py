@@ -16,6 +16,7 @@ from lightdvae.audio import HOP, load_audio, power_spectrogram, resynthesize, sa
 from lightdvae.cli import main
 from lightdvae.models import build
 from lightdvae.report import build_report, find_results
+from lightdvae.runs import open_run
 
 SR = 16000
 FAST = dict(griffin_lim_iters=8, batch_size=4)  # Griffin-Lim's iterations are most of a generation's cost
@@ -116,13 +117,14 @@ def test_resume_batch_by_batch_and_reuse(corpus, tmp_path, monkeypatch, tiny_fea
     before = {p.name: p.read_bytes() for p in (out / "wav").glob("*.wav")}
 
     calls = []
-    real_generate = type(G._load(run, "best", "cpu")[0]).generate
+    model_class = type(open_run(run, "best", "cpu").model)
+    real_generate = model_class.generate
 
     def counting(self, n, frames, temperature=1.0, generator=None):
         calls.append(n)
         return real_generate(self, n, frames, temperature=temperature, generator=generator)
 
-    monkeypatch.setattr(type(G._load(run, "best", "cpu")[0]), "generate", counting)
+    monkeypatch.setattr(model_class, "generate", counting)
     # an interruption during the second batch: its files are half written, it is not recorded as done
     state = json.loads((out / "state.json").read_text())
     del state["batches"]["1"]
@@ -250,7 +252,7 @@ def test_swap_w_is_deterministic_and_own_w_is_the_plain_resynthesis(corpus, tmp_
     for name in r1["outputs"]["wav"].values():
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
-    model = G._load(run, "best", "cpu")[0]
+    model = open_run(run, "best", "cpu").model
     wave_a, wave_b = load_audio(a), load_audio(b)
     pa, pb = power_spectrogram(torch.from_numpy(wave_a)), power_spectrogram(torch.from_numpy(wave_b))
     for past in ("gen", "gt"):

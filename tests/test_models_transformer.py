@@ -423,8 +423,9 @@ def test_generate_shapes_finite_and_seeded(name):
     assert max_err(out, other) > 0
     cold = model.generate(2, 5, temperature=0.0)  # w = 0 and z_t = prior mean: deterministic
     torch.testing.assert_close(cold, model.generate(2, 5, temperature=0.0))
+    assert model.generate(1, 0).shape == (1, 0, 513)  # nothing to generate: empty, as every model does
     with pytest.raises(ValueError, match="frames"):
-        model.generate(1, 0)
+        model.generate(1, -1)
 
 
 def test_dropout_is_off_in_eval():

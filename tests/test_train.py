@@ -17,10 +17,11 @@ import pytest
 import soundfile as sf
 import torch
 
-import lightdvae.train as train_mod
+import lightdvae.train.loop as loop_mod
 from lightdvae.cli import main as cli_main
 from lightdvae.models import build
 from lightdvae.models.vae import VAE
+from lightdvae.resultdir import LOCK_FILE
 from lightdvae.runs import load_checkpoint, load_run, read_config, read_status
 from lightdvae.train import (
     LOG_COLUMNS,
@@ -30,6 +31,7 @@ from lightdvae.train import (
     kl_warm_at,
     resume_config,
     ss_prob_at,
+    steps_per_epoch,
     train,
 )
 
@@ -196,7 +198,7 @@ def test_resume_continues_exactly(tmp_path, data):
 def test_best_weights_are_a_copy(tmp_path, data, monkeypatch):
     """The best epoch's weights survive later updates (a copy, not references to the live tensors)."""
     snapshots = []
-    real = train_mod._validate
+    real = loop_mod.validate
 
     def fake(model, *args, **kwargs):
         terms, has_w = real(model, *args, **kwargs)
@@ -204,7 +206,7 @@ def test_best_weights_are_a_copy(tmp_path, data, monkeypatch):
         terms["loss"] = float(len(snapshots))  # epoch 1 is the best, later epochs get worse
         return terms, has_w
 
-    monkeypatch.setattr(train_mod, "_validate", fake)
+    monkeypatch.setattr(loop_mod, "validate", fake)
     result = train(_cfg(tmp_path, kl_warmup_epochs=0, patience=10), train_dataset=data[0], val_dataset=data[1])
     assert result.best_epoch == 1 and [r["best"] for r in result.history] == [True, False, False]
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
@@ -217,14 +219,14 @@ def test_best_weights_are_a_copy(tmp_path, data, monkeypatch):
 
 @pytest.mark.parametrize("warmup,expected_stop", [(0, 3), (3, 5)])
 def test_early_stopping_counts_only_after_warmup(tmp_path, data, monkeypatch, warmup, expected_stop):
-    real = train_mod._validate
+    real = loop_mod.validate
 
     def flat(*args, **kwargs):
         terms, has_w = real(*args, **kwargs)
         terms["loss"] = 1.0  # never improves
         return terms, has_w
 
-    monkeypatch.setattr(train_mod, "_validate", flat)
+    monkeypatch.setattr(loop_mod, "validate", flat)
     cfg = _cfg(tmp_path, epochs=20, patience=2, kl_warmup_epochs=warmup)
     result = train(cfg, train_dataset=data[0], val_dataset=data[1])
     assert result.stop_reason == "early_stopped" and result.epochs == expected_stop
@@ -306,13 +308,13 @@ def test_api_errors(tmp_path, data):
 
 
 def test_load_run_errors_and_imported_runs(tmp_path):
-    from lightdvae.models.dvae_import import save_run_dir
+    from lightdvae.runs import save_model
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "nothing")
     torch.manual_seed(0)
     model = build("vae", **TINY["vae"])
-    save_run_dir(tmp_path / "imported", model, {"kind": "test"})
+    save_model(tmp_path / "imported", model, {"kind": "test"})
     loaded = load_run(tmp_path / "imported")
     assert _same_state(loaded.state_dict(), model.state_dict())
     with pytest.raises(FileNotFoundError, match="it has: best"):
@@ -344,6 +346,22 @@ def corpus(tmp_path_factory) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, _utterance(1.2, seed), 16000, subtype="PCM_16")
     return root
+
+
+@pytest.mark.parametrize("seq_len,batch_size", [(10, 3), (20, 8), (50, 1)])
+def test_steps_per_epoch_is_the_loaders_length(corpus, tmp_path, monkeypatch, seq_len, batch_size):
+    from lightdvae.data import make_loaders
+    from lightdvae.data.cache import CacheEntry
+
+    cache = tmp_path / "cache"
+    loaders = make_loaders(str(corpus), segment_frames=seq_len, batch_size=batch_size, cache_dir=cache)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("steps_per_epoch read a spectrogram")
+
+    monkeypatch.setattr(CacheEntry, "power", no_loading)  # the counts come from the cache's metadata
+    steps = steps_per_epoch(str(corpus), seq_len, batch_size, cache_dir=cache, progress=False)
+    assert steps == (len(loaders.train), len(loaders.val)) and steps[0] > 0
 
 
 def _cli_args(corpus, out, cache, model="vae", *extra):
@@ -452,7 +470,12 @@ def test_ddp_two_processes_gloo(corpus, tmp_path):
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert len(last["rng"]) == 2 and last["epoch"] == 2
     assert all(np.isfinite(r["val_loss"]) for r in last["history"])
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "log.csv", "status.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == [
+        "checkpoints",
+        "config.json",
+        "log.csv",
+        "status.json",
+    ]
     assert read_status(out)["state"] == "finished"
     # resume under torchrun: every process restores its own random state
     resume = ["train", "--resume", str(out), "--epochs", "3", "--quiet"]
@@ -464,7 +487,7 @@ def test_ddp_two_processes_gloo(corpus, tmp_path):
 
 
 def test_interrupt_marks_the_run_and_resume_continues(tmp_path, data, monkeypatch):
-    real = train_mod.train_step
+    real = loop_mod.train_step
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -473,11 +496,11 @@ def test_interrupt_marks_the_run_and_resume_continues(tmp_path, data, monkeypatc
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    monkeypatch.setattr(loop_mod, "train_step", interrupted)
     cfg = _cfg(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, train_dataset=data[0], val_dataset=data[1])
     assert read_status(cfg.out)["state"] == "interrupted" and read_status(cfg.out)["epoch"] == 1
-    monkeypatch.setattr(train_mod, "train_step", real)
+    monkeypatch.setattr(loop_mod, "train_step", real)
     result = train(resume_config(cfg.out), train_dataset=data[0], val_dataset=data[1])
     assert result.epochs == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]

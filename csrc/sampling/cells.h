@@ -101,7 +101,9 @@ struct LSTMState {
 // float64), within float rounding elsewhere, and cheaper than at::lstm when gradients are recorded.
 class LSTMStepper {
  public:
-  LSTMStepper(TensorList w, bool exact, const at::Tensor& like, int64_t batch) : w_(w), exact_(exact) {
+  // An empty batch always takes the cell path: there is nothing to be exact about, and oneDNN's LSTM
+  // primitive divides by the batch size (SIGFPE at batch 0).
+  LSTMStepper(TensorList w, bool exact, const at::Tensor& like, int64_t batch) : w_(w), exact_(exact && batch > 0) {
     layers_ = static_cast<int64_t>(w.size() / 4);
     hidden_ = w[1].size(1);
     if (!exact_) {

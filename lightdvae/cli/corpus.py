@@ -22,6 +22,7 @@ def _setup_logging(quiet: bool) -> None:
 
 def _build(args) -> int:
     from lightdvae.data.builtin import build_corpus
+    from lightdvae.data.corpora import BUILTIN_MARKER
 
     _setup_logging(args.quiet)
     t0 = time.perf_counter()
@@ -38,7 +39,7 @@ def _build(args) -> int:
         force=args.force,
         progress=False if args.quiet else None,
     )
-    info = json.loads((corpus.root / "corpus.json").read_text())
+    info = json.loads((corpus.root / BUILTIN_MARKER).read_text())
     if not args.quiet:
         print(corpus.describe())
         print(

@@ -76,8 +76,6 @@ _temperature.__name__ = "finite number >= 0"
 
 
 def register(subparsers) -> None:
-    from lightdvae.generation import DEFAULT_BATCH, DEFAULT_DRAWS, DEFAULT_FIGURES, DEFAULT_FRAMES, DEFAULT_N
-
     p = subparsers.add_parser(
         "generate",
         help="sample speech from a model's prior (Griffin-Lim), with figures and FDSD against the test split",
@@ -85,6 +83,18 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (config.json + checkpoints/best.pt)")
+    _add_sampling_options(p)
+    _add_fdsd_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace another generation found in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no closing lines")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=run)
+
+
+def _add_sampling_options(p) -> None:
+    """What is generated, where, and how (samples, frames, seed, checkpoint, device, batches, Griffin-Lim)."""
+    from lightdvae.generation import DEFAULT_BATCH, DEFAULT_FIGURES, DEFAULT_FRAMES, DEFAULT_N
+
     p.add_argument("--n", type=positive_int, default=DEFAULT_N, metavar="N", help=f"number of samples ({DEFAULT_N})")
     p.add_argument(
         "--frames",
@@ -134,6 +144,12 @@ def register(subparsers) -> None:
         metavar="K",
         help=f"spectrograms of the first K samples in generation.png ({DEFAULT_FIGURES}; 0: no figures)",
     )
+
+
+def _add_fdsd_options(p) -> None:
+    """The FDSD against the real set: whether, which corpus and split, how many draws, which features."""
+    from lightdvae.generation import DEFAULT_DRAWS
+
     p.add_argument("--no-fdsd", action="store_true", help="skip FDSD (then no corpus is needed)")
     p.add_argument(
         "--data",
@@ -154,7 +170,3 @@ def register(subparsers) -> None:
         metavar="NET",
         help="FDSD feature network: ds2-builtin (shipped), ds2:FILE, or module:factory",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace another generation found in the output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no closing lines")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.set_defaults(func=run)

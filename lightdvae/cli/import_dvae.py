@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lightdvae.cli import UserError
+from lightdvae.errors import UserError
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -27,7 +27,8 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from lightdvae.models.dvae_import import DVAEImportError, import_dvae, save_run_dir
+    from lightdvae.models.dvae_import import DVAEImportError, import_dvae
+    from lightdvae.runs import CHECKPOINT_DIR, checkpoint_path, read_config, save_model
 
     checkpoint, config = Path(args.checkpoint), Path(args.config)
     for what, path in (("checkpoint", checkpoint), ("config", config)):
@@ -36,8 +37,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    if (out / "checkpoints" / "best.pt").exists() and not args.force:
-        raise UserError(f"{out} already holds a run (checkpoints/best.pt); pass --force to overwrite it")
+    if checkpoint_path(out, "best").exists() and not args.force:
+        raise UserError(f"{out} already holds a run ({CHECKPOINT_DIR}/best.pt); pass --force to overwrite it")
     try:
         model, info = import_dvae(checkpoint, config, _parse_set(args.set))
     except (DVAEImportError, ValueError, TypeError) as exc:
@@ -51,10 +52,10 @@ def run(args) -> int:
         "training": info.training,
     }
     try:
-        save_run_dir(out, model, source)
+        save_model(out, model, source)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc}") from None
-    name = json.loads((out / "config.json").read_text())["model"]
+    name = read_config(out)["model"]
     tag = info.tag or "no tag"
     print(f"imported {info.dvae_name} ({tag}) as {name}, {model.num_parameters():,} parameters -> {out}")
     return 0

@@ -12,7 +12,7 @@ def collect() -> dict:
     import lightdvae
     from lightdvae import _ext
 
-    ops = _ext._OPS
+    ops = _ext.DEVICE_OPS
     info = {
         "lightdvae": lightdvae.__version__,
         "python": platform.python_version(),

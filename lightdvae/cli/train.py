@@ -88,7 +88,7 @@ def _given(args, dest: str) -> bool:
 
 def config_from_args(args):
     """The :class:`~lightdvae.train.TrainConfig` that the parsed arguments ask for."""
-    from lightdvae.train import TrainConfig, resume_config
+    from lightdvae.train import RESUME_OVERRIDABLE, TrainConfig, resume_config
 
     if args.resume:
         given = [flag for dest, flag in _FIXED_ON_RESUME.items() if _given(args, dest)]
@@ -97,11 +97,7 @@ def config_from_args(args):
                 f"{', '.join(given)} cannot be given with --resume: a resumed run keeps its settings "
                 "(only --epochs, --max-minutes, --patience, --device, --num-workers, --cache-dir, --data, --quiet)"
             )
-        overrides = {
-            k: getattr(args, k)
-            for k in ("data", "epochs", "max_minutes", "patience", "device", "num_workers", "cache_dir")
-            if getattr(args, k) is not None
-        }
+        overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE if k != "quiet" and getattr(args, k) is not None}
         if args.quiet:
             overrides["quiet"] = True
         return resume_config(args.resume, **overrides)

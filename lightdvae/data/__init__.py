@@ -9,9 +9,20 @@ Typical use::
     for item in loaders.test:        # whole utterances: item["power"], item["spec"], item["wave"], ...
         ...
 
-See :func:`resolve_corpus` for the accepted corpus specs, :mod:`lightdvae.data.cache` for the cache, and
-:mod:`lightdvae.data.builtin` for the built-in corpus.  The built-in corpus module is imported lazily (it is
-only needed to build one).
+Submodules:
+
+* :mod:`~lightdvae.data.corpora`: what a corpus is, its layouts (folder, lists, WSJ0, VoiceBank, built-in) and
+  :func:`discover`; :func:`read_manifest` reads a built-in corpus's manifest.
+* :mod:`~lightdvae.data.resolve`: :func:`resolve_corpus`, a spec string (``builtin``, ``wsj0:DIR``, a folder)
+  to a :class:`Corpus`, building the built-in corpus on first use.
+* :mod:`~lightdvae.data.builtin`: the built-in espeak-ng corpus and its builder (:func:`build_corpus`).  Imported
+  lazily: it is only needed to build one, and ``import lightdvae.data`` does not load it.
+* :mod:`~lightdvae.data.cache`: the on-disk spectrogram cache.
+* :mod:`~lightdvae.data.datasets`: the torch datasets (segments, whole utterances).
+* :mod:`~lightdvae.data.loaders`: :func:`make_loaders`, the DataLoaders of a corpus in one call.
+* :mod:`~lightdvae.data.batches`: the sharded segment batches of training (seeded by seed and epoch).
+
+:class:`DataError` and :class:`DataWarning` are :mod:`lightdvae.errors`' (re-exported here).
 """
 
 from lightdvae.data.cache import CacheEntry, CacheReport, SpectrogramCache
@@ -19,37 +30,24 @@ from lightdvae.data.corpora import (
     SPLITS,
     AudioFile,
     Corpus,
-    DataError,
-    DataWarning,
     builtin_corpus_dir,
     data_root,
     default_cache_dir,
     discover,
     list_audio_files,
-    resolve_corpus,
+    read_manifest,
 )
-from lightdvae.data.datasets import (
-    SEGMENT_FRAMES,
-    Loaders,
-    SegmentDataset,
-    UtteranceDataset,
-    collate_utterances,
-    make_loaders,
-)
+from lightdvae.data.datasets import SEGMENT_FRAMES, SegmentDataset, UtteranceDataset, collate_utterances
+from lightdvae.data.loaders import Loaders, make_loaders
+from lightdvae.data.resolve import resolve_corpus
+from lightdvae.errors import DataError, DataWarning
 
 
 def build_corpus(*args, **kwargs):
-    """Build the built-in espeak-ng corpus: see :func:`lightdvae.data.builtin.build_corpus`."""
+    """Build the built-in espeak-ng corpus: see :func:`lightdvae.data.builtin.build_corpus` (imported on call)."""
     from lightdvae.data.builtin import build_corpus as _build
 
     return _build(*args, **kwargs)
-
-
-def read_manifest(root):
-    """Rows of a built-in corpus's manifest: see :func:`lightdvae.data.builtin.read_manifest`."""
-    from lightdvae.data.builtin import read_manifest as _read
-
-    return _read(root)
 
 
 __all__ = [

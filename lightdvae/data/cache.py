@@ -35,7 +35,9 @@ import torch
 
 from lightdvae._io import atomic_write, atomic_write_bytes
 from lightdvae.audio import N_FREQ, AudioError, FrontEnd, load_audio, power_spectrogram
-from lightdvae.data.corpora import DataError, DataWarning, default_cache_dir
+from lightdvae.data.corpora import default_cache_dir
+from lightdvae.errors import DataError, DataWarning
+from lightdvae.runtime import progress_bar, thread_scope
 
 logger = logging.getLogger("lightdvae.data")
 
@@ -321,13 +323,10 @@ class SpectrogramCache:
         return entries, report
 
     def _build(self, todo, entries, report, *, workers, progress, desc) -> None:
-        from tqdm.auto import tqdm
-
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
-        # progress=None: a bar on a terminal when there is real work; tqdm's disable=None means "not on a non-tty".
-        disable = (None if len(todo) > 20 else True) if progress is None else not progress
-        bar = tqdm(total=len(todo), desc=desc, unit="file", disable=disable, leave=False, dynamic_ncols=True)
+        # progress=None: a bar on a terminal when there is real work (more than 20 files to compute).
+        bar = progress_bar(total=len(todo), desc=desc, unit="file", progress=progress, min_work=21)
 
         def one(item):
             i, p = item
@@ -353,24 +352,22 @@ class SpectrogramCache:
 
         # One file's STFT is far too small for intra-op parallelism: on a busy machine torch's thread pool makes it
         # 50x slower.  The build parallelises over files instead, with torch limited to one thread meanwhile.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         try:
-            if workers <= 1:
-                for item in todo:
-                    record(one(item))
-            else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lightdvae-cache") as pool:
-                    futures = [pool.submit(one, item) for item in todo]
-                    try:
-                        for fut in as_completed(futures):
-                            record(fut.result())
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
+            with thread_scope(1):
+                if workers <= 1:
+                    for item in todo:
+                        record(one(item))
+                else:
+                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lightdvae-cache") as pool:
+                        futures = [pool.submit(one, item) for item in todo]
+                        try:
+                            for fut in as_completed(futures):
+                                record(fut.result())
+                        except BaseException:
+                            for f in futures:
+                                f.cancel()
+                            raise
         finally:
-            torch.set_num_threads(threads)
             bar.close()
 
     # -- housekeeping -----------------------------------------------------------------------------------------

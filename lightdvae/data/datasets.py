@@ -6,7 +6,8 @@
   (DataLoader ``shuffle=True``); validation uses the same segmentation unshuffled.
 * :class:`UtteranceDataset` returns whole test utterances (evaluation works on full files) as dicts with the
   power spectrogram, the complex STFT and the waveform; :func:`collate_utterances` pads a batch of them.
-* :func:`make_loaders` builds the three DataLoaders of a corpus spec in one call.
+* :func:`~lightdvae.data.loaders.make_loaders` (in :mod:`lightdvae.data.loaders`) builds the three DataLoaders
+  of a corpus spec in one call.
 
 Both datasets read the :class:`~lightdvae.data.cache.SpectrogramCache`; building them computes what is missing
 (with a progress bar) and warns once, counting the files left out by reason.
@@ -18,16 +19,17 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightdvae.audio import N_FREQ, stft
 from lightdvae.data.cache import CacheEntry, CacheReport, SpectrogramCache
-from lightdvae.data.corpora import AudioFile, Corpus, DataError, DataWarning, resolve_corpus
+from lightdvae.data.corpora import AudioFile
+from lightdvae.errors import DataError, DataWarning
+from lightdvae.runtime import progress_bar
 
 SEGMENT_FRAMES = 50  #: default training segment length L (frames; 0.8 s at hop 16 ms)
 IN_MEMORY_LIMIT = 4 * 2**30  #: bytes; segment sets up to this size are loaded into RAM by default
@@ -38,8 +40,6 @@ __all__ = [
     "SegmentDataset",
     "UtteranceDataset",
     "collate_utterances",
-    "Loaders",
-    "make_loaders",
 ]
 
 
@@ -148,13 +148,11 @@ class SegmentDataset(Dataset):
             self._segments = self._load_all(progress)
 
     def _load_all(self, progress: bool | None) -> np.ndarray:
-        from tqdm.auto import tqdm
-
         L = self.segment_frames
         out = np.empty((len(self.index), L, N_FREQ), dtype=np.float32)
         pos = 0
-        disable = (None if len(self.entries) > 200 else True) if progress is None else not progress
-        for e in tqdm(self.entries, desc=f"{self.name}: loading", unit="file", disable=disable, leave=False):
+        bar = progress_bar(self.entries, desc=f"{self.name}: loading", unit="file", progress=progress, min_work=201)
+        for e in bar:
             power = e.power()
             n = power.shape[0] // L
             out[pos : pos + n] = power[: n * L].reshape(n, L, N_FREQ)
@@ -334,100 +332,10 @@ def collate_utterances(items: list[dict]) -> dict:
     return out
 
 
-@dataclass
-class Loaders:
-    """The DataLoaders of a corpus.  ``test`` is None when the corpus has no test split or it was not asked for."""
+def __getattr__(name: str):
+    # Compatibility: Loaders and make_loaders moved to lightdvae.data.loaders (which imports this module).
+    if name in ("Loaders", "make_loaders"):
+        from lightdvae.data import loaders
 
-    corpus: Corpus
-    train: DataLoader | None
-    val: DataLoader | None
-    test: DataLoader | None
-    datasets: dict[str, Dataset] = field(default_factory=dict)
-
-    def __iter__(self):  # train, val, test = make_loaders(...)
-        return iter((self.train, self.val, self.test))
-
-
-def make_loaders(
-    corpus: Corpus | str | os.PathLike,
-    *,
-    segment_frames: int = SEGMENT_FRAMES,
-    batch_size: int = 128,
-    eval_batch_size: int | None = None,
-    test_batch_size: int = 1,
-    splits: Sequence[str] = ("train", "val", "test"),
-    test_returns: Sequence[str] = UTTERANCE_KEYS,
-    num_workers: int = 0,
-    cache: SpectrogramCache | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    drop_last: bool = False,
-    distributed: bool = False,
-    pin_memory: bool = False,
-    in_memory: bool | None = None,
-    progress: bool | None = None,
-) -> Loaders:
-    """DataLoaders of a corpus: shuffled training segments, validation segments, whole test utterances.
-
-    Args:
-        corpus: a :class:`Corpus` or a spec for :func:`~lightdvae.data.resolve_corpus` (``"builtin"``, ``DIR``,
-            ``"wsj0:DIR"``, ``"vb:DIR"``).
-        segment_frames: L (default 50).
-        batch_size: training batch size; ``eval_batch_size`` (default the same) for validation;
-            ``test_batch_size`` utterances per test batch (padded by :func:`collate_utterances`).
-        splits: which loaders to build (the others are None).  "test" is skipped silently when the corpus has
-            no test split.
-        test_returns: what test items carry (see :class:`UtteranceDataset`).
-        num_workers, pin_memory, drop_last: passed to the DataLoaders (``drop_last`` only for training).
-        cache / cache_dir: the spectrogram cache, or its folder.
-        seed: seeds the training shuffle (and the DistributedSampler).
-        distributed: use a ``DistributedSampler`` for train and val (the caller sets ``sampler.set_epoch``).
-        in_memory, progress: see :class:`SegmentDataset`.
-    Returns:
-        a :class:`Loaders`; training batches are ``(batch, L, 513)`` float32 tensors.
-    """
-    corpus = resolve_corpus(corpus, progress=progress)
-    if cache is None:
-        cache = SpectrogramCache(cache_dir)
-    eval_batch_size = eval_batch_size or batch_size
-    unknown = set(splits) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test")
-    common = {"num_workers": num_workers, "pin_memory": pin_memory, "persistent_workers": num_workers > 0}
-    loaders: dict[str, DataLoader | None] = {"train": None, "val": None, "test": None}
-    datasets: dict[str, Dataset] = {}
-    for split in ("train", "val"):
-        if split not in splits:
-            continue
-        ds = SegmentDataset(
-            corpus.split(split),
-            segment_frames=segment_frames,
-            cache=cache,
-            in_memory=in_memory,
-            progress=progress,
-            name=split,
-        )
-        datasets[split] = ds
-        train = split == "train"
-        sampler = None
-        if distributed:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(ds, shuffle=train, seed=seed, drop_last=drop_last and train)
-        generator = torch.Generator().manual_seed(seed) if train and sampler is None else None
-        loaders[split] = DataLoader(
-            ds,
-            batch_size=batch_size if train else eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=drop_last and train,
-            generator=generator,
-            **common,
-        )
-    if "test" in splits and corpus.has("test"):
-        ds = UtteranceDataset(corpus.split("test"), returns=test_returns, cache=cache, progress=progress, name="test")
-        datasets["test"] = ds
-        loaders["test"] = DataLoader(
-            ds, batch_size=test_batch_size, shuffle=False, collate_fn=collate_utterances, **common
-        )
-    return Loaders(corpus, loaders["train"], loaders["val"], loaders["test"], datasets)
+        return getattr(loaders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

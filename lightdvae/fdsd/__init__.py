@@ -14,9 +14,12 @@ corpus by ``lightdvae fdsd train``; features are its penultimate layer's activat
 :mod:`lightdvae.fdsd.network`).  Register your own network (e.g. real DeepSpeech2 weights) with
 :func:`register_extractor`; results carry the network's name (``result.features``) for tables.
 
-Modules: :mod:`~lightdvae.fdsd.network` (the network, phonemes, CTC decoding, weights files),
+Modules: :mod:`~lightdvae.fdsd.network` (the network, its log-mel front end, weights files),
+:mod:`~lightdvae.fdsd.phonemes` (phoneme classes, CTC decoding, phoneme error rate),
 :mod:`~lightdvae.fdsd.features` (extractor protocol, registry, batched extraction, folders),
-:mod:`~lightdvae.fdsd.distance` (Fréchet distance, FDSD, floors), :mod:`~lightdvae.fdsd.train` (training).
+:mod:`~lightdvae.fdsd.distance` (Fréchet distance, FDSD, floors),
+:mod:`~lightdvae.fdsd.utterances` (a built-in corpus's transcribed utterances, length-sorted batches, masking),
+:mod:`~lightdvae.fdsd.train` (CTC training and scoring of the network).
 """
 
 from lightdvae.fdsd.distance import (

@@ -99,6 +99,30 @@ def build(name: str, **config) -> DVAE:
     return cls(cls.config_class.from_dict(values))
 
 
+def pretrained(name: str, device="cpu", dtype=None) -> DVAE:
+    """A shipped pretrained prior of the built-in corpus, float32 in eval mode (see
+    :mod:`lightdvae.models.pretrained`; ``pretrained_names()`` lists them)."""
+    import torch
+
+    from lightdvae.models.pretrained import pretrained as _load
+
+    return _load(name, device=device, dtype=dtype or torch.float32)
+
+
+def pretrained_names() -> list[str]:
+    """The names of the shipped pretrained priors."""
+    from lightdvae.models.pretrained import pretrained_names as _names
+
+    return _names()
+
+
+def pretrained_card(name: str) -> dict:
+    """The card of a shipped prior: the command that reproduces it, epochs, wall time, scores, digest."""
+    from lightdvae.models.pretrained import pretrained_card as _card
+
+    return _card(name)
+
+
 def from_dvae(checkpoint, config_ini, overrides: dict | None = None) -> DVAE:
     """The lightdvae model equivalent to a checkpoint of the DVAE review's code and its config.ini
     (see :mod:`lightdvae.models.dvae_import`)."""
@@ -115,6 +139,9 @@ __all__ = [
     "model_label",
     "parse_label",
     "order_key",
+    "pretrained",
+    "pretrained_names",
+    "pretrained_card",
     "DVAE",
     "DVAEOutput",
     "LossTerms",

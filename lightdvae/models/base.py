@@ -153,14 +153,28 @@ class DVAE(nn.Module):
     @torch.no_grad()
     def resynthesize(self, power: Tensor, past: str = "gen", sample: bool = False) -> Tensor:
         """Variance estimate ``exp(logvar)`` of ``power`` (batch, frames, F); no gradients."""
-        _check_past(past)
+        check_past(past)
         return torch.exp(self(power, past=past, sample=sample).logvar)
 
     @torch.no_grad()
     def generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Sample ``n`` power spectrograms of ``frames`` frames from the prior: the variances ``exp(logvar)``,
+        ``(n, frames, x_dim)``.  ``n = 0`` or ``frames = 0`` gives an empty tensor of that shape (every model
+        alike); a negative count raises ValueError."""
+        for name, value in (("n", n), ("frames", frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"generate needs n >= 0 and frames >= 0 (integers), got {name}={value!r}")
+        if n == 0 or frames == 0:
+            p = next(self.parameters())
+            return torch.empty(n, frames, self.config.x_dim, dtype=p.dtype, device=p.device)
+        return self._generate(n, frames, temperature, generator)
+
+    def _generate(
+        self, n: int, frames: int, temperature: float, generator: torch.Generator | None
     ) -> Tensor:  # pragma: no cover
-        """Sample ``n`` power spectrograms of ``frames`` frames from the prior: (n, frames, F)."""
+        """The model's own sampling (``n, frames >= 1``), called by :meth:`generate`."""
         raise NotImplementedError
 
     def num_parameters(self) -> int:
@@ -171,6 +185,6 @@ class DVAE(nn.Module):
         return next(self.parameters()).device
 
 
-def _check_past(past: str) -> None:
+def check_past(past: str) -> None:
     if past not in ("gen", "gt"):
         raise ValueError(f"past must be 'gen' (the model's own past predictions) or 'gt' (the true past), got {past!r}")

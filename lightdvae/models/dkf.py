@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, check_past
 from lightdvae.models.layers import (
     MLP,
     check_dims,
@@ -217,7 +217,7 @@ class DKF(DVAE):
         posterior mean at every step.  ``eps (batch, frames, z_dim)``: the posterior noise.
         The prior statistics are those of the transition from the inferred z_{t-1}.
         """
-        _check_past(past)
+        check_past(past)
         check_power(power, self.config.x_dim)
         gx = self._encode_speech_tm(power.transpose(0, 1).contiguous())
         z, z_mean, z_logvar = self.sample_posterior(gx.transpose(0, 1), sample, eps, generator)
@@ -233,8 +233,7 @@ class DKF(DVAE):
             z_logvar_p=_batch_first(z_logvar_p),
         )
 
-    @torch.no_grad()
-    def generate(
+    def _generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Variance ``exp(logvar)`` ``(n, frames, x_dim)`` decoded from z drawn from the gated transition."""

@@ -17,12 +17,8 @@ Two facts of their code that the conversion accounts for:
   conditions the prior on h from the model's own past predictions; that sets
   ``prior_on_own_past=True`` (False for a config without scheduled sampling).
 
-Run directories (:func:`save_run_dir`, :func:`load_run_dir`)::
-
-    RUN_DIR/config.json          {"model": name, "config": {...}, "source": {...}}
-    RUN_DIR/checkpoints/best.pt  {"model": state_dict, "model_name": name, "config": {...}}
-
-both written atomically (temporary file in the same folder, then ``os.replace``).
+A converted model is written as a run directory by :func:`lightdvae.runs.save_model` (what ``lightdvae
+import-dvae`` does) and read back by :func:`lightdvae.runs.load_run`, like a trained one.
 """
 
 from __future__ import annotations
@@ -36,7 +32,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightdvae._io import atomic_write, atomic_write_json
 from lightdvae.models.base import DVAE
 
 __all__ = [
@@ -46,9 +41,7 @@ __all__ = [
     "from_dvae",
     "import_dvae",
     "load_dvae_checkpoint",
-    "load_run_dir",
     "read_dvae_config",
-    "save_run_dir",
 ]
 
 SUPPORTED = ("VAE", "DKF", "RVAE", "SRNN")
@@ -443,39 +436,3 @@ def from_dvae(checkpoint, config_ini, overrides: Mapping | None = None) -> DVAE:
     ``FileNotFoundError`` for a missing file.
     """
     return import_dvae(checkpoint, config_ini, overrides)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# run directories
-# --------------------------------------------------------------------------------------------
-
-
-def save_run_dir(run_dir, model: DVAE, source: Mapping | None = None, checkpoint: str = "best") -> Path:
-    """Write ``config.json`` and ``checkpoints/<checkpoint>.pt`` of ``model`` into ``run_dir``, atomically."""
-    run_dir = Path(run_dir)
-    config = model.config.to_dict()
-    # the registry name of an RVAE depends on its causal flag
-    name = "rvae-causal" if model.name == "rvae" and config.get("causal") else model.name
-    meta = {"model": name, "config": config, "source": dict(source) if source else None}
-    payload = {
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "model_name": name,
-        "config": config,
-    }
-    atomic_write(run_dir / "checkpoints" / f"{checkpoint}.pt", lambda fh: torch.save(payload, fh))
-    atomic_write_json(run_dir / "config.json", meta)
-    return run_dir
-
-
-def load_run_dir(run_dir, checkpoint: str = "best", map_location="cpu") -> DVAE:
-    """The model stored in ``run_dir/checkpoints/<checkpoint>.pt`` (eval mode)."""
-    from lightdvae.models import build
-
-    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    config = {k: v for k, v in payload["config"].items() if k != "causal"}
-    model = build(payload["model_name"], **config)
-    model.load_state_dict(payload["model"])
-    return model.eval()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, check_past
 from lightdvae.models.layers import (
     MLP,
     LSTMState,
@@ -240,7 +240,7 @@ class RVAE(DVAE):
         posterior mean at every step.  ``eps (batch, frames, z_dim)``: the posterior noise.
         The prior N(0, I) is reported as ``z_mean_p = z_logvar_p = None``.
         """
-        _check_past(past)
+        check_past(past)
         check_power(power, self.config.x_dim)
         gx = self._encode_speech_tm(power.transpose(0, 1).contiguous())
         z, z_mean, z_logvar = self.sample_posterior(gx.transpose(0, 1), sample, eps, generator)
@@ -249,8 +249,7 @@ class RVAE(DVAE):
             logvar=_batch_first(logvar), z=z.contiguous(), z_mean=z_mean.contiguous(), z_logvar=z_logvar.contiguous()
         )
 
-    @torch.no_grad()
-    def generate(
+    def _generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Variance ``exp(logvar)`` ``(n, frames, x_dim)`` decoded from ``z ~ N(0, temperature^2 I)``."""

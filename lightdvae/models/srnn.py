@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, check_past
 from lightdvae.models.layers import (
     MLP,
     LSTMState,
@@ -319,7 +319,7 @@ class SRNN(DVAE):
         ``ss_prob`` is None or 0, else one Bernoulli(``ss_prob``) draw per step from ``generator`` (on
         its device, CPU or CUDA); the decisions are returned on the CPU.
         """
-        _check_past(past)
+        check_past(past)
         if ss_prob is not None:
             if isinstance(ss_prob, bool) or not isinstance(ss_prob, (int, float)) or not 0.0 <= ss_prob <= 1.0:
                 raise ValueError(f"ss_prob must be a probability in [0, 1] or None, got {ss_prob!r}")
@@ -392,8 +392,7 @@ class SRNN(DVAE):
             extra=extra,
         )
 
-    @torch.no_grad()
-    def generate(
+    def _generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Variance ``exp(logvar)`` ``(n, frames, x_dim)`` generated autoregressively from the prior."""

@@ -74,7 +74,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past, activation, reparameterize
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, activation, check_past, reparameterize
 from lightdvae.models.transformer_layers import DecoderBody, Encoder
 
 __all__ = ["HiTDVAE", "HiTDVAEConfig", "LigHTDVAE", "LigHTDVAEConfig", "TransformerDVAEConfig"]
@@ -356,7 +356,7 @@ class _HierarchicalTransformerDVAE(DVAE):
         ``past="gen"`` is an evaluation path: call it in ``eval()`` mode (in ``train()`` mode the cached loop and
         the differentiable recomputation draw different dropout masks).
         """
-        _check_past(past)
+        check_past(past)
         if power.dim() != 3 or power.shape[-1] != self.config.x_dim:
             raise ValueError(f"power must be (batch, frames, {self.config.x_dim}), got {tuple(power.shape)}")
         feats = self.features(power)
@@ -387,8 +387,7 @@ class _HierarchicalTransformerDVAE(DVAE):
             extra={"past": past},
         )
 
-    @torch.no_grad()
-    def generate(
+    def _generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Sample ``n`` power spectrograms (n, frames, x_dim) from the prior, decoded autoregressively.
@@ -396,8 +395,6 @@ class _HierarchicalTransformerDVAE(DVAE):
         ``w = temperature * N(0, I)``; each ``z_t`` from the prior decoder with its std scaled by ``temperature``;
         the speech decoder's ``exp(logvar_t)`` is fed back.  Returns the variances ``exp(logvar)``.
         """
-        if n < 1 or frames < 1:
-            raise ValueError(f"generate needs n >= 1 and frames >= 1, got n={n}, frames={frames}")
         p = next(self.parameters())
         w = temperature * torch.randn(n, self.config.w_dim, dtype=p.dtype, device=p.device, generator=generator)
         steps = self.decode_stepwise(w, frames, temperature=temperature, generator=generator)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, _check_past
+from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, check_past
 from lightdvae.models.layers import MLP, check_dims, check_eps, check_power, draw, validate_common
 
 
@@ -79,7 +79,7 @@ class VAE(DVAE):
         noise of the reparameterisation (drawn with ``generator`` when omitted).
         The prior N(0, I) is reported as ``z_mean_p = z_logvar_p = None``.
         """
-        _check_past(past)
+        check_past(past)
         check_power(power, self.config.x_dim)
         eps = check_eps(eps, power.shape[0], power.shape[1], self.config.z_dim, power)
         z_mean, z_logvar = self.encode(power)
@@ -99,8 +99,7 @@ class VAE(DVAE):
         zeros = like.new_zeros(n, frames, self.config.z_dim)
         return draw(zeros, zeros, True, check_eps(eps, n, frames, self.config.z_dim, like), generator, temperature)
 
-    @torch.no_grad()
-    def generate(
+    def _generate(
         self, n: int, frames: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Variance ``exp(logvar)`` of ``n`` sequences decoded from prior samples: ``(n, frames, x_dim)``."""

@@ -1,0 +1,169 @@
+"""The experiment's write-up, ``OUT/report/README.md``: the tables of :func:`lightdvae.report.build_report`
+(analysis-resynthesis, GEN/GT structure study, FDSD), then the training settings and schedules, the paper's
+findings, generation figures and the cost table."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightdvae._io import atomic_write_text, read_json
+from lightdvae.experiments.budget import WARMUP_FRACTION
+from lightdvae.experiments.config import ExperimentConfig
+from lightdvae.experiments.entries import ENTRIES
+from lightdvae.experiments.paper_findings import COLLAPSE_DB, SAME_DB, findings
+from lightdvae.experiments.state import COST_FILE, REPORT_DIR, RUNS_DIR, ExperimentState, run_dir
+from lightdvae.runs import read_log
+
+__all__ = ["REPORT_FILE", "write_report", "lr_text"]
+
+REPORT_FILE = "README.md"
+GENERATION_FIGURES = "figures"  #: generation figures, copied into the report folder
+
+
+def write_report(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpus) -> Path:
+    """Write ``OUT/report/README.md`` (and its figures); returns its path."""
+    from lightdvae.report import FIGURE_DIR, build_report, find_results
+
+    report_dir = out / REPORT_DIR
+    report_dir.mkdir(parents=True, exist_ok=True)
+    evals, fdsds = find_results([out / RUNS_DIR])
+    lines = [build_report(evals, fdsds, title=cfg.title, figure_dir=report_dir / FIGURE_DIR).rstrip(), ""]
+    lines += _settings_section(cfg, state, out, corpus)
+    lines += _findings_section(out, cfg.models)
+    lines += _generation_section(cfg, state, report_dir)
+    lines += _cost_section(out)
+    path = report_dir / REPORT_FILE
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def lr_text(cfg: ExperimentConfig) -> str:
+    """The learning rates in words: ``"lr 0.0005"``, or ``"lr per model, in the table: 0.001 for VAE, ..."``."""
+    lrs = sorted({cfg.lr_of(key) for key in cfg.models}, reverse=True)
+    if len(lrs) == 1:
+        return f"lr {lrs[0]:g}"
+    return "lr per model, in the table: " + ", ".join(
+        f"{lr:g} for " + ", ".join(ENTRIES[k].label for k in cfg.models if cfg.lr_of(k) == lr) for lr in lrs
+    )
+
+
+def _settings_section(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpus) -> list[str]:
+    lines = [
+        "## Training",
+        "",
+        f"Corpus `{cfg.data}` ({corpus.name}); batch {cfg.batch_size} segments of {cfg.seq_len} frames, Adam "
+        f"({lr_text(cfg)}), beta {cfg.beta}, KL warm-up over {round(100 * WARMUP_FRACTION)} % of the epochs that "
+        "fit the budget, early stopping off, best validation weights kept; device "
+        f"{state.data.get('device', cfg.device)}, {torch.get_num_threads()} torch threads.",
+        "",
+        "| model | parameters | lr | budget (min) | epochs | s / epoch | KL warm-up | best epoch | best val loss "
+        "| stopped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [_training_row(cfg, key, state.model(key), read_log(run_dir(out, key))) for key in cfg.models]
+    stages = state.data["stages"]
+    lines += [
+        "",
+        "Wall time of this experiment (all sessions): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())
+        + f"; total {state.wall_seconds / 60:.1f} min.",
+        "",
+    ]
+    return lines
+
+
+def _training_row(cfg: ExperimentConfig, key: str, info: dict, rows: list[dict]) -> str:
+    """One model's row of the training table (``rows``: its log.csv)."""
+    label, stopped = ENTRIES[key].label, info.get("training", "not trained")
+    secs = [r["seconds"] for r in rows if isinstance(r.get("seconds"), float)]
+    if not secs:
+        return f"| {label} | | {cfg.lr_of(key):g} | {cfg.budget_minutes(key):.1f} | 0 | | | | | {stopped} |"
+    sched = info.get("schedule") or {}
+    best = info.get("best_val_loss")  # null in experiment.json when it was not finite
+    best = float("nan") if best is None else best
+    return (
+        f"| {label} | {info.get('parameters', 0):,} | {cfg.lr_of(key):g} "
+        f"| {cfg.budget_minutes(key):.1f} | {len(rows)} "
+        f"| {np.median(secs):.1f} | {sched.get('kl_warmup_epochs', '')} | {info.get('best_epoch', '')} | "
+        f"{best:.1f} | {stopped} |"
+    )
+
+
+def _findings_section(out: Path, models: Sequence[str]) -> list[str]:
+    res = findings(out, models)
+    if all(r["verdict"] == "not tested" for r in res):
+        return []
+    lines = [
+        "## The paper's findings on this corpus",
+        "",
+        f"Paired differences of per-file SI-SDR on the test split (mean, 95 % t-interval). A collapse: GEN more than "
+        f"{COLLAPSE_DB:g} dB below GT; the same: within {SAME_DB:g} dB.",
+        "",
+        "| finding | verdict | evidence |",
+        "|---|---|---|",
+    ]
+    for r in res:
+        lines.append(f"| {r['finding']} | **{r['verdict']}** | {r['evidence']} |")
+    return lines + [""]
+
+
+def _generation_section(cfg: ExperimentConfig, state: ExperimentState, report_dir: Path) -> list[str]:
+    lines: list[str] = []
+    fig_dir = report_dir / GENERATION_FIGURES
+    for key in cfg.models:
+        gen_out = (state.model(key).get("generation") or {}).get("out")
+        if not gen_out:
+            continue
+        pngs = sorted(Path(gen_out).glob("*.png"))
+        if not pngs:
+            continue
+        if not lines:
+            lines = ["## Generation", "", f"Samples from the prior ({cfg.gen_frames} frames), Griffin-Lim phase.", ""]
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for png in pngs[:1]:
+            dest = fig_dir / f"generation-{key}.png"
+            shutil.copyfile(png, dest)
+            label = ENTRIES[key].label
+            lines += [f"**{label}**", "", f"![{label} samples]({GENERATION_FIGURES}/{dest.name})", ""]
+    return lines
+
+
+def _cost_section(out: Path) -> list[str]:
+    cost = read_json(out / COST_FILE)
+    if cost is None:
+        return []
+    about = cost.pop("_about", {})
+    lines = [
+        "## Cost",
+        "",
+        f"Measured in one process after training ({about.get('device', '?')}, {about.get('threads', '?')} torch "
+        f"threads): training step of batch {about.get('batch_size', '?')} x {about.get('seq_len', '?')} frames, and "
+        f"generation of one {about.get('generate_frames', '?')}-frame sample (median of 2 after a warm-up), with the "
+        "native ops and with the pure-PyTorch references (`LIGHTDVAE_BACKEND=ref`). s / epoch: the training run's "
+        "median epoch.",
+        "",
+        "| model | s / epoch | train step ref (ms) | native (ms) | speed-up | generation ref (s per s of audio) "
+        "| native | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    return lines + [_cost_row(row) for row in cost.values()] + [""]
+
+
+def _cost_row(row: dict) -> str:
+    ref, nat = row["backends"].get("ref", {}), row["backends"].get("native", {})
+
+    def ratio(k):
+        return f"{ref[k] / nat[k]:.2f}x" if ref.get(k) and nat.get(k) else ""
+
+    return (
+        f"| {row['label']} | {row.get('epoch_s') or ''} | {1000 * ref.get('train_step_s', float('nan')):.1f} | "
+        f"{1000 * nat.get('train_step_s', float('nan')):.1f} | {ratio('train_step_s')} | "
+        f"{ref.get('generate_s_per_audio_s', float('nan')):.3f} | "
+        f"{nat.get('generate_s_per_audio_s', float('nan')):.3f} "
+        f"| {ratio('generate_s_per_audio_s')} |"
+    )
