@@ -5,6 +5,7 @@ Everything runs on tiny models (config overrides) and tiny data: in-memory power
 folder of short synthetic wav files for the CLI tests.
 """
 
+import csv
 import functools
 import json
 import os
@@ -504,3 +505,27 @@ def test_interrupt_marks_the_run_and_resume_continues(tmp_path, data, monkeypatc
     monkeypatch.setattr(loop_mod, "train_step", real)
     result = train(resume_config(cfg.out), train_dataset=data[0], val_dataset=data[1])
     assert result.epochs == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+def test_learning_curve_option_logs_si_sdr_and_trains_the_same(corpus, tmp_path):
+    """--curve-every writes the GEN / GT SI-SDR of fixed validation utterances into log.csv, at every N-th epoch and
+    the last, and does not touch the training: the weights equal those of the same run without it."""
+    plain, curve = tmp_path / "plain", tmp_path / "curve"
+    extra = ("--epochs", "3", "--kl-warmup", "1", "--threads", "1")
+    assert cli_main(_cli_args(corpus, plain, tmp_path / "cache", "srnn", *extra)) == 0
+    assert cli_main(_cli_args(corpus, curve, tmp_path / "cache", "srnn", *extra, "--curve-every", "2")) == 0
+    rows = list(csv.DictReader((curve / "log.csv").open()))
+    assert [bool(r["val_si_sdr_gen"]) for r in rows] == [False, True, True]  # epoch 2 and the last
+    for r in rows[1:]:
+        assert np.isfinite(float(r["val_si_sdr_gen"])) and np.isfinite(float(r["val_si_sdr_gt"]))
+    assert all(not r["val_si_sdr_gen"] for r in csv.DictReader((plain / "log.csv").open()))
+    a, b = load_checkpoint(plain / "checkpoints" / "last.pt"), load_checkpoint(curve / "checkpoints" / "last.pt")
+    assert _same_state(a["model"], b["model"])
+    # the option may be switched on when resuming (it changes nothing of the training)
+    assert cli_main(["train", "--resume", str(plain), "--epochs", "4", "--curve-every", "1", "--quiet"]) == 0
+    assert list(csv.DictReader((plain / "log.csv").open()))[-1]["val_si_sdr_gt"]
+
+
+def test_learning_curve_needs_the_corpus(tmp_path, data):
+    with pytest.raises(ConfigError, match="curve_every needs the corpus"):
+        train(_cfg(tmp_path, curve_every=1), train_dataset=data[0], val_dataset=data[1])

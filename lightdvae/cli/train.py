@@ -19,7 +19,7 @@ import dataclasses
 import json
 import sys
 
-from lightdvae.cli import UserError
+from lightdvae.cli import UserError, non_negative_int, positive_int
 
 EXIT_DIVERGED = 3
 
@@ -63,6 +63,9 @@ _DIRECT = (
     "seed",
     "num_workers",
     "cache_dir",
+    "threads",
+    "curve_every",
+    "curve_files",
 )
 
 
@@ -222,6 +225,18 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, help=f"random seed (default {defaults['seed']})")
     g.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers (default 0: in-memory slicing)")
     g.add_argument("--cache-dir", metavar="DIR", help="spectrogram cache folder")
+    g.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch threads while training (default: one per core)"
+    )
+    g.add_argument(
+        "--curve-every",
+        type=non_negative_int,
+        metavar="N",
+        help="every N epochs, log the GEN and GT SI-SDR of --curve-files validation utterances (default 0: off)",
+    )
+    g.add_argument(
+        "--curve-files", type=positive_int, metavar="N", help="validation utterances of the learning curve (8)"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     g.add_argument("--json-result", action="store_true", help="print a JSON summary line at the end")
     p.set_defaults(func=run)

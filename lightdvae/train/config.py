@@ -29,6 +29,8 @@ LOG_COLUMNS = (
     "val_kl",
     "val_kl_z",
     "val_kl_w",
+    "val_si_sdr_gen",
+    "val_si_sdr_gt",
     "kl_warm",
     "ss_prob",
     "lr",
@@ -37,7 +39,19 @@ LOG_COLUMNS = (
 )
 TERMS = ("loss", "recon", "kl", "kl_z", "kl_w")  #: the loss terms of a log row (``train_*`` / ``val_*``)
 #: TrainConfig fields that ``resume_config`` may change; the others must stay as the run was started.
-RESUME_OVERRIDABLE = ("data", "epochs", "max_minutes", "patience", "device", "num_workers", "cache_dir", "quiet")
+RESUME_OVERRIDABLE = (
+    "data",
+    "epochs",
+    "max_minutes",
+    "patience",
+    "device",
+    "threads",
+    "num_workers",
+    "cache_dir",
+    "quiet",
+    "curve_every",
+    "curve_files",
+)
 #: a training set up to this size is kept on the GPU (one copy per process) instead of being copied per batch.
 VAL_SEED_OFFSET = 1_000_003  #: validation noise seed = seed + this + rank (outside the training stream)
 
@@ -62,6 +76,11 @@ class TrainConfig:
     device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
     seed: seeds the model's initialisation, the shuffling and the noise.  num_workers: DataLoader workers (0:
         batches are sliced from the in-memory segment array).  cache_dir: spectrogram cache folder.
+    threads: torch's intra-op threads while training (None: torch's default, one per core; restored after).
+    curve_every: every N epochs (and at the last), the mean GEN and GT SI-SDR of ``curve_files`` validation
+        utterances (the first by name, whole, resynthesised with their own phase) go into the epoch's log row
+        (``val_si_sdr_gen`` / ``val_si_sdr_gt``): a learning curve in the metric the paper reports.  0: off.
+        Needs the corpus (not datasets passed in); the training's random streams are not touched.
     quiet: no progress bar or per-epoch lines.  resume: continue the run in ``out`` from ``last.pt``.
     force: overwrite the run files already in ``out``.
     """
@@ -87,6 +106,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     cache_dir: str | None = None
+    threads: int | None = None
+    curve_every: int = 0
+    curve_files: int = 8
     quiet: bool = False
     resume: bool = False
     force: bool = False
@@ -113,6 +135,10 @@ class TrainConfig:
         _check_int("ss_end", self.ss_end, 0)
         _check_int("seed", self.seed, 0)
         _check_int("num_workers", self.num_workers, 0)
+        _check_int("curve_every", self.curve_every, 0)
+        _check_int("curve_files", self.curve_files, 1)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1)
         if self.ss_end < self.ss_start:
             raise ConfigError(f"ss_end ({self.ss_end}) must not be before ss_start ({self.ss_start})")
         if not _is_number(self.lr) or not self.lr >= 0 or not math.isfinite(self.lr):

@@ -5,7 +5,7 @@ corpus costs, counted without loading the segments)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,10 +25,13 @@ class TrainData:
     val: PowerBatches
     info: dict
     local_batch: int
+    #: the validation utterances of the learning curve (``curve_every``); empty without a corpus
+    curve_files: list = field(default_factory=list)
 
 
-def load_datasets(cfg: TrainConfig) -> tuple[object, object, dict]:
-    """Training and validation segment datasets of the corpus ``cfg.data``; rank 0 fills the cache first."""
+def load_datasets(cfg: TrainConfig) -> tuple[object, object, dict, list]:
+    """Training and validation segment datasets of the corpus ``cfg.data``, what config.json records of them, and
+    the validation files; rank 0 fills the cache first."""
     from lightdvae.data import SegmentDataset, SpectrogramCache, resolve_corpus
 
     main = distrib.is_main()
@@ -52,7 +55,7 @@ def load_datasets(cfg: TrainConfig) -> tuple[object, object, dict]:
         "train_files": len(train_ds.files),
         "val_files": len(val_ds.files),
     }
-    return train_ds, val_ds, info
+    return train_ds, val_ds, info, list(val_ds.files)
 
 
 def _dataset_len_shape(dataset) -> tuple[int, tuple[int, ...]]:
@@ -66,10 +69,16 @@ def _dataset_len_shape(dataset) -> tuple[int, tuple[int, ...]]:
 def build_data(cfg: TrainConfig, train_dataset, val_dataset, x_dim: int, device: torch.device) -> TrainData:
     """The batches of this process over the datasets given (both None: the corpus ``cfg.data``); checks that
     their items are ``(frames, x_dim)`` power segments."""
+    val_files: list = []
     if train_dataset is None:
-        train_dataset, val_dataset, info = load_datasets(cfg)
+        train_dataset, val_dataset, info, val_files = load_datasets(cfg)
     else:
         info = {"spec": PASSED_DATASETS}
+        if cfg.curve_every:
+            raise ConfigError(
+                "curve_every needs the corpus (config.data) to read whole validation utterances from, "
+                "not datasets passed to train()"
+            )
     n_train, shape = _dataset_len_shape(train_dataset)
     n_val, val_shape = _dataset_len_shape(val_dataset)
     for what, s in (("training", shape), ("validation", val_shape)):
@@ -82,7 +91,9 @@ def build_data(cfg: TrainConfig, train_dataset, val_dataset, x_dim: int, device:
     train = PowerBatches(train_dataset, batches, device, cfg.num_workers, cfg.seed)
     batches = SegmentBatches(n_val, local_batch, shard, False, cfg.seed)
     val = PowerBatches(val_dataset, batches, device, cfg.num_workers, cfg.seed)
-    return TrainData(train, val, info, local_batch)
+    from lightdvae.train.curve import curve_files
+
+    return TrainData(train, val, info, local_batch, curve_files(val_files, cfg.curve_files))
 
 
 def steps_per_epoch(

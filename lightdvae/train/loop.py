@@ -19,10 +19,11 @@ from lightdvae.errors import ConfigError
 from lightdvae.models import DVAE
 from lightdvae.resultdir import folder_lock
 from lightdvae.runs import checkpoint_path, save_checkpoint, write_log, write_status
-from lightdvae.runtime import progress_bar
+from lightdvae.runtime import progress_bar, thread_scope
 from lightdvae.train import distrib
 from lightdvae.train.build import build_learner, run_meta, write_meta
 from lightdvae.train.config import LOG_COLUMNS, VAL_SEED_OFFSET, TrainConfig, kl_warm_at, ss_prob_at
+from lightdvae.train.curve import curve_point, wants_point
 from lightdvae.train.data import build_data
 from lightdvae.train.state import (
     EarlyStopping,
@@ -108,7 +109,7 @@ def train(
     # one writer per run folder: a second `lightdvae train` into it is refused, naming the first
     lock = folder_lock(cfg.out, command=f"lightdvae train --model {cfg.model}") if distrib.is_main() else None
     try:
-        with lock or contextlib.nullcontext():
+        with lock or contextlib.nullcontext(), thread_scope(cfg.threads):
             out = check_out_dir(cfg)
             distrib.barrier()  # every process has looked at the run directory before rank 0 writes into it
             trainer = Trainer(cfg, setup.device, out, t_start)
@@ -251,6 +252,8 @@ class Trainer:
         lr = float(self.learner.optimizer.param_groups[0]["lr"])
         seconds = round(time.perf_counter() - t_epoch, 3)
         row.update(kl_warm=kl_warm, ss_prob=ss_prob, lr=lr, best=is_best, seconds=seconds)
+        if distrib.is_main() and wants_point(epoch, cfg.curve_every, cfg.epochs) and self.data.curve_files:
+            row.update(curve_point(model, self.data.curve_files))  # after `seconds`: not training time
         state.history.append(row)
         return row, ramping
 
@@ -363,6 +366,8 @@ def _epoch_line(row: dict, cfg: TrainConfig, bad_epochs: int) -> str:
     ]
     if row["ss_prob"] is not None:
         parts.append(f"ss_prob {row['ss_prob']:.2f}")
+    if row.get("val_si_sdr_gen") is not None:
+        parts.append(f"SI-SDR GEN {row['val_si_sdr_gen']:.2f} / GT {row['val_si_sdr_gt']:.2f} dB")
     parts.append(f"{row['seconds']:.1f} s")
     parts.append("best" if row["best"] else f"no improvement for {bad_epochs}")
     return "  ".join(parts)
