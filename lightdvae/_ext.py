@@ -31,7 +31,9 @@ def backend() -> str:
     """The backend asked for through ``LIGHTDVAE_BACKEND`` (``auto`` when unset)."""
     value = os.environ.get("LIGHTDVAE_BACKEND", "auto").strip().lower() or "auto"
     if value not in _BACKENDS:
-        raise ValueError(
+        from lightdvae.errors import BackendError
+
+        raise BackendError(
             f"LIGHTDVAE_BACKEND={value!r} is not one of {', '.join(_BACKENDS)}; "
             "unset it to pick the native kernels when they are built and the references otherwise."
         )

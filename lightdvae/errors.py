@@ -26,6 +26,7 @@ __all__ = [
     "ExperimentError",
     "ReportError",
     "FolderError",
+    "BackendError",
 ]
 
 
@@ -67,3 +68,7 @@ class ExperimentError(UserError):
 
 class ReportError(UserError):
     """Nothing to report, or a path that does not exist: one line from ``lightdvae report``."""
+
+
+class BackendError(UserError, ValueError):
+    """``LIGHTDVAE_BACKEND`` names no backend, or asks for native kernels that are not built."""

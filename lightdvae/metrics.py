@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lightdvae.runtime import run_isolated
+
 SAMPLE_RATE = 16000  #: the rate every metric here assumes (the package's rate, lightdvae.audio.SAMPLE_RATE).
 PESQ_MIN_SECONDS = 0.25  #: the pesq library refuses shorter signals ("Buffer needs to be at least 1/4 of a second").
 
@@ -217,17 +219,21 @@ def pesq(reference, estimate, mode: str = "wb", sample_rate: int = SAMPLE_RATE) 
     problem = _signal_problem(x, y, int(PESQ_MIN_SECONDS * sample_rate))
     if problem:
         return Score(math.nan, problem)
+    # in a forked child: the pesq C library segfaults on some signals of tens of seconds
+    crashed, value = run_isolated(_pesq_score, lib, sample_rate, x, y, mode)
+    if crashed:
+        return Score(math.nan, f"pesq crashed ({value}) on this signal")
+    return (
+        value if isinstance(value, Score) else Score(value) if math.isfinite(value) else Score(math.nan, "non-finite")
+    )
+
+
+def _pesq_score(lib, sample_rate: int, x: np.ndarray, y: np.ndarray, mode: str) -> float | Score:
+    known = {lib.NoUtterancesError: "no-utterances", lib.BufferTooShortError: "too-short"}
     try:
-        value = float(lib.pesq(sample_rate, x, y, mode))
-    except lib.NoUtterancesError:
-        return Score(math.nan, "no-utterances")
-    except lib.BufferTooShortError:
-        return Score(math.nan, "too-short")
-    except Exception as exc:  # the library's other failures (PesqError, MemoryError, ...)
-        return Score(math.nan, f"pesq error: {_first_line(exc)}")
-    if not math.isfinite(value):
-        return Score(math.nan, "non-finite")
-    return Score(value)
+        return float(lib.pesq(sample_rate, x, y, mode))
+    except Exception as exc:  # the library's failures (NoUtterancesError, PesqError, MemoryError, ...)
+        return Score(math.nan, known.get(type(exc)) or f"pesq error: {_first_line(exc)}")
 
 
 def pesq_nb_raw(mos_lqo: float) -> float:

@@ -113,7 +113,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ValueError(
+            f"cannot read checkpoint {path}: the file is truncated, damaged or not a torch checkpoint "
+            f"({type(exc).__name__})"
+        ) from exc
     if not isinstance(payload, dict) or not {"model", "model_name", "config"} <= set(payload):
         raise ValueError(f"{path} is not a lightdvae checkpoint (needs the keys model, model_name, config)")
     return payload

@@ -28,6 +28,7 @@ __all__ = [
     "backend_scope",
     "progress_bar",
     "show_progress",
+    "run_isolated",
 ]
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
@@ -169,3 +170,37 @@ def progress_bar(
     return tqdm(
         iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not shown, leave=leave, dynamic_ncols=True
     )
+
+
+def run_isolated(func, *args) -> tuple[bool, object]:
+    """``func(*args)`` in a forked child process, so that a crash of C code cannot kill this one: ``(False,
+    result)``, or ``(True, signal name)`` when the child died.  The result travels back pickled.  Where ``fork``
+    is unavailable (Windows) it runs here."""
+    import pickle
+    import signal
+
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows
+        return False, func(*args)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, send, leave without running the parent's cleanup
+        try:
+            import faulthandler
+
+            faulthandler.disable()  # a crash here is reported by the parent: no stack dump
+            os.close(read_fd)
+            data = pickle.dumps(func(*args))
+            with os.fdopen(write_fd, "wb") as fh:
+                fh.write(data)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return True, signal.Signals(sig).name if sig in {s.value for s in signal.Signals} else f"signal {sig}"
+    if not data:
+        return True, f"exit status {os.WEXITSTATUS(status)}, no result"
+    return False, pickle.loads(data)

@@ -181,3 +181,21 @@ def test_bad_input_gives_one_line_errors(corpus, tmp_path, capsys):
     assert "has no test files" in error_of(["eval", str(run), "--data", str(no_test)])
     assert "no evaluation results found" in error_of(["report", str(tmp_path / "empty_run")])
     assert "does not exist" in error_of(["report", str(tmp_path / "nope")])
+
+
+def test_a_one_sample_and_a_tiny_file_are_skipped_and_reported(corpus, tmp_path):
+    """Files the metrics cannot score (shorter than 0.25 s) are skipped with the reason, not scored (a 1-sample
+    file once entered the RMSE mean as 0.0 and counted SI-SDR inf as a failure)."""
+    data = tmp_path / "odd"
+    for split in ("train", "val", "test"):
+        (data / split / "s").mkdir(parents=True)
+        sf.write(data / split / "s" / "ok.wav", speech_like(1.2, 3), SR, subtype="PCM_16")
+    sf.write(data / "test" / "s" / "one.wav", np.array([0.3], dtype=np.float32), SR, subtype="PCM_16")
+    sf.write(data / "test" / "s" / "short.wav", speech_like(0.1, 4), SR, subtype="PCM_16")
+    run = make_run(tmp_path / "vae", "vae")
+    assert main(["eval", str(run), "--data", str(data), "--workers", "0", "--quiet"]) == 0
+    s = json.loads((run / "eval" / "test-gen" / "summary.json").read_text())
+    assert s["files"]["evaluated"] == 1 and s["files"]["skipped_input"] == 2
+    skipped = [Path(p).name for items in s["files"]["skipped_input_files"].values() for p in items]
+    assert sorted(skipped) == ["one.wav", "short.wav"]
+    assert [r["name"] for r in rows_of(run / "eval" / "test-gen" / "per_file.csv")] == ["test/s/ok.wav"]

@@ -204,3 +204,22 @@ def test_summarize_bootstrap_agrees_with_t_on_many_values():
     assert M.summarize(values, method="bootstrap", n_boot=4000, seed=1) == b  # seeded: reproducible
     with pytest.raises(ValueError):
         M.summarize(values, method="jackknife")
+
+
+def test_a_crash_of_the_pesq_library_is_a_failed_score_not_a_dead_process(monkeypatch):
+    """The pesq C library segfaults on some signals of tens of seconds; the call runs in a forked child, so the
+    crash is reported as the file's failure reason and this process goes on."""
+    import os
+    import signal
+
+    pesq_lib = pytest.importorskip("pesq")
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here: PESQ runs in-process")
+
+    def segfault(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(pesq_lib, "pesq", segfault)
+    x = np.sin(np.arange(16000) / 7.0)
+    score = M.pesq(x, x + 0.01)
+    assert math.isnan(score.value) and score.error == "pesq crashed (SIGSEGV) on this signal"

@@ -72,13 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command.  The library raises; this is the one place that turns an error into one line and an exit
+    code: 2 for what the user can fix (:class:`lightdvae.errors.UserError`), 1 for what the system refused (a
+    read-only or full disk, a path that is a file: ``OSError``), 130 for Ctrl-C."""
+    from lightdvae import _ext
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _ext.backend()  # a bad LIGHTDVAE_BACKEND is said once, before any work
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"lightdvae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"lightdvae {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lightdvae {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ and per_file.csv and summary.json written when every file is done."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from lightdvae import resultdir
 from lightdvae._io import utc_now, write_json
+from lightdvae.audio import HOP, SAMPLE_RATE
 from lightdvae.errors import EvalError
 from lightdvae.evaluate.journal import MODEL_ERROR, Journal, kept_rows, read_per_file, write_per_file
 from lightdvae.evaluate.loop import FileLoop
@@ -30,7 +32,7 @@ from lightdvae.evaluate.outputs import (
 from lightdvae.evaluate.settings import EvalSettings, check_past, check_split
 from lightdvae.evaluate.summary import build_summary, closing_line
 from lightdvae.evaluate.workers import MetricPool
-from lightdvae.metrics import METRICS
+from lightdvae.metrics import METRICS, PESQ_MIN_SECONDS
 from lightdvae.models import model_label
 from lightdvae.runs import OpenRun, corpus_spec, open_run, weights_sha256
 from lightdvae.runtime import resolve_device
@@ -270,6 +272,11 @@ def _describe_model(model, run_info: dict | None) -> dict:
     return run_info
 
 
+#: The shortest file evaluated: 0.25 s of frames, the least PESQ scores (a 1-sample file would enter the means
+#: with an RMSE of 0 and an infinite SI-SDR).  Shorter files are skipped and listed in summary.json.
+MIN_FRAMES = math.ceil(PESQ_MIN_SECONDS * SAMPLE_RATE / HOP) + 1
+
+
 def _load_dataset(files, settings: EvalSettings):
     """The selected files through the spectrogram cache, and the unusable ones by reason."""
     from lightdvae.data import SpectrogramCache, UtteranceDataset
@@ -277,6 +284,7 @@ def _load_dataset(files, settings: EvalSettings):
     cache = SpectrogramCache(settings.cache_dir) if settings.cache_dir else SpectrogramCache()
     dataset = UtteranceDataset(
         files,
+        min_frames=MIN_FRAMES,  # shorter files cannot be scored (PESQ needs 0.25 s): skipped, with the reason
         returns=("power", "spec", "wave"),
         cache=cache,
         progress=settings.progress,

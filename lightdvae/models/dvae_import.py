@@ -129,9 +129,14 @@ def _read_parser(config_ini) -> tuple[configparser.ConfigParser, str]:
     if not path.is_file():
         raise FileNotFoundError(f"DVAE config file not found: {path}")
     try:
-        parser.read(path)
+        parser.read(path, encoding="utf-8")
     except configparser.Error as exc:
         raise DVAEImportError(f"{path}: not a DVAE config.ini ({exc})") from None
+    except UnicodeDecodeError:
+        raise DVAEImportError(
+            f"{path} is not a text file: the DVAE review's config.ini (the text file beside the checkpoint) was "
+            "expected"
+        ) from None
     return parser, str(path)
 
 
