@@ -20,6 +20,7 @@ import torch
 from lightdvae.errors import UserError
 
 __all__ = [
+    "STEP_LOOP_THREADS",
     "parse_device",
     "resolve_device",
     "thread_scope",
@@ -29,9 +30,13 @@ __all__ = [
     "progress_bar",
     "show_progress",
     "run_isolated",
+    "available_memory",
 ]
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+#: torch threads of step-by-step loops on the CPU (generation, GEN decoding) unless told otherwise: their ops are
+#: small, a second thread gains nothing, and one contended core stalls every step (README, "Threads").
+STEP_LOOP_THREADS = 1
 
 
 def parse_device(spec: str | torch.device | None, error: type[Exception] = UserError) -> torch.device | None:
@@ -204,3 +209,19 @@ def run_isolated(func, *args) -> tuple[bool, object]:
     if not data:
         return True, f"exit status {os.WEXITSTATUS(status)}, no result"
     return False, pickle.loads(data)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that a new allocation on ``device`` can use now: the GPU's free memory, or the host's
+    ``MemAvailable`` (Linux); None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -277,3 +277,28 @@ def test_swap_w_refuses_models_without_w_and_bad_files(corpus, tmp_path, capsys)
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     assert "cannot use" in one_line_error(capsys, ["swap-w", str(run), str(a), str(tmp_path / "bad.wav")])
     assert "does not exist" in one_line_error(capsys, ["swap-w", str(tmp_path / "nope"), str(a), str(a)])
+
+
+def test_generation_runs_on_one_thread_by_default_and_restores_the_count(corpus, tmp_path):
+    """Step-by-step decoding on the CPU uses one torch thread unless told (a second one only waits on a busy
+    machine); the caller's thread count is restored."""
+    import torch
+
+    run = make_run(tmp_path / "light")
+    before = torch.get_num_threads()
+    manifest = G.generate_run(run, n=2, frames=8, fdsd=False, figures=0, quiet=True, device="cpu")
+    assert manifest["versions"]["threads"] == 1 and torch.get_num_threads() == before
+    two = G.generate_run(run, n=2, frames=8, fdsd=False, figures=0, quiet=True, device="cpu", threads=2, seed=1)
+    assert two["versions"]["threads"] == 2 and torch.get_num_threads() == before
+
+
+def test_a_generation_that_cannot_fit_in_memory_is_refused_with_the_estimate(corpus, tmp_path, capsys, monkeypatch):
+    from lightdvae import runtime
+
+    run = make_run(tmp_path / "light")
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 8 * 2**30)  # an 8 GiB machine
+    err = one_line_error(capsys, ["generate", str(run), "--frames", "100000", "--no-fdsd"])
+    assert "32 samples of 100,000 frames at once need about 190.7 GiB" in err and "--batch-size 1 " in err
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 2**30)
+    err = one_line_error(capsys, ["generate", str(run), "--frames", "100000", "--n", "1", "--no-fdsd"])
+    assert "generate fewer frames: about 13,421 fit" in err
