@@ -1,17 +1,23 @@
 """Build of the native extension ``lightdvae._C``.
 
-CPU kernels (C++) are always built.  CUDA kernels are built whenever the installed torch is a CUDA
+CPU kernels (C++) are always built.  CUDA kernels are built whenever the torch built against is a CUDA
 build and a CUDA toolkit is found (``CUDA_HOME`` / ``CUDA_PATH``, ``/usr/local/cuda``, or nvcc on
 PATH) -- decided from the toolkit, never from ``torch.cuda.is_available()``, so a build machine
-without a GPU still compiles them.
+without a GPU still compiles them.  Which torch that is: see _build_backend/lightdvae_backend.py (the
+installed one; pip's pick, pinned in the wheel's metadata, where none is installed).
+
+The build records the torch it compiled against in ``lightdvae/_C.build.json`` (next to ``_C``);
+``lightdvae._ext`` refuses to load ``_C`` under another torch and says how to rebuild.
+
+A failed compile fails the install (pip then shows the compiler's output).
 
 Environment flags:
   LIGHTDVAE_SKIP_CUDA_BUILD=1   build the CPU kernels only
   LIGHTDVAE_CUDA_ARCHS="80;90"  compute capabilities (default: 8.0 and 9.0, plus PTX of the newest)
   MAX_JOBS=N                    parallel compile jobs (ninja)
   NVCC_THREADS=N                nvcc --threads (default 2)
-  LIGHTDVAE_PURE_PYTHON=1       do not build the extension at all
-If no C++ compiler works, the package installs as pure Python and says so once at import.
+  LIGHTDVAE_PURE_PYTHON=1       do not build the extension at all (the pure-PyTorch reference ops run)
+  LIGHTDVAE_REQUIRE_NATIVE=1    accepted for compatibility: a failed compile is always an error now
 """
 
 from __future__ import annotations

@@ -249,3 +249,42 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     fmt = path.suffix.lstrip(".").lower() or "png"
     atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi))
     return path
+
+
+def learning_curves(curves: Mapping[str, Sequence[Mapping]], title: str | None = None):
+    """Learning curves of several runs: validation loss, and the GEN / GT SI-SDR of ``--curve-every``, against
+    epochs (top) and against training wall time (bottom).
+
+    ``curves``: label -> the run's ``log.csv`` rows (dicts with ``epoch``, ``val_loss``, ``seconds`` and, where
+    measured, ``val_si_sdr_gen`` / ``val_si_sdr_gt``; numbers or numeric strings).  Returns a matplotlib Figure.
+    """
+    fig = _figure(11.0, 6.5)
+    axes = fig.subplots(2, 2)
+    for k, (label, rows) in enumerate(curves.items()):
+        color = f"C{k}"
+        epoch = np.array([float(r["epoch"]) for r in rows])
+        minutes = np.cumsum([float(r["seconds"]) for r in rows]) / 60.0
+        loss = np.array([float(r["val_loss"]) for r in rows])
+        points = [i for i, r in enumerate(rows) if str(r.get("val_si_sdr_gen") or "") not in ("", "nan", "None")]
+        gen = np.array([float(rows[i]["val_si_sdr_gen"]) for i in points])
+        gt = np.array([float(rows[i]["val_si_sdr_gt"]) for i in points])
+        for row, x in enumerate((epoch, minutes)):
+            axes[row][0].plot(x, loss, color=color, lw=1.2, label=label)
+            if points:
+                axes[row][1].plot(x[points], gen, color=color, lw=1.4, marker="o", ms=2.5, label=f"{label} GEN")
+                axes[row][1].plot(x[points], gt, color=color, lw=1.0, ls="--", label=f"{label} GT")
+    for row, xlabel in enumerate(("epoch", "training wall time (min)")):
+        axes[row][0].set(xlabel=xlabel, ylabel="validation loss (neg. ELBO / frame)")
+        axes[row][1].set(xlabel=xlabel, ylabel="validation SI-SDR (dB)")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+    lows = [float(r["val_loss"]) for rows in curves.values() for r in rows]
+    if lows:  # the first epochs' losses would flatten the rest
+        top = float(np.percentile(lows, 95))
+        for row in range(2):
+            axes[row][0].set_ylim(min(lows) - 0.05 * abs(min(lows)), top)
+    axes[0][0].legend(fontsize=8)
+    axes[0][1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title)
+    return fig

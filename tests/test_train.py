@@ -529,3 +529,20 @@ def test_learning_curve_option_logs_si_sdr_and_trains_the_same(corpus, tmp_path)
 def test_learning_curve_needs_the_corpus(tmp_path, data):
     with pytest.raises(ConfigError, match="curve_every needs the corpus"):
         train(_cfg(tmp_path, curve_every=1), train_dataset=data[0], val_dataset=data[1])
+
+
+def test_learning_curve_figure_from_log_rows(corpus, tmp_path):
+    """scripts/learning_curves.py's figure from real log.csv rows (with and without SI-SDR points)."""
+    pytest.importorskip("matplotlib")
+    from lightdvae.figures import learning_curves, save_figure
+    from lightdvae.runs import read_log
+
+    run = tmp_path / "run"
+    args = _cli_args(corpus, run, tmp_path / "cache", "vae", "--epochs", "3", "--curve-every", "2")
+    assert cli_main(args) == 0
+    rows = read_log(run)
+    assert [isinstance(r["val_si_sdr_gen"], float) for r in rows] == [False, True, True]
+    path = save_figure(
+        learning_curves({"VAE": rows, "no curve": [dict(r, val_si_sdr_gen="") for r in rows]}), tmp_path / "curves.png"
+    )
+    assert path.stat().st_size > 10_000
