@@ -249,9 +249,14 @@ def open_run(
 ) -> OpenRun:
     """Open a run for inference: the model (eval mode, on ``device``), its checkpoint and the run's description.
 
+    ``run_dir`` may also name a shipped pretrained prior, ``pretrained:NAME`` (:mod:`lightdvae.models.pretrained`):
+    its results then go to ``./pretrained-NAME/`` (the package folder is not written into).
+
     Every failure a user can cause (no such folder, no such checkpoint, an unreadable file) raises ``error``
     (a :class:`lightdvae.errors.UserError` subclass) with one line that says what to do.
     """
+    if str(run_dir).startswith(PRETRAINED_PREFIX):
+        return _open_pretrained(str(run_dir)[len(PRETRAINED_PREFIX) :], which, device, error)
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise error(f"run directory {run_dir} does not exist")
@@ -288,6 +293,43 @@ def open_run(
         },
     }
     return OpenRun(run_dir, model.eval(), ckpt, meta, torch.device(device), info)
+
+
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def _open_pretrained(name: str, which: str, device, error: type) -> OpenRun:
+    """A shipped prior opened like a run (``which`` must be ``best``: a prior has only its final weights)."""
+    from lightdvae.models.pretrained import PretrainedError, pretrained, pretrained_card, weights_dir
+
+    if which != "best":
+        raise error(f"a pretrained prior has only its best weights; drop --checkpoint {which}")
+    try:
+        card = pretrained_card(name)
+        model = pretrained(name, device=device)
+    except PretrainedError as exc:
+        raise error(str(exc)) from None
+    key = card["name"]
+    mode = card.get("training_mode")
+    meta = {
+        "model": card["model"],
+        "config": card["config"],
+        "training": {"training": mode} if mode else {},
+        "data": {"spec": card.get("data", "builtin")},
+        "pretrained": key,
+    }
+    info = {
+        "run_dir": f"{PRETRAINED_PREFIX}{key}",
+        "checkpoint": {"which": "best", "path": str(weights_dir() / f"{key}.pt"), "sha256": card["sha256"]},
+        "model": {
+            "name": card["model"],
+            "label": card.get("label") or model_label(card["model"], card["config"], mode),
+            "parameters": int(model.num_parameters()),
+            "config": model.config.to_dict(),
+            "training": mode,
+        },
+    }
+    return OpenRun(Path(f"pretrained-{key}"), model, weights_dir() / f"{key}.pt", meta, torch.device(device), info)
 
 
 def save_model(run_dir: str | os.PathLike, model: DVAE, source: dict | None = None, checkpoint: str = "best") -> Path:
@@ -400,6 +442,8 @@ def export_pretrained(run_dir: str | os.PathLike, out_dir: str | os.PathLike, na
         "name": name,
         "model": payload["model_name"],
         "label": model_label(payload["model_name"], payload["config"], training_mode(meta)),
+        "training_mode": training_mode(meta),
+        "data": corpus_spec(meta) or "builtin",
         "parameters": int(params),
         "config": payload["config"],
         **card,

@@ -62,3 +62,26 @@ def test_a_bad_card_is_one_clear_error(shipped):
     (shipped / "weights" / "tiny-vae.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PretrainedError, match="not a pretrained card"):
         pretrained_card("tiny-vae")
+
+
+def test_commands_take_a_shipped_prior_like_a_run(shipped, tmp_path, monkeypatch, capsys):
+    """eval, generate and swap-w accept ``pretrained:NAME``; results go to ./pretrained-NAME/ (never into the
+    package), and report reads them."""
+    from helpers import write_corpus
+
+    from lightdvae.cli import main
+
+    corpus = write_corpus(tmp_path / "corpus", [(s, "a", i, 1.0) for s in ("train", "val", "test") for i in (0, 1)])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "pretrained:tiny-vae", "--data", str(corpus), "--workers", "0", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "pretrained-tiny-vae" / "eval" / "test-gen" / "summary.json").read_text())
+    assert summary["model"]["label"] == "VAE" and summary["files"]["evaluated"] == 2
+    assert summary["checkpoint"]["sha256"] == pretrained_card("tiny-vae")["sha256"]
+    gen = ["generate", "pretrained:tiny-light", "--n", "2", "--frames", "8", "--no-fdsd", "--figures", "0", "--quiet"]
+    assert main(gen) == 0
+    assert list((tmp_path / "pretrained-tiny-light" / "generate").glob("*/wav/sample_000.wav"))
+    wavs = sorted(str(p) for p in (corpus / "test").rglob("*.wav"))
+    assert main(["swap-w", "pretrained:tiny-light", *wavs, "--quiet"]) == 0
+    assert main(["eval", "pretrained:nope", "--data", str(corpus)]) == 2
+    assert "valid names: tiny-light, tiny-vae" in capsys.readouterr().err
