@@ -148,6 +148,14 @@ def _try_lock(fh, fcntl, attempts: int = 20) -> bool:
     return False
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed writer left (``.NAME.*.tmp``, here and one level
+    down): with the lock held no other process is writing them."""
+    for path in (*out.glob(".*.tmp"), *out.glob("*/.*.tmp")):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 @contextlib.contextmanager
 def folder_lock(out: str | Path, command: str | None = None, error: type[Exception] = FolderError) -> Iterator[Path]:
     """Hold ``out``'s lock while this process writes into it: a second writer (another command, or the same one
@@ -191,6 +199,7 @@ def folder_lock(out: str | Path, command: str | None = None, error: type[Excepti
         fh.truncate()
         fh.write(json.dumps(info))
         fh.flush()
+        _remove_leftovers(out)
         try:
             yield out
         finally:

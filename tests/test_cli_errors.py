@@ -71,3 +71,38 @@ def test_import_dvae_with_a_binary_config(tmp_path, capsys):
     ckpt.write_bytes(b"x")
     config.write_bytes(bytes(range(128, 256)))
     _one_line_error(capsys, ["import-dvae", str(ckpt), str(config), "--out", str(tmp_path / "o")], "config.ini")
+
+
+def test_an_unknown_option_shows_the_commands_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "RUN", "--no-such-option"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lightdvae eval") and "unrecognized arguments: --no-such-option" in err
+
+
+def test_settings_errors_name_the_options(tmp_path, capsys):
+    _one_line_error(
+        capsys,
+        ["train", "--model", "vae", "--out", str(tmp_path / "r"), "--batch-size", "0"],
+        "--batch-size must be an integer >= 1",
+    )
+    _one_line_error(
+        capsys, ["train", "--model", "vae", "--out", str(tmp_path / "r"), "--kl-warmup", "-1"], "--kl-warmup must be"
+    )
+
+
+def test_data_warnings_are_one_line_each(corpus, tmp_path, capsys):
+    """A file training must skip is one 'warning:' line, not a Python warning with its source line."""
+    import numpy as np
+    import soundfile as sf
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    sf.write(data / "train" / "a" / "silent.wav", np.zeros(16000, dtype=np.float32), 16000, subtype="PCM_16")
+    argv = ["train", "--model", "vae", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1"]
+    assert main([*argv, "--quiet", "--seq-len", "10", "--batch-size", "2"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    warned = [line for line in err if "skipped" in line]
+    assert len(warned) == 1 and warned[0].startswith("lightdvae train: warning: train: skipped 1 of"), err
+    assert not any("warnings.warn" in line or "DataWarning" in line for line in err)

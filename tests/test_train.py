@@ -413,7 +413,7 @@ def test_cli_options_map_to_the_config(corpus, tmp_path):
         (["--set", "nonsense"], "KEY=VALUE"),
         (["--set", "colour=3"], "has no option"),
         (["--epochs", "0"], "epochs must be an integer >= 1"),
-        (["--batch-size", "0"], "batch_size must be"),
+        (["--batch-size", "0"], "--batch-size must be"),
         (["--lr", "-1"], "lr must be"),
         (["--device", "tpu"], "device must be"),
     ],

@@ -5,8 +5,10 @@ parsed arguments and returning an exit code."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
+import warnings
 
 from lightdvae.errors import UserError  # the class every library error derives from
 
@@ -68,7 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"lightdvae.cli.{name}").register(sub)
+    parser.commands = sub.choices  # command name -> its parser (errors in a command's options show its usage)
     return parser
+
+
+def _show_warning(command: str, message, category, filename, lineno, file=None, line=None) -> None:
+    """The package's data warnings as one line each (no source line); other warnings as Python prints them."""
+    from lightdvae.errors import DataWarning
+
+    if issubclass(category, DataWarning):
+        print(f"lightdvae {command}: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     from lightdvae import _ext
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the sub-command's parser, with its usage (not the top-level one)
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         _ext.backend()  # a bad LIGHTDVAE_BACKEND is said once, before any work
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"lightdvae {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 
 from lightdvae.cli import UserError, non_negative_int, positive_int
@@ -96,9 +97,9 @@ def config_from_args(args):
     if args.resume:
         given = [flag for dest, flag in _FIXED_ON_RESUME.items() if _given(args, dest)]
         if given:
+            allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE)
             raise UserError(
-                f"{', '.join(given)} cannot be given with --resume: a resumed run keeps its settings "
-                "(only --epochs, --max-minutes, --patience, --device, --num-workers, --cache-dir, --data, --quiet)"
+                f"{', '.join(given)} cannot be given with --resume: a resumed run keeps its settings (only {allowed})"
             )
         overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE if k != "quiet" and getattr(args, k) is not None}
         if args.quiet:
@@ -131,10 +132,29 @@ def _model_names() -> list[str]:
     return names()
 
 
-def run(args) -> int:
-    from lightdvae.train import TrainingDiverged, train
+#: TrainConfig fields whose option name is not the field's (the others are ``--`` + field with dashes)
+_FLAGS = {"kl_warmup_epochs": "--kl-warmup", "model_config": "--set"}
 
-    cfg = config_from_args(args)
+
+def _as_flags(exc: Exception) -> UserError:
+    """A settings error with the option name a CLI user types (``--batch-size must be ...``, not ``batch_size``)."""
+    from lightdvae.train import TrainConfig
+
+    text = str(exc)
+    fields = sorted((f.name for f in dataclasses.fields(TrainConfig)), key=len, reverse=True)
+    field = next((f for f in fields if re.match(rf"{f}\b", text)), None)
+    if field is not None:
+        text = _FLAGS.get(field, "--" + field.replace("_", "-")) + text[len(field) :]
+    return UserError(text)
+
+
+def run(args) -> int:
+    from lightdvae.train import ConfigError, TrainingDiverged, train
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        raise _as_flags(exc) from None
     try:
         result = train(cfg)
     except TrainingDiverged as exc:

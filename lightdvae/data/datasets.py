@@ -124,7 +124,7 @@ class SegmentDataset(Dataset):
             self.entries.append(e)
             counts.append(n)
         self.report: CacheReport = report
-        if warn and report.n_skipped:
+        if warn and report.n_skipped and counts:  # all bad: the error below says it once
             warnings.warn(
                 f"{name}: skipped {report.n_skipped} of {report.total} files: {report.skip_summary()}",
                 DataWarning,
@@ -260,7 +260,7 @@ class UtteranceDataset(Dataset):
             self.files.append(f)
             self.entries.append(e)
         self.report = report
-        if warn and report.n_skipped:
+        if warn and report.n_skipped and self.files:  # all bad: the error below says it once
             warnings.warn(
                 f"{name}: skipped {report.n_skipped} of {report.total} files: {report.skip_summary()}",
                 DataWarning,

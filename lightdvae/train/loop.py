@@ -333,9 +333,10 @@ class Trainer:
         else:
             detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
             where = f"at epoch {epoch}, step {step} ({detail})"
+        remedies = "a smaller --lr or a --grad-clip" + (", or --precision fp32" if self.cfg.precision != "fp32" else "")
         message = (
-            f"training diverged: the loss is not finite {where}; {kept}. Try a smaller --lr, --grad-clip, or "
-            "--precision fp32"
+            f"training diverged: the loss is not finite {where}; {kept}. Start it again (--force --out "
+            f"{self.out}, or another --out) with {remedies}: these cannot change on --resume"
         )
         if distrib.is_main():
             write_status(self.out, "diverged", epoch=epoch, step=step, message=message)
