@@ -149,10 +149,17 @@ def test_discovery_errors_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="is empty"):
         discover(tmp_path / "empty")
-    write(tmp_path / "flat" / "a.wav")
-    with pytest.raises(DataError, match="1 wav/flac files but no split") as e:
-        discover(tmp_path / "flat")
+    (tmp_path / "noaudio" / "sub").mkdir(parents=True)
+    (tmp_path / "noaudio" / "sub" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="no wav/flac files") as e:
+        discover(tmp_path / "noaudio")
     assert "train/" in str(e.value) and "si_tr_s" in str(e.value) and "clean_testset_wav" in str(e.value)
+    # a folder of audio files is a test set: evaluable, and training on it says how to make it a corpus
+    write(tmp_path / "flat" / "a.wav")
+    flat = discover(tmp_path / "flat")
+    assert flat.layout == "files" and [f.path.name for f in flat.split("test")] == ["a.wav"]
+    with pytest.raises(DataError, match="a folder of audio files, which is a test set; to train on it"):
+        flat.split("train")
     (tmp_path / "noval" / "train").mkdir(parents=True)
     write(tmp_path / "noval" / "train" / "x.wav")
     with pytest.raises(DataError, match="val/"):
@@ -161,6 +168,11 @@ def test_discovery_errors_are_clear(tmp_path):
     (tmp_path / "emptysplit" / "val").mkdir(parents=True)
     with pytest.raises(DataError, match="no audio files"):
         discover(tmp_path / "emptysplit")
+    write(tmp_path / "emptysplit" / "test" / "t.wav")  # empty train/ and val/: the test split is still usable
+    only_test = discover(tmp_path / "emptysplit")
+    assert len(only_test.split("test")) == 1
+    with pytest.raises(DataError, match="the train split of .* has no audio files"):
+        only_test.split("train")
     with pytest.raises(DataError, match="unknown corpus layout"):
         discover(tmp_path, "nope")
     assert issubclass(DataError, UserError)

@@ -65,14 +65,18 @@ class Corpus:
     layout: str
     splits: dict[str, list[AudioFile]]
     notes: list[str] = field(default_factory=list)
+    #: why a split has no files (``{"train": "its train/ folder is empty"}``), said when the split is asked for
+    absent: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> list[AudioFile]:
-        """The files of split ``name`` ("train", "val" or "test"); a :class:`DataError` when it has none."""
+        """The files of split ``name`` ("train", "val" or "test"); a :class:`DataError` when it has none (a corpus
+        may lack the splits a command does not use: a folder of test files can be evaluated, not trained on)."""
         if name not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
         files = self.splits.get(name) or []
         if not files:
-            raise DataError(f"corpus {self.name!r} ({self.root}) has no {name} files")
+            why = f": {self.absent[name]}" if name in self.absent else ""
+            raise DataError(f"corpus {self.name!r} ({self.root}) has no {name} files{why}")
         return files
 
     def paths(self, name: str) -> list[Path]:

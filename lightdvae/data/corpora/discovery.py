@@ -14,6 +14,7 @@ from lightdvae.data.corpora.layouts import (
     VB_TRAIN_FOLDER,
     WSJ0_FOLDERS,
     builtin_corpus,
+    files_corpus,
     find_dirs,
     folder_corpus,
     list_audio_files,
@@ -25,7 +26,7 @@ from lightdvae.data.corpora.layouts import (
 )
 from lightdvae.errors import DataError, DataWarning
 
-LAYOUTS = ("auto", "folder", "lists", "wsj0", "vb", "builtin")
+LAYOUTS = ("auto", "folder", "files", "lists", "wsj0", "vb", "builtin")
 
 __all__ = ["LAYOUTS", "discover"]
 
@@ -51,7 +52,8 @@ def discover(root: str | os.PathLike, layout: str = "auto") -> Corpus:
 
     Args:
         root: the corpus folder.
-        layout: one of ``auto`` (detect), ``folder``, ``lists``, ``wsj0``, ``vb``, ``builtin`` (see the module doc).
+        layout: one of ``auto`` (detect), ``folder``, ``files`` (a folder of audio files: a test set only),
+            ``lists``, ``wsj0``, ``vb``, ``builtin`` (see the module doc).
     Returns:
         a :class:`Corpus`.
     Raises:
@@ -68,6 +70,8 @@ def discover(root: str | os.PathLike, layout: str = "auto") -> Corpus:
     root = root.resolve()
     if layout == "folder":
         corpus = folder_corpus(root)
+    elif layout == "files":
+        corpus = files_corpus(root)
     elif layout == "lists":
         corpus = lists_corpus(root)
     elif layout == "wsj0":
@@ -107,10 +111,11 @@ def _detect(root: Path) -> Corpus:
         raise DataError(f"cannot list {root}: {exc.strerror or exc}") from None
     if not has_anything:
         raise DataError(f"corpus folder {root} is empty")
-    n_audio = len(list_audio_files(root))
-    what = f"{n_audio} wav/flac files but no split" if n_audio else "no wav/flac files"
+    if list_audio_files(root):
+        return files_corpus(root)
     raise DataError(
-        f"cannot tell the layout of {root} ({what}). Expected one of: sub-folders train/, val/, test/; list files "
-        f"train.txt, val.txt, test.txt; WSJ0 folders {', '.join(WSJ0_FOLDERS.values())}; VoiceBank-DEMAND folders "
-        f"{VB_TRAIN_FOLDER} and {VB_TEST_FOLDER}; or a corpus built by `lightdvae corpus build`"
+        f"cannot tell the layout of {root} (no wav/flac files). Expected one of: sub-folders train/, val/, test/; "
+        f"list files train.txt, val.txt, test.txt; WSJ0 folders {', '.join(WSJ0_FOLDERS.values())}; "
+        f"VoiceBank-DEMAND folders {VB_TRAIN_FOLDER} and {VB_TEST_FOLDER}; or a corpus built by "
+        "`lightdvae corpus build`"
     )

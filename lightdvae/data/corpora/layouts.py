@@ -166,16 +166,40 @@ def folder_corpus(root: Path) -> Corpus:
             [f"{s}/" for s in missing],
             "sub-folders train/, val/ and test/ (or training/, valid/, dev/, eval/ ...) holding wav/flac files",
         )
-    splits, notes = {}, []
+    splits, notes, absent = {}, [], {}
     for split in SPLITS:
         if split not in dirs:
             notes.append(f"no {split} folder: evaluation on the test split is unavailable")
             continue
         paths = list_audio_files(dirs[split])
-        if not paths and split != "test":
-            raise _empty_split_error(root, split, dirs[split])
+        if not paths:  # usable for the other splits (a test set can be evaluated without train/ and val/)
+            absent[split] = str(_empty_split_error(root, split, dirs[split]))
+            notes.append(f"the {split} folder is empty")
         splits[split] = [AudioFile(p, _speaker_from_path(p, dirs[split]), split) for p in paths]
-    return Corpus(root.name, root, "folder", splits, notes)
+    if not any(splits.values()):
+        raise _empty_split_error(root, "every", root)
+    return Corpus(root.name, root, "folder", splits, notes, absent)
+
+
+def files_corpus(root: Path) -> Corpus:
+    """A folder of audio files without split folders: a test set (every file below ``root``); it has no training
+    or validation split."""
+    paths = list_audio_files(root)
+    if not paths:
+        raise _empty_split_error(root, "test", root)
+    why = (
+        f"{root} is a folder of audio files, which is a test set; to train on it, put its files in train/, val/ "
+        "and test/ sub-folders"
+    )
+    test = [AudioFile(p, _speaker_from_path(p, root), "test") for p in paths]
+    return Corpus(
+        root.name,
+        root,
+        "files",
+        {"test": test},
+        ["a folder of audio files: the test split only"],
+        {"train": why, "val": why},
+    )
 
 
 def _read_list(list_path: Path, split: str) -> tuple[list[Path], list[str]]:
