@@ -279,20 +279,25 @@ def open_run(
     except RunError as exc:
         raise error(str(exc)) from None
     name = meta.get("model") or getattr(model, "name", type(model).__name__)
+    checkpoint = {"which": which, "path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)}
+    info = _describe(str(run_dir.resolve()), checkpoint, model, name, training_mode(meta))
+    return OpenRun(run_dir, model.eval(), ckpt, meta, torch.device(device), info)
+
+
+def _describe(where: str, checkpoint: dict, model: DVAE, name: str, mode: str | None, label: str | None = None) -> dict:
+    """The ``info`` of an :class:`OpenRun`: what result files record about the model they come from."""
     config = model.config.to_dict() if hasattr(model, "config") else {}
-    mode = training_mode(meta)
-    info = {
-        "run_dir": str(run_dir.resolve()),
-        "checkpoint": {"which": which, "path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)},
+    return {
+        "run_dir": where,
+        "checkpoint": checkpoint,
         "model": {
             "name": name,
-            "label": model_label(name, config, mode),
+            "label": label or model_label(name, config, mode),
             "parameters": int(model.num_parameters()),
             "config": config,
             "training": mode,
         },
     }
-    return OpenRun(run_dir, model.eval(), ckpt, meta, torch.device(device), info)
 
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -318,18 +323,10 @@ def _open_pretrained(name: str, which: str, device, error: type) -> OpenRun:
         "data": {"spec": card.get("data", "builtin")},
         "pretrained": key,
     }
-    info = {
-        "run_dir": f"{PRETRAINED_PREFIX}{key}",
-        "checkpoint": {"which": "best", "path": str(weights_dir() / f"{key}.pt"), "sha256": card["sha256"]},
-        "model": {
-            "name": card["model"],
-            "label": card.get("label") or model_label(card["model"], card["config"], mode),
-            "parameters": int(model.num_parameters()),
-            "config": model.config.to_dict(),
-            "training": mode,
-        },
-    }
-    return OpenRun(Path(f"pretrained-{key}"), model, weights_dir() / f"{key}.pt", meta, torch.device(device), info)
+    path = weights_dir() / f"{key}.pt"
+    checkpoint = {"which": "best", "path": str(path), "sha256": card["sha256"]}
+    info = _describe(f"{PRETRAINED_PREFIX}{key}", checkpoint, model, card["model"], mode, card.get("label"))
+    return OpenRun(Path(f"pretrained-{key}"), model, path, meta, torch.device(device), info)
 
 
 def save_model(run_dir: str | os.PathLike, model: DVAE, source: dict | None = None, checkpoint: str = "best") -> Path:
