@@ -22,13 +22,12 @@ Environment flags:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
-import warnings
 from pathlib import Path
 
 from setuptools import setup
@@ -73,18 +72,63 @@ def _cuda_archs() -> list[str]:
     return archs
 
 
+# The runtime dependencies; torch is pinned to the version compiled against (see _dependencies).
+DEPENDENCIES = ["numpy", "scipy", "soundfile", "tqdm"]
+BUILD_INFO_NAME = "_C.build.json"
+
+
+def _torch_public_version(version: str) -> str:
+    """``2.14.1+cu130`` -> ``2.14.1``: the local label names the variant (CPU or CUDA), not the C++ ABI."""
+    return version.split("+", 1)[0]
+
+
+def _dependencies(torch_version: str | None) -> list[str]:
+    torch_req = f"torch=={_torch_public_version(torch_version)}" if torch_version else "torch>=2.4"
+    return [torch_req, *DEPENDENCIES]
+
+
+def nvidia_include_dirs(search_roots: list[str]) -> list[str]:
+    """The include folders of the NVIDIA wheels (cuBLAS, cuSPARSE, ...) that a CUDA build of torch depends on.
+
+    ATen/cuda/CUDAContext.h includes cublas_v2.h and cusparse.h, which a bare toolkit may lack; the torch
+    wheels' dependencies ship them under ``site-packages/nvidia/`` -- ``nvidia/cu13/include`` for CUDA 13,
+    ``nvidia/cublas/include`` and ``nvidia/cusparse/include`` for CUDA 12 -- in whichever site-packages pip put
+    them (the venv's, or the isolated build environment's).  Every folder holding one of those headers counts.
+    """
+    found: list[str] = []
+    for root in search_roots:
+        nvidia = Path(root, "nvidia")
+        if not nvidia.is_dir():
+            continue
+        for header in ("cublas_v2.h", "cusparse.h"):
+            for path in sorted(nvidia.glob(f"*/include/{header}")) + sorted(nvidia.glob(f"*/*/include/{header}")):
+                folder = str(path.parent)
+                if folder not in found:
+                    found.append(folder)
+    return found
+
+
+def _search_roots(torch) -> list[str]:
+    """torch's own site-packages first, then every folder on sys.path."""
+    roots = [str(Path(torch.__file__).resolve().parent.parent)]
+    roots += [p for p in sys.path if p and Path(p).is_dir() and p not in roots]
+    return roots
+
+
 def _extensions():
     if _truthy("LIGHTDVAE_PURE_PYTHON"):
-        return [], {}
+        print("lightdvae: LIGHTDVAE_PURE_PYTHON is set: installing without the native extension")
+        return [], {}, None
+    if _truthy("LIGHTDVAE_SETUP_QUERY"):  # the backend only asks for build requirements or an sdist
+        return [], {}, None
     try:
         import torch
     except ImportError:
-        warnings.warn(
-            "torch is not installed in the build environment: lightdvae installs without native ops. "
-            "Install torch first, then `pip install --no-build-isolation .`",
-            stacklevel=1,
+        sys.exit(
+            "lightdvae: torch is not importable in this build, so the native extension cannot be compiled. "
+            "Install torch first (then `pip install --no-build-isolation .` builds against it), or let plain "
+            "`pip install .` pick one; LIGHTDVAE_PURE_PYTHON=1 installs without native ops."
         )
-        return [], {}
 
     cuda_home = None
     if not _truthy("LIGHTDVAE_SKIP_CUDA_BUILD") and torch.version.cuda is not None:
@@ -104,13 +148,17 @@ def _extensions():
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
     include_dirs = [str(CSRC)]
     define_macros = [("TORCH_API_INCLUDE_EXTENSION_H", None), ("Py_LIMITED_API", "0x030A0000")]
+    build_info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_path": str(Path(torch.__file__).resolve().parent),
+        "cuda_kernels": bool(cuda_home),
+        "cuda_home": cuda_home,
+    }
 
     if cuda_home:
         archs = _cuda_archs()
-        # ATen/cuda/CUDAContext.h includes cuBLAS/cuSPARSE headers; CUDA builds of torch ship them
-        # in site-packages/nvidia/*/include, which a bare toolkit may lack.
-        site = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
-        include_dirs += [str(p) for p in sorted(site.glob("*/include")) if p.is_dir()]
+        include_dirs += nvidia_include_dirs(_search_roots(torch))
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(f"{a[:-1]}.{a[-1]}" for a in archs))
@@ -131,7 +179,11 @@ def _extensions():
             extra_link_args=link_flags,
             py_limited_api=True,
         )
-        print(f"lightdvae: building CPU and CUDA kernels (CUDA_HOME={cuda_home}, archs {';'.join(archs)})")
+        build_info["cuda_archs"] = archs
+        print(
+            f"lightdvae: building CPU and CUDA kernels against torch {torch.__version__} "
+            f"(CUDA_HOME={cuda_home}, archs {';'.join(archs)})"
+        )
     else:
         why = (
             "LIGHTDVAE_SKIP_CUDA_BUILD is set"
@@ -140,7 +192,7 @@ def _extensions():
             if torch.version.cuda is None
             else "no CUDA toolkit (nvcc) was found"
         )
-        print(f"lightdvae: building CPU kernels only ({why})")
+        print(f"lightdvae: building CPU kernels only against torch {torch.__version__} ({why})")
         ext = CppExtension(
             "lightdvae._C",
             sources,
@@ -150,31 +202,44 @@ def _extensions():
             extra_link_args=link_flags,
             py_limited_api=True,
         )
-    return [ext], {"build_ext": _lenient_build_ext(BuildExtension)}
+    return [ext], {"build_ext": _build_ext(BuildExtension, build_info)}, torch.__version__
 
 
-def _lenient_build_ext(base):
-    """A build_ext that turns a failed compile into a pure-Python install, unless told otherwise."""
+def _build_ext(base, build_info: dict):
+    """torch's build_ext that fails with a clear last line and records which torch it compiled against."""
 
     class BuildExt(base.with_options(use_ninja=shutil.which("ninja") is not None)):
         def run(self):
             try:
                 super().run()
-            except Exception as exc:  # compiler missing or broken
-                if _truthy("LIGHTDVAE_REQUIRE_NATIVE"):
-                    raise
-                warnings.warn(
-                    f"lightdvae: building the native extension failed ({exc}); installing the pure-Python "
-                    "package. Set LIGHTDVAE_REQUIRE_NATIVE=1 to make this an error.",
-                    stacklevel=1,
+            except Exception as exc:  # compiler missing or broken: the install fails (pip shows this output)
+                cuda = build_info["cuda_kernels"]
+                cpu_only = "LIGHTDVAE_SKIP_CUDA_BUILD=1 builds the CPU kernels only; " if cuda else ""
+                sys.exit(
+                    f"lightdvae: compiling the native extension against torch {build_info['torch']} failed ({exc}); "
+                    f"the compiler's output is above. {cpu_only}LIGHTDVAE_PURE_PYTHON=1 installs without native ops "
+                    "(the slower pure-PyTorch references run)."
                 )
+            self._write_build_info()
+
+        def _write_build_info(self):
+            # Next to _C in build_lib (what the wheel packs) and, for in-place / editable builds, in the source tree.
+            fullname = self.get_ext_fullname("lightdvae._C")
+            targets = {Path(self.build_lib, self.get_ext_filename(fullname)).parent}
+            if self.inplace:
+                targets.add(Path(self.get_ext_fullpath("lightdvae._C")).parent)
+            for folder in targets:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / BUILD_INFO_NAME).write_text(json.dumps(build_info, indent=2) + "\n")
 
     return BuildExt
 
 
-ext_modules, cmdclass = _extensions()
-setup(
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; the tests import its helpers
+    ext_modules, cmdclass, torch_version = _extensions()
+    setup(
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        install_requires=_dependencies(torch_version),
+        options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
+    )

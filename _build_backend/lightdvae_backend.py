@@ -44,7 +44,8 @@ def _candidate_pythons() -> list[str]:
     for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
         prefix = os.environ.get(var)
         if prefix:
-            found.append(str(Path(prefix, "Scripts", "python.exe") if os.name == "nt" else Path(prefix, "bin", "python")))
+            exe = Path(prefix, "Scripts", "python.exe") if os.name == "nt" else Path(prefix, "bin", "python")
+            found.append(str(exe))
     unique: list[str] = []
     for python in found:
         if python and Path(python).exists() and python not in unique:
@@ -85,7 +86,7 @@ def _use_target_torch() -> dict | None:
 def _requires(base: list[str]) -> list[str]:
     if _truthy("LIGHTDVAE_PURE_PYTHON") or target_torch() is not None:
         return base
-    print("lightdvae: no torch is installed where lightdvae goes: the build uses the one pip picks, and so will the run")
+    print("lightdvae: no torch where lightdvae is installed: the build uses the one pip picks, and so will the run")
     return [*base, "torch"]
 
 

@@ -3,26 +3,81 @@
 Everything else asks this module whether native code is there (``HAS_NATIVE``) and which backend
 to use (``use_native``).  ``import lightdvae`` never fails because the extension is missing: the
 pure-PyTorch references take over and a single warning says so.
+
+``_C`` uses torch's C++ ABI: the build records the torch it compiled against (``_C.build.json``), and
+under another torch release ``_C`` is not loaded at all (loading it could crash): ``HAS_NATIVE`` is
+False, ``IMPORT_ERROR`` names both versions, and the warning gives the rebuild command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
-REINSTALL_COMMAND = 'pip install --no-build-isolation --force-reinstall --no-deps -e ".[test]"'
+_PACKAGE = Path(__file__).resolve().parent
+#: written by setup.py next to _C: the torch (and CUDA) the extension was compiled against
+BUILD_INFO_FILE = _PACKAGE / "_C.build.json"
 
-try:
-    from lightdvae import _C  # noqa: F401  (registers torch.ops.lightdvae.*)
 
-    HAS_NATIVE = True
-    IMPORT_ERROR: str | None = None
-except ImportError as exc:  # no build, or a build against another torch (ABI mismatch)
+def _reinstall_command() -> str:
+    """The one command that rebuilds ``_C`` against the installed torch (editable checkout or a wheel install)."""
+    root = _PACKAGE.parent
+    if (root / "setup.py").exists() and (root / "csrc").is_dir():  # an editable install of this checkout
+        return f"pip install --no-build-isolation --force-reinstall --no-deps -e {root}"
+    return "pip install --no-build-isolation --force-reinstall --no-deps .  (from the lightdvae source folder)"
+
+
+REINSTALL_COMMAND = _reinstall_command()
+
+
+def read_build_info(path: Path = BUILD_INFO_FILE) -> dict | None:
+    """What the build recorded (``torch``, ``torch_cuda``, ``cuda_kernels``, ...); None for a build that predates it."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("torch"), str) else None
+
+
+def _public(version: str) -> str:
+    return version.split("+", 1)[0]  # the local label (+cpu, +cu130) names the variant, not the C++ ABI
+
+
+def version_mismatch(build_info: dict | None, running: str) -> str | None:
+    """Why ``_C`` must not be loaded under torch ``running``, or None when it may be."""
+    if build_info is None or _public(build_info["torch"]) == _public(running):
+        return None
+    return (
+        f"lightdvae._C was compiled against torch {build_info['torch']} but torch {running} is installed; "
+        "their C++ ABIs differ, so it was not loaded"
+    )
+
+
+BUILD_INFO = read_build_info()
+VERSION_MISMATCH = version_mismatch(BUILD_INFO, torch.__version__)
+
+if VERSION_MISMATCH:  # importing _C could crash the process, or run with mismatched structures
     _C = None
     HAS_NATIVE = False
-    IMPORT_ERROR = str(exc)
+    IMPORT_ERROR: str | None = VERSION_MISMATCH
+else:
+    try:
+        from lightdvae import _C  # noqa: F401  (registers torch.ops.lightdvae.*)
+
+        HAS_NATIVE = True
+        IMPORT_ERROR = None
+    except ImportError as exc:  # no build, or a build against another torch (ABI mismatch)
+        _C = None
+        HAS_NATIVE = False
+        IMPORT_ERROR = (
+            str(exc)
+            if any(p.suffix in (".so", ".pyd") for p in _PACKAGE.glob("_C.*"))
+            else "lightdvae._C is not in this installation (installed with LIGHTDVAE_PURE_PYTHON=1, or never built)"
+        )
 
 _BACKENDS = ("auto", "ref", "native")
 
@@ -108,9 +163,12 @@ def use_native(op: str, device_type: str, supported: bool = True) -> bool:
     return available and supported
 
 
-if not HAS_NATIVE and os.environ.get("LIGHTDVAE_QUIET_FALLBACK") != "1":
+if not HAS_NATIVE and os.environ.get("LIGHTDVAE_QUIET_FALLBACK") != "1":  # once: a module runs once
     warnings.warn(
-        "lightdvae: the native extension is not available, so the pure-PyTorch reference ops are used "
+        f"lightdvae: {VERSION_MISMATCH}. The pure-PyTorch reference ops are used instead (slower). "
+        f"Rebuild against the installed torch with:\n    {REINSTALL_COMMAND}"
+        if VERSION_MISMATCH
+        else "lightdvae: the native extension is not available, so the pure-PyTorch reference ops are used "
         f"(slower). To build it: {REINSTALL_COMMAND}  [{IMPORT_ERROR}]",
         RuntimeWarning,
         stacklevel=2,

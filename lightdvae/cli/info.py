@@ -6,6 +6,13 @@ import json
 import platform
 
 
+def _built_against(build: dict | None) -> str:
+    if build is None:
+        return "unknown (no _C.build.json: not built, or built before the build recorded it)"
+    kernels = f"CPU and CUDA {build.get('torch_cuda')} kernels" if build.get("cuda_kernels") else "CPU kernels"
+    return f"{build['torch']} ({kernels})"
+
+
 def collect() -> dict:
     import torch
 
@@ -13,6 +20,7 @@ def collect() -> dict:
     from lightdvae import _ext
 
     ops = _ext.DEVICE_OPS
+    build = _ext.BUILD_INFO
     info = {
         "lightdvae": lightdvae.__version__,
         "python": platform.python_version(),
@@ -20,6 +28,7 @@ def collect() -> dict:
         "torch_cuda": torch.version.cuda,
         "backend": _ext.backend(),
         "native_extension": _ext.HAS_NATIVE,
+        "built_against_torch": _built_against(build),
         "native_cpu_ops": {op: _ext.has_kernel(op, "cpu") for op in ops},
         "cuda_kernels_compiled": _ext.cuda_kernels_compiled(),
         "gpu_visible": torch.cuda.is_available(),
@@ -27,6 +36,8 @@ def collect() -> dict:
         "threads": torch.get_num_threads(),
     }
     if not _ext.HAS_NATIVE:
+        if _ext.VERSION_MISMATCH:
+            info["torch_mismatch"] = f"built against {build['torch']}, running {torch.__version__}"
         info["extension_error"] = _ext.IMPORT_ERROR
         info["rebuild_with"] = _ext.REINSTALL_COMMAND
     return info
