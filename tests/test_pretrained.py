@@ -85,3 +85,11 @@ def test_commands_take_a_shipped_prior_like_a_run(shipped, tmp_path, monkeypatch
     assert main(["swap-w", "pretrained:tiny-light", *wavs, "--quiet"]) == 0
     assert main(["eval", "pretrained:nope", "--data", str(corpus)]) == 2
     assert "valid names: tiny-light, tiny-vae" in capsys.readouterr().err
+
+
+def test_info_lists_the_shipped_priors(shipped, capsys):
+    from lightdvae.cli import main
+
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("pretrained_priors"))
+    assert "tiny-light (LigHT-DVAE, 1 epochs" in line and "tiny-vae (VAE" in line

@@ -13,6 +13,19 @@ def _built_against(build: dict | None) -> str:
     return f"{build['torch']} ({kernels})"
 
 
+def _priors() -> str:
+    """The shipped priors, each as ``name (label, epochs, test GEN SI-SDR)``: what ``pretrained:NAME`` loads."""
+    from lightdvae.models import pretrained_card, pretrained_names
+
+    items = []
+    for name in pretrained_names():
+        card = pretrained_card(name)
+        gen = (card.get("test") or {}).get("gen", {}).get("si_sdr")
+        score = f", test GEN SI-SDR {gen:.2f} dB" if gen is not None else ""
+        items.append(f"{name} ({card.get('label', name)}, {card.get('epochs', '?')} epochs{score})")
+    return "; ".join(items) or "none"
+
+
 def collect() -> dict:
     import torch
 
@@ -34,6 +47,7 @@ def collect() -> dict:
         "gpu_visible": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "pretrained_priors": _priors(),
     }
     if not _ext.HAS_NATIVE:
         if _ext.VERSION_MISMATCH:
