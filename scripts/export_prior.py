@@ -35,13 +35,14 @@ def main() -> None:
     args = p.parse_args()
     rows = read_log(args.run)
     status = read_status(args.run) or {}
-    best = min(rows, key=lambda r: r["val_loss"])
+    # the run's own best (the early stopper's, counted after the KL warm-up and the scheduled-sampling ramp), which
+    # is what best.pt holds: not the lowest validation loss of the whole log
     card = {
         "command": args.command,
         "epochs": len(rows),
         "stop": status.get("state"),
-        "best_epoch": int(best["epoch"]),
-        "val_loss": round(best["val_loss"], 2),
+        "best_epoch": int(status["best_epoch"]),
+        "val_loss": round(float(status["best_val_loss"]), 2),
         "train_minutes": round(sum(r["seconds"] for r in rows) / 60, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
