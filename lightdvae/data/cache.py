@@ -115,14 +115,15 @@ class CacheReport:
         self.skipped.setdefault(reason, []).append((str(path), message))
 
     def skip_summary(self, examples: int = 2) -> str:
-        """``"3 unreadable or corrupt (a.wav: ...; b.wav: ...), 1 all-silent (c.wav)"``."""
+        """``"3 unreadable or corrupt (spk1/a.wav: ...; spk2/a.wav: ...), 1 all-silent (spk1/c.wav)"``: files are
+        named with their folder, which tells apart the same file name of two speakers."""
         parts = []
         order = list(SKIP_REASONS) + sorted(set(self.skipped) - set(SKIP_REASONS))
         for reason in order:
             items = self.skipped.get(reason)
             if not items:
                 continue
-            shown = "; ".join(f"{Path(p).name}: {m}" if m else Path(p).name for p, m in items[:examples])
+            shown = "; ".join(f"{_short(p)}: {m}" if m else _short(p) for p, m in items[:examples])
             more = f"; +{len(items) - examples} more" if len(items) > examples else ""
             parts.append(f"{len(items)} {SKIP_REASONS.get(reason, reason)} ({shown}{more})")
         return ", ".join(parts)
@@ -384,3 +385,9 @@ class SpectrogramCache:
             except OSError:
                 pass
         return n
+
+
+def _short(path) -> str:
+    """``folder/name`` of a file: short, and unambiguous in the corpora's speaker folders."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
