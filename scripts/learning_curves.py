@@ -14,7 +14,7 @@ import math
 
 from lightdvae.figures import learning_curves, save_figure
 from lightdvae.models import model_label
-from lightdvae.runs import read_log, read_meta, training_mode
+from lightdvae.runs import read_log, read_meta, read_status, training_mode
 
 
 def _label(run: str) -> str:
@@ -37,7 +37,13 @@ def main() -> None:
         if not rows:
             p.error(f"{run} has no log.csv rows")
         curves[label] = rows
-        best = min(rows, key=lambda r: r["val_loss"])
+        status = read_status(run) or {}
+        lowest = min(rows, key=lambda r: r["val_loss"])
+        # the run's own best (counted after the warm-up / scheduled-sampling ramp), else the lowest of the log
+        best = {
+            "val_loss": status.get("best_val_loss", lowest["val_loss"]),
+            "epoch": status.get("best_epoch", lowest["epoch"]),
+        }
         minutes = sum(r["seconds"] for r in rows) / 60
         points = [r for r in rows if isinstance(r.get("val_si_sdr_gen"), float) and math.isfinite(r["val_si_sdr_gen"])]
         last = points[-1] if points else None
