@@ -134,6 +134,14 @@ def lock_holder(out: str | Path) -> dict | None:
     return None
 
 
+def _command_line(command: str | None) -> str:
+    """What the lock file says is writing: the command line when this process is the CLI, else ``command``."""
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if prog.name == "lightdvae" or (prog.name == "__main__.py" and prog.parent.name == "lightdvae"):
+        return " ".join(["lightdvae", *sys.argv[1:]])
+    return command or "lightdvae"
+
+
 def _try_lock(fh, fcntl, attempts: int = 20) -> bool:
     """An exclusive lock, retried for about a second (a :func:`lock_holder` probe holds it for microseconds)."""
     import time
@@ -184,17 +192,7 @@ def folder_lock(out: str | Path, command: str | None = None, error: type[Excepti
                 f"{out} is being written by {_describe_holder(info if isinstance(info, dict) else None)}; wait for it "
                 "to finish, or use another folder"
             ) from None
-        prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-        from_cli = prog.name == "lightdvae" or (prog.name == "__main__.py" and prog.parent.name == "lightdvae")
-        argv = sys.argv[1:] if from_cli else []
-        info = {
-            "pid": os.getpid(),
-            "command": command or " ".join(["lightdvae", *argv]) or "lightdvae",
-            "host": socket.gethostname(),
-            "since": utc_now(),
-        }
-        if argv and command:
-            info["command"] = " ".join(["lightdvae", *argv])
+        info = {"pid": os.getpid(), "command": _command_line(command), "host": socket.gethostname(), "since": utc_now()}
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps(info))
