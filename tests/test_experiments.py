@@ -160,6 +160,8 @@ def test_tiny_experiment_end_to_end_then_resume_and_refuse_other_settings(corpus
     state = result["state"]
     assert state["sessions"] == 2 and set(state["stages"]) >= {"corpus", "training", "evaluation", "generation"}
     report = Path(result["report"]).read_text()
+    table = [line for line in "\n".join(lines).splitlines() if line.startswith("| LigHT-DVAE |")]
+    assert table and table[-1] in report  # the results table ends the run on the console
     for text in ("Analysis-resynthesis", "LigHT-DVAE", "DKF", "SRNN (TF)", "FDSD", "## Training", "## Cost"):
         assert text in report, text
     assert "The paper's findings" in report and "SRNN (TF) collapses in GEN" in report

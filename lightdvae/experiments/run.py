@@ -13,7 +13,7 @@ from lightdvae.experiments import stages
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.corpus import check_packages, prepare_corpus
 from lightdvae.experiments.state import ExperimentState
-from lightdvae.experiments.writeup import write_report
+from lightdvae.experiments.writeup import console_summary, write_report
 from lightdvae.resultdir import folder_lock
 from lightdvae.runtime import parse_device, resolve_device
 
@@ -63,6 +63,9 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, install_espea
         state.save()
     with state.stage("report"):
         path = write_report(cfg, state, out, corpus)
+    summary = console_summary(path.read_text())
+    if summary:
+        say(summary)
     say(f"report: {path}")
     return {"report": path, "state": state.data}
 

@@ -19,7 +19,7 @@ from lightdvae.experiments.paper_findings import COLLAPSE_DB, SAME_DB, findings
 from lightdvae.experiments.state import COST_FILE, REPORT_DIR, RUNS_DIR, ExperimentState, run_dir
 from lightdvae.runs import read_log
 
-__all__ = ["REPORT_FILE", "write_report", "lr_text"]
+__all__ = ["REPORT_FILE", "write_report", "lr_text", "console_summary"]
 
 REPORT_FILE = "README.md"
 GENERATION_FIGURES = "figures"  #: generation figures, copied into the report folder
@@ -40,6 +40,18 @@ def write_report(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpu
     path = report_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+def console_summary(report: str) -> str:
+    """The report's first table with its heading (the analysis-resynthesis results), for the end of a run on the
+    console: the user sees the numbers, not only where they are."""
+    lines = report.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    heading = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].startswith("#")), "")
+    return "\n".join([heading.lstrip("# ").strip(), *lines[start:end]]).strip()
 
 
 def lr_text(cfg: ExperimentConfig) -> str:
