@@ -18,7 +18,6 @@ Run folders and evaluation take a shipped prior through the spec ``pretrained:NA
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from importlib import resources
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from lightdvae._io import sha256_file
 from lightdvae.errors import UserError
 
 __all__ = ["PretrainedError", "pretrained", "pretrained_names", "pretrained_card", "weights_dir", "PREFIX"]
@@ -80,14 +80,6 @@ def pretrained_card(name: str) -> dict:
     return card
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pretrained(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """The shipped prior ``name`` (``"light-dvae"``, ``"pretrained:vae"``, ...), in eval mode on ``device``.
 
@@ -100,7 +92,7 @@ def pretrained(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     key = _check_name(name)
     card = pretrained_card(key)
     path = weights_dir() / f"{key}.pt"
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != card["sha256"]:
         raise PretrainedError(
             f"{path} does not match its card (sha256 {digest[:12]}... vs {str(card['sha256'])[:12]}...): "

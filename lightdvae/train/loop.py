@@ -315,10 +315,13 @@ class Trainer:
             self.say(_epoch_line(self.state.history[-1], self.cfg, s.bad_epochs))
         distrib.barrier()
 
-    def sync_run_files(self, last: dict, best_changed: bool = False) -> None:
-        """Bring best.pt, log.csv and status.json in line with the checkpoint ``last`` (rank 0)."""
+    def sync_run_files(self, last: dict, best_changed: bool | None = None) -> None:
+        """Bring best.pt, log.csv and status.json in line with the checkpoint ``last`` (rank 0).  ``best_changed``:
+        whether this epoch is the best (an epoch's save knows); None on resume, where best.pt is read to see
+        whether a kill left it stale."""
         out = self.out
-        if best_changed or not best_is_current(out, last["best_epoch"]):
+        stale = best_changed if best_changed is not None else not best_is_current(out, last["best_epoch"])
+        if stale:
             save_checkpoint(checkpoint_path(out, "best"), best_checkpoint(last))
         write_log(out, last["history"], LOG_COLUMNS)
         extra = {"epochs": self.cfg.epochs, "best_epoch": last["best_epoch"], "best_val_loss": last["best_val_loss"]}
