@@ -26,10 +26,12 @@ from lightdvae.resultdir import LOCK_FILE
 from lightdvae.runs import load_checkpoint, load_run, read_config, read_status
 from lightdvae.train import (
     LOG_COLUMNS,
+    LR_FLOOR,
     ConfigError,
     TrainConfig,
     TrainingDiverged,
     kl_warm_at,
+    lr_at,
     resume_config,
     ss_prob_at,
     steps_per_epoch,
@@ -99,6 +101,47 @@ def _same_state(a: dict, b: dict) -> bool:
 def test_kl_warmup_schedule():
     assert [kl_warm_at(e, 50) for e in (1, 25, 49, 50, 51, 300)] == [0.02, 0.5, 0.98, 1.0, 1.0, 1.0]
     assert kl_warm_at(1, 0) == 1.0
+
+
+def test_learning_rate_schedules():
+    const = TrainConfig(model="vae", out="x", lr=1e-3)
+    assert [lr_at(e, const) for e in (1, 100, 300)] == [1e-3] * 3  # the published protocol: no schedule
+    warm = TrainConfig(model="vae", out="x", lr=1e-3, lr_warmup=4, epochs=20, lr_schedule="cosine")
+    rates = [lr_at(e, warm) for e in range(1, 21)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True))  # decays strictly after the warm-up
+    assert rates[-1] == pytest.approx(LR_FLOOR * 1e-3) and lr_at(25, warm) == pytest.approx(LR_FLOOR * 1e-3)
+    assert lr_at(12, warm) == pytest.approx(1e-3 * (LR_FLOOR + (1 - LR_FLOOR) / 2))  # half way: the mid value
+    for bad, message in (({"lr_schedule": "step"}, "lr_schedule must be one of"), ({"lr_warmup": -1}, "lr_warmup")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(model="vae", out="x", **bad).validate()
+    with pytest.raises(ConfigError, match="shorter than epochs"):
+        TrainConfig(model="vae", out="x", epochs=5, lr_warmup=5, lr_schedule="cosine").validate()
+
+
+def test_learning_rate_schedule_is_logged_and_resumes_exactly(tmp_path, data, monkeypatch):
+    kw = dict(lr_warmup=2, lr_schedule="cosine", epochs=4)
+    cfg = _cfg(tmp_path, "vae", "full", **kw)
+    full = train(cfg, train_dataset=data[0], val_dataset=data[1])
+    assert [row["lr"] for row in full.history] == pytest.approx([lr_at(e, cfg) for e in (1, 2, 3, 4)])
+    # a kill in epoch 3 (3 steps per epoch), then --resume: the same schedule and the same numbers
+    real, calls = loop_mod.train_step, {"n": 0}
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, "vae", "part", **kw), train_dataset=data[0], val_dataset=data[1])
+    monkeypatch.setattr(loop_mod, "train_step", real)
+    with pytest.raises(ConfigError, match="cosine learning rate decays to epoch 4"):
+        resume_config(tmp_path / "part", epochs=6)
+    resumed = train(resume_config(tmp_path / "part"), train_dataset=data[0], val_dataset=data[1])
+    keys = ("lr", "train_loss", "val_loss")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
 
 
 def test_scheduled_sampling_schedule():
@@ -393,7 +436,9 @@ def test_cli_options_map_to_the_config(corpus, tmp_path):
 
     args = _cli_args(corpus, tmp_path / "nr", tmp_path / "cache", "light-dvae", "--inv-s", "--no-residual")
     extra = ["--kl-warmup", "7", "--grad-clip", "5", "--precision", "bf16", "--num-workers", "2", "--max-minutes", "9"]
+    extra += ["--lr-warmup", "3", "--lr-schedule", "cosine"]
     cfg = config_from_args(build_parser().parse_args([*args, *extra]))
+    assert (cfg.lr_warmup, cfg.lr_schedule) == (3, "cosine")
     assert cfg.model_config == {**TINY["light-dvae"], "inv_s": True, "no_residual": True}
     assert (cfg.seq_len, cfg.batch_size, cfg.kl_warmup_epochs, cfg.grad_clip) == (10, 8, 7, 5.0)
     assert (cfg.precision, cfg.num_workers, cfg.max_minutes, cfg.device, cfg.quiet) == ("bf16", 2, 9.0, "cpu", True)
@@ -402,6 +447,7 @@ def test_cli_options_map_to_the_config(corpus, tmp_path):
     assert (defaults.lr, defaults.batch_size, defaults.epochs, defaults.beta) == (1e-3, 128, 300, 1e-2)
     assert (defaults.kl_warmup_epochs, defaults.patience, defaults.seq_len, defaults.training) == (50, 30, 50, "tf")
     assert (defaults.ss_start, defaults.ss_end, defaults.data) == (50, 150, "builtin")
+    assert (defaults.lr_warmup, defaults.lr_schedule) == (0, "constant")
 
 
 @pytest.mark.parametrize(
@@ -415,6 +461,7 @@ def test_cli_options_map_to_the_config(corpus, tmp_path):
         (["--epochs", "0"], "epochs must be an integer >= 1"),
         (["--batch-size", "0"], "--batch-size must be"),
         (["--lr", "-1"], "lr must be"),
+        (["--lr-warmup", "-2"], "--lr-warmup must be"),
         (["--device", "tpu"], "device must be"),
     ],
 )

@@ -37,6 +37,8 @@ _FIXED_ON_RESUME = {
     "seq_len": "--seq-len",
     "batch_size": "--batch-size",
     "lr": "--lr",
+    "lr_warmup": "--lr-warmup",
+    "lr_schedule": "--lr-schedule",
     "beta": "--beta",
     "kl_warmup_epochs": "--kl-warmup",
     "grad_clip": "--grad-clip",
@@ -54,6 +56,8 @@ _DIRECT = (
     "max_minutes",
     "batch_size",
     "lr",
+    "lr_warmup",
+    "lr_schedule",
     "beta",
     "kl_warmup_epochs",
     "patience",
@@ -175,7 +179,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    from lightdvae.train import PRECISIONS, TRAININGS, TrainConfig
+    from lightdvae.train import LR_FLOOR, LR_SCHEDULES, PRECISIONS, TRAININGS, TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p = sub.add_parser(
@@ -224,6 +228,18 @@ def register(sub) -> None:
         type=float,
         help=f"Adam learning rate (default {defaults['lr']}, the baselines' published rate; "
         "the transformer DVAEs keep their latents on short budgets at 3e-4: see the README)",
+    )
+    g.add_argument(
+        "--lr-warmup",
+        type=int,
+        metavar="EPOCHS",
+        help=f"linear learning-rate warm-up length, 0 for none (default {defaults['lr_warmup']})",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="after the warm-up: constant (default, the published protocol) or cosine (decays to "
+        f"{LR_FLOOR:g} x --lr at --epochs)",
     )
     g.add_argument("--beta", type=float, help=f"KL weight (default {defaults['beta']})")
     g.add_argument(

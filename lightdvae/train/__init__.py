@@ -40,7 +40,7 @@ Submodules, each of one purpose:
 
 * :mod:`~lightdvae.train.config`: :class:`TrainConfig` and its validation, the protocol's constants
   (:data:`LOG_COLUMNS`, :data:`PRECISIONS`, :data:`TRAININGS`, :data:`RESUME_OVERRIDABLE`), the schedules
-  :func:`kl_warm_at` / :func:`ss_prob_at`, and :func:`resume_config`.
+  :func:`kl_warm_at` / :func:`ss_prob_at` / :func:`lr_at`, and :func:`resume_config`.
 * :mod:`~lightdvae.train.distrib`: tiny process-group helpers (rank, world size, barrier, all-reduce, gather),
   no-ops in a single process; the set-up ``torchrun`` asks for and this process's device.
 * :mod:`~lightdvae.train.data`: the segment datasets of the corpus, this process's batches
@@ -56,12 +56,15 @@ from lightdvae.data.batches import DEVICE_DATA_LIMIT
 from lightdvae.errors import ConfigError
 from lightdvae.train.config import (
     LOG_COLUMNS,
+    LR_FLOOR,
+    LR_SCHEDULES,
     PRECISIONS,
     RESUME_OVERRIDABLE,
     STOP_REASONS,
     TRAININGS,
     TrainConfig,
     kl_warm_at,
+    lr_at,
     resume_config,
     ss_prob_at,
 )
@@ -80,10 +83,13 @@ __all__ = [
     "train_step",
     "resume_config",
     "kl_warm_at",
+    "lr_at",
     "ss_prob_at",
     "steps_per_epoch",
     "LOG_COLUMNS",
     "PRECISIONS",
+    "LR_SCHEDULES",
+    "LR_FLOOR",
     "TRAININGS",
     "RESUME_OVERRIDABLE",
     "STOP_REASONS",

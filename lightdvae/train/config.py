@@ -15,6 +15,8 @@ from lightdvae.runs import CHECKPOINT_DIR, CONFIG_FILE, checkpoint_path, read_co
 from lightdvae.runtime import DEVICE_HELP, parse_device
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+LR_FLOOR = 0.05  #: a cosine schedule ends at this fraction of the peak learning rate
 TRAININGS = ("tf", "ss")
 STOP_REASONS = ("finished", "early_stopped", "time_limit")  #: RunResult.stop_reason (divergence raises)
 LOG_COLUMNS = (
@@ -68,7 +70,10 @@ class TrainConfig:
         the SRNN) with ``ss_start`` / ``ss_end`` (epochs).
     epochs: the last epoch to train (a resumed run continues up to it).  max_minutes: stop at the last epoch
         boundary before this wall-clock budget (judged from the last epoch's duration); at least one epoch.
-    batch_size: segments per optimizer step over all processes.  lr: Adam's learning rate.
+    batch_size: segments per optimizer step over all processes.  lr: Adam's (peak) learning rate.
+    lr_warmup: epochs of linear learning-rate warm-up (epoch k of W trains at ``lr * k / W``; 0: none).
+    lr_schedule: after the warm-up, ``constant`` (the published protocol) or ``cosine`` (half a cosine from
+        ``lr`` down to ``LR_FLOOR * lr`` at ``epochs``; a cosine run cannot change ``epochs`` on resume).
     beta: weight of the KL terms.  kl_warmup_epochs: length of the linear KL warm-up (0: none).
     patience: epochs without validation improvement before stopping (after the warm-up); 0 disables.
     seq_len: frames per training segment.  grad_clip: max global L2 norm of the gradient (None: no clipping).
@@ -96,6 +101,8 @@ class TrainConfig:
     max_minutes: float | None = None
     batch_size: int = 128
     lr: float = 1e-3
+    lr_warmup: int = 0
+    lr_schedule: str = "constant"
     beta: float = 1e-2
     kl_warmup_epochs: int = 50
     patience: int = 30
@@ -130,6 +137,11 @@ class TrainConfig:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("seq_len", self.seq_len, 1)
         _check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        _check_int("lr_warmup", self.lr_warmup, 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.lr_warmup >= self.epochs:
+            raise ConfigError(f"lr_warmup ({self.lr_warmup}) must be shorter than epochs ({self.epochs}) with cosine")
         _check_int("patience", self.patience, 0)
         _check_int("ss_start", self.ss_start, 0)
         _check_int("ss_end", self.ss_end, 0)
@@ -189,6 +201,17 @@ def kl_warm_at(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
 
 
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of epoch ``epoch`` (1-based): a pure function of the epoch and the settings, so a resumed
+    run continues the schedule exactly.  Linear warm-up over ``lr_warmup`` epochs, then constant or cosine."""
+    if epoch <= cfg.lr_warmup:
+        return cfg.lr * epoch / cfg.lr_warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (epoch - cfg.lr_warmup) / (cfg.epochs - cfg.lr_warmup))
+    return cfg.lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def ss_prob_at(epoch: int, ss_start: int, ss_end: int) -> float:
     """Scheduled-sampling probability of epoch ``epoch`` (1-based): 0 up to ``ss_start``, linear to 1 at
     ``ss_end``, 1 afterwards (a step at ``ss_start`` when both are equal)."""
@@ -225,5 +248,11 @@ def resume_config(run_dir: str | os.PathLike, **overrides) -> TrainConfig:
             f"cannot change {', '.join(bad)} when resuming {run_dir}; "
             f"only {', '.join(RESUME_OVERRIDABLE)} may change (start a new run for the rest)"
         )
-    values = {**meta["training"], **overrides, "out": str(run_dir), "resume": True, "force": False}
+    training = meta["training"]
+    if training.get("lr_schedule") == "cosine" and overrides.get("epochs", training["epochs"]) != training["epochs"]:
+        raise ConfigError(
+            f"cannot change epochs when resuming {run_dir}: its cosine learning rate decays to epoch "
+            f"{training['epochs']} (start a new run for another length)"
+        )
+    values = {**training, **overrides, "out": str(run_dir), "resume": True, "force": False}
     return TrainConfig.from_dict(values).validate()

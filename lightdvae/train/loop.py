@@ -22,7 +22,7 @@ from lightdvae.runs import checkpoint_path, save_checkpoint, write_log, write_st
 from lightdvae.runtime import progress_bar, thread_scope
 from lightdvae.train import distrib
 from lightdvae.train.build import build_learner, run_meta, write_meta
-from lightdvae.train.config import LOG_COLUMNS, VAL_SEED_OFFSET, TrainConfig, kl_warm_at, ss_prob_at
+from lightdvae.train.config import LOG_COLUMNS, VAL_SEED_OFFSET, TrainConfig, kl_warm_at, lr_at, ss_prob_at
 from lightdvae.train.curve import curve_point, wants_point
 from lightdvae.train.data import build_data
 from lightdvae.train.state import (
@@ -234,6 +234,8 @@ class Trainer:
         kl_warm = kl_warm_at(epoch, cfg.kl_warmup_epochs)
         ss_prob = ss_prob_at(epoch, cfg.ss_start, cfg.ss_end) if self.ss else None
         forward_kwargs = {"ss_prob": ss_prob} if self.ss else {}
+        for group in self.learner.optimizer.param_groups:
+            group["lr"] = lr_at(epoch, cfg)
         train_terms = self.train_epoch(epoch, kl_warm, forward_kwargs)
         val_seed = cfg.seed + VAL_SEED_OFFSET + distrib.rank()
         model = self.learner.model
