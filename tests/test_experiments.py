@@ -220,3 +220,34 @@ def test_a_missing_metric_package_stops_before_any_training(tmp_path, monkeypatc
     with pytest.raises(X.ExperimentError, match=r"needs pesq: pip install 'lightdvae\[eval\]'"):
         X.run_experiment(X.ExperimentConfig(out=str(tmp_path / "e"), models=("vae",)), say=lambda s: None)
     assert not (tmp_path / "e" / "runs").exists()
+
+
+def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_path, tiny_entries, monkeypatch):
+    from lightdvae.experiments.shipped import shipped_priors
+    from lightdvae.runs import export_pretrained
+
+    base = dict(models=("dkf",), cost=False)
+    first = X.run_experiment(_experiment(corpus, tmp_path / "first", **base), say=lambda s: None)
+    assert "(shipped)" not in Path(first["report"]).read_text()
+    # the trained DKF becomes a shipped prior of this corpus (a card like the package's own)
+    folder = tmp_path / "weights"
+    card = {"command": "lightdvae train --model dkf ...", "epochs": 3, "best_epoch": 2, "train_minutes": 0.1}
+    export_pretrained(tmp_path / "first" / "runs" / "dkf", folder, "tiny-dkf", card)
+    monkeypatch.setenv("LIGHTDVAE_PRETRAINED", str(folder))
+    cfg = _experiment(corpus, tmp_path / "demo", shipped=("tiny-dkf", "not-installed"), **base)
+    assert shipped_priors(cfg) == ["tiny-dkf"]
+    assert shipped_priors(_experiment(tmp_path / "another-corpus", tmp_path / "x", shipped=("tiny-dkf",))) == []
+    lines = []
+    result = X.run_experiment(cfg, say=lines.append)
+    report = Path(result["report"]).read_text()
+    out = tmp_path / "demo" / "shipped" / "tiny-dkf"
+    assert (out / "eval-test-gen" / "summary.json").is_file() and (out / "generate" / "fdsd.json").is_file()
+    rows = [line for line in report.splitlines() if line.startswith("| DKF")]
+    assert any(r.startswith("| DKF (shipped) |") for r in rows) and any(r.startswith("| DKF |") for r in rows)
+    assert (
+        "## Shipped priors" in report and "`pretrained:tiny-dkf`" in report and "generation-shipped-tiny-dkf" in report
+    )
+    assert any("shipped DKF" in line for line in lines)
+    # resumed: the shipped priors are not evaluated again
+    monkeypatch.setattr("lightdvae.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
+    X.run_experiment(cfg, say=lambda s: None)

@@ -76,7 +76,7 @@ def test_commands_take_a_shipped_prior_like_a_run(shipped, tmp_path, monkeypatch
     monkeypatch.setenv("LIGHTDVAE_CACHE", str(tmp_path / "cache"))
     assert main(["eval", "pretrained:tiny-vae", "--data", str(corpus), "--workers", "0", "--quiet"]) == 0
     summary = json.loads((tmp_path / "pretrained-tiny-vae" / "eval" / "test-gen" / "summary.json").read_text())
-    assert summary["model"]["label"] == "VAE" and summary["files"]["evaluated"] == 2
+    assert summary["model"]["label"] == "VAE (shipped)" and summary["files"]["evaluated"] == 2
     assert summary["checkpoint"]["sha256"] == pretrained_card("tiny-vae")["sha256"]
     gen = ["generate", "pretrained:tiny-light", "--n", "2", "--frames", "8", "--no-fdsd", "--figures", "0", "--quiet"]
     assert main(gen) == 0

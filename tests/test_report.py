@@ -202,3 +202,47 @@ def test_nothing_to_report_is_a_clear_error(tmp_path, capsys):
         write_report([tmp_path])
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fdsd_results_of_other_sample_sizes_get_their_own_tables_and_floors(results):
+    base = {
+        "kind": "lightdvae-fdsd",
+        "dataset": {"name": "voicebank", "split": "test"},
+        "feature_network": "lightdvae-ds2-small",
+    }
+    write(
+        results / "a",
+        {
+            **base,
+            "model": "VAE",
+            "fdsd": {"mean": 70.9, "std": 1.0, "draws": 5, "n": 200},
+            "floor": {"exact_phase": {"mean": 1.5, "std": 0.1, "n": 200}},
+        },
+        "fdsd.json",
+    )
+    write(
+        results / "b",
+        {
+            **base,
+            "model": "DKF",
+            "fdsd": {"mean": 90.1, "std": 2.0, "draws": 5, "n": 32},
+            "floor": {"exact_phase": {"mean": 9.5, "std": 0.5, "n": 32}},
+        },
+        "fdsd.json",
+    )
+    text = write_report([results])
+    small = table_rows(text, "### FDSD against corpus **voicebank**, **test** split, **32** samples per draw")
+    large = table_rows(text, "### FDSD against corpus **voicebank**, **test** split, **200** samples per draw")
+    assert [r[0] for r in small] == ["DKF", "_real vs real (exact phase)_"] and small[1][1] == "9.50 ± 0.50"
+    assert [r[0] for r in large] == ["VAE", "_real vs real (exact phase)_"] and large[1][1] == "1.50 ± 0.10"
+
+
+def test_a_best_score_at_the_floor_of_its_scale_is_not_bold():
+    from lightdvae.report.tables import best_mean
+
+    rows = [{"metrics": {"pesq_wb": stats(1.05), "si_sdr": stats(-3.0)}}, {"metrics": {"pesq_wb": stats(1.08)}}]
+    rows[1]["metrics"]["si_sdr"] = stats(-2.5)
+    assert best_mean(rows, "pesq_wb") is None  # every model at PESQ's floor: nothing is best
+    assert best_mean(rows, "si_sdr") == -2.5  # SI-SDR has no floor
+    rows[1]["metrics"]["pesq_wb"] = stats(1.6)
+    assert best_mean(rows, "pesq_wb") == 1.6

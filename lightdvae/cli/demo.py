@@ -5,7 +5,9 @@
 Builds the built-in espeak-ng corpus (installing espeak-ng with apt-get when it is missing and we are root),
 trains LigHT-DVAE and two baselines (DKF, SRNN trained with teacher forcing) within the time budget, evaluates
 them on the test split with their own past (GEN) and with the true past (GT), samples from their priors, computes
-FDSD, and writes OUT/report/README.md with the tables and figures.  Run the same command again to resume an
+FDSD, and writes OUT/report/README.md with the tables and figures.  Beside them, the shipped converged priors
+(``lightdvae info``) are evaluated and sampled on the same test split (``--no-shipped``: not), so the report shows
+what the models do when trained and what minutes of training give.  Run the same command again to resume an
 interrupted demo; ``--minutes`` is the whole demo's budget: about 70 % goes to training (LigHT-DVAE gets twice a
 baseline's share), the rest to evaluation, generation and the report.
 """
@@ -42,7 +44,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def config_from_args(args, *, out: str, models, minutes_per_model: float, weights: dict, title: str):
+def config_from_args(
+    args, *, out: str, models, minutes_per_model: float, weights: dict, title: str, shipped: tuple[str, ...] = ()
+):
     from lightdvae.experiments import ExperimentConfig
 
     return ExperimentConfig(
@@ -60,12 +64,14 @@ def config_from_args(args, *, out: str, models, minutes_per_model: float, weight
         cost=not args.no_cost,
         device=args.device,
         seed=args.seed,
+        shipped=shipped,
         title=title,
     )
 
 
 def run(args) -> int:
     from lightdvae.experiments import parse_models, run_experiment
+    from lightdvae.models.pretrained import pretrained_names
 
     models = parse_models(args.models)
     weights = {"light-dvae": 2.0} if "light-dvae" in models and len(models) > 1 else {}
@@ -82,6 +88,7 @@ def run(args) -> int:
         title="lightdvae demo: LigHT-DVAE and baselines on the built-in corpus"
         if args.data == "builtin"
         else f"lightdvae demo on {args.data}",
+        shipped=() if args.no_shipped else tuple(pretrained_names()),
     )
     run_experiment(
         cfg, overwrite=args.overwrite, install_espeak=not args.no_install, progress=False if args.quiet else None
@@ -100,6 +107,12 @@ def register(subparsers) -> None:
     p.add_argument("--minutes", type=positive_float, default=10.0, help="budget of the whole demo, in minutes (10)")
     p.add_argument(
         "--models", default="light-dvae,dkf,srnn-tf", help="comma-separated model keys (light-dvae,dkf,srnn-tf)"
+    )
+    p.add_argument(
+        "--no-shipped",
+        action="store_true",
+        help="leave out the shipped converged priors (by default evaluated beside the trained models, on the "
+        "built-in corpus)",
     )
     add_common(p)
     p.set_defaults(func=run)

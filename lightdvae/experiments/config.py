@@ -27,6 +27,8 @@ class ExperimentConfig:
     eval_max_files: evaluate only the first N test files (None: all).  gen_n, gen_frames: generated samples and
     their length (frames; 188 = 3 s).  fdsd_draws: FDSD repeated draws.  cost: measure native vs reference cost.
     device: ``auto``, ``cpu``, ``cuda``.  seed: training seeds.  corpus_minutes: size of the built-in corpus.
+    shipped: names of shipped priors (``lightdvae info``) evaluated and sampled beside the trained models, on the
+    default built-in corpus only (:mod:`lightdvae.experiments.shipped`).
     """
 
     out: str
@@ -46,6 +48,7 @@ class ExperimentConfig:
     device: str = "auto"
     seed: int = 0
     corpus_minutes: float | None = None
+    shipped: tuple[str, ...] = ()
     title: str = "lightdvae results"
 
     def validate(self) -> ExperimentConfig:
@@ -69,6 +72,9 @@ class ExperimentConfig:
             raise ExperimentError(f"lr must be a finite number > 0 (or None: each model's own), got {self.lr!r}")
         if self.eval_max_files is not None and (not isinstance(self.eval_max_files, int) or self.eval_max_files < 1):
             raise ExperimentError(f"eval max files must be an integer >= 1, got {self.eval_max_files!r}")
+        if isinstance(self.shipped, str) or not all(isinstance(n, str) and n for n in self.shipped):
+            raise ExperimentError(f"shipped must be a list of shipped prior names, got {self.shipped!r}")
+        self.shipped = tuple(self.shipped)
         bad = sorted(set(self.weights) - set(self.models))
         if bad:
             raise ExperimentError(f"budget weights given for models not in the experiment: {', '.join(bad)}")
@@ -86,4 +92,5 @@ class ExperimentConfig:
         d.pop("out")
         d.pop("title")
         d["models"] = list(self.models)
+        d["shipped"] = list(self.shipped)
         return d

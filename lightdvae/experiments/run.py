@@ -12,6 +12,7 @@ from lightdvae.errors import ConfigError, ExperimentError
 from lightdvae.experiments import stages
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.corpus import check_packages, prepare_corpus
+from lightdvae.experiments.shipped import evaluate_shipped, shipped_priors
 from lightdvae.experiments.state import ExperimentState
 from lightdvae.experiments.writeup import console_summary, write_report
 from lightdvae.resultdir import folder_lock
@@ -52,6 +53,8 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, install_espea
         corpus = prepare_corpus(cfg, install_espeak, say, progress)
     ctx = stages.Context(cfg, state, out, device, say, progress)
     todo = [("training", stages.train_all), ("evaluation", stages.evaluate_all), ("generation", stages.generate_all)]
+    if shipped_priors(cfg):
+        todo.append(("shipped priors", evaluate_shipped))
     if cfg.cost:
         todo.append(("cost", stages.cost_all))
     for name, func in todo:

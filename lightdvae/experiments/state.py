@@ -15,7 +15,17 @@ from lightdvae.errors import ExperimentError
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.resultdir import LOCK_FILE, clear, differences
 
-__all__ = ["KIND", "FORMAT_VERSION", "STATE_FILE", "COST_FILE", "RUNS_DIR", "REPORT_DIR", "ExperimentState", "run_dir"]
+__all__ = [
+    "KIND",
+    "FORMAT_VERSION",
+    "STATE_FILE",
+    "COST_FILE",
+    "RUNS_DIR",
+    "REPORT_DIR",
+    "SHIPPED_DIR",
+    "ExperimentState",
+    "run_dir",
+]
 
 KIND = "lightdvae-experiment"
 FORMAT_VERSION = 1
@@ -23,6 +33,7 @@ STATE_FILE = "experiment.json"
 COST_FILE = "cost.json"
 RUNS_DIR = "runs"
 REPORT_DIR = "report"
+SHIPPED_DIR = "shipped"  #: the shipped priors' results (:mod:`lightdvae.experiments.shipped`)
 
 
 def run_dir(out: Path, key: str) -> Path:
@@ -38,10 +49,10 @@ def _previous(out: Path, cfg: ExperimentConfig, overwrite: bool) -> dict | None:
         data = read_json(path)
         if data is None or data.get("kind") != KIND:
             raise ExperimentError(f"{path} is not a lightdvae experiment file; use another --out")
-        if data.get("settings") == cfg.fingerprint():
+        if _with_defaults(data.get("settings")) == cfg.fingerprint():
             return data
         if not overwrite:
-            diff = differences(data.get("settings") or {}, cfg.fingerprint())
+            diff = differences(_with_defaults(data.get("settings")) or {}, cfg.fingerprint())
             raise ExperimentError(
                 f"{out} holds an experiment with other settings (differs in: {', '.join(diff)}); "
                 "run the same command to resume it, pass --overwrite to start over, or use another --out"
@@ -51,6 +62,15 @@ def _previous(out: Path, cfg: ExperimentConfig, overwrite: bool) -> dict | None:
             f"{out} exists and is not an experiment folder; choose another --out (or --overwrite to use it)"
         )
     return None
+
+
+def _with_defaults(settings) -> dict | None:
+    """Stored settings with the fields added to :class:`ExperimentConfig` since they were written filled in
+    with their defaults, so that an experiment of an older version resumes."""
+    if not isinstance(settings, dict):
+        return settings
+    defaults = ExperimentConfig(out="").fingerprint()
+    return {**{k: v for k, v in defaults.items() if k not in settings}, **settings}
 
 
 class ExperimentState:
@@ -63,7 +83,7 @@ class ExperimentState:
         self.path = out / STATE_FILE
         data = _previous(out, cfg, overwrite)
         if data is None and overwrite:
-            clear(out, (STATE_FILE, COST_FILE), (RUNS_DIR, REPORT_DIR))
+            clear(out, (STATE_FILE, COST_FILE), (RUNS_DIR, REPORT_DIR, SHIPPED_DIR))
         self.data = data or {
             "kind": KIND,
             "format": FORMAT_VERSION,

@@ -16,7 +16,8 @@ from lightdvae.experiments.budget import WARMUP_FRACTION
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.entries import ENTRIES
 from lightdvae.experiments.paper_findings import COLLAPSE_DB, SAME_DB, findings
-from lightdvae.experiments.state import COST_FILE, REPORT_DIR, RUNS_DIR, ExperimentState, run_dir
+from lightdvae.experiments.shipped import shipped_dir
+from lightdvae.experiments.state import COST_FILE, REPORT_DIR, RUNS_DIR, SHIPPED_DIR, ExperimentState, run_dir
 from lightdvae.runs import read_log
 
 __all__ = ["REPORT_FILE", "write_report", "lr_text", "console_summary"]
@@ -31,8 +32,10 @@ def write_report(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpu
 
     report_dir = out / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
-    evals, fdsds = find_results([out / RUNS_DIR])
+    shipped = state.data.get("shipped") or {}
+    evals, fdsds = find_results([out / RUNS_DIR] + ([out / SHIPPED_DIR] if shipped else []))
     lines = [build_report(evals, fdsds, title=cfg.title, figure_dir=report_dir / FIGURE_DIR).rstrip(), ""]
+    lines += _shipped_note(out, shipped)
     lines += _settings_section(cfg, state, out, corpus)
     lines += _findings_section(out, cfg.models)
     lines += _generation_section(cfg, state, report_dir)
@@ -40,6 +43,32 @@ def write_report(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpu
     path = report_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _shipped_note(out: Path, shipped: dict) -> list[str]:
+    """Which rows are the shipped priors, and how they were trained (their cards)."""
+    from lightdvae.models.pretrained import pretrained_card, pretrained_names
+
+    names = [n for n in shipped if n in pretrained_names()]
+    if not names:
+        return []
+    lines = [
+        "## Shipped priors",
+        "",
+        "Rows marked _(shipped)_ are the package's converged priors (`lightdvae info`; `pretrained:NAME` in every "
+        "command), trained on this built-in corpus to early stopping with the published protocol and evaluated "
+        "here on the same test split; the other rows are the models this experiment trained within its budget.",
+        "",
+        "| prior | epochs (best) | training | command |",
+        "|---|---:|---:|---|",
+    ]
+    for name in names:
+        card = pretrained_card(name)
+        lines.append(
+            f"| {card.get('label', name)} (`pretrained:{name}`) | {card.get('epochs', '?')} "
+            f"({card.get('best_epoch', '?')}) | {card.get('train_minutes', '?')} min | `{card.get('command', '?')}` |"
+        )
+    return lines + [""]
 
 
 def console_summary(report: str) -> str:
@@ -142,6 +171,13 @@ def _generation_section(cfg: ExperimentConfig, state: ExperimentState, report_di
             shutil.copyfile(png, dest)
             label = ENTRIES[key].label
             lines += [f"**{label}**", "", f"![{label} samples]({GENERATION_FIGURES}/{dest.name})", ""]
+    for name in state.data.get("shipped") or {}:
+        pngs = sorted((shipped_dir(report_dir.parent, name) / "generate").glob("*.png"))[:1]
+        if pngs:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            dest = fig_dir / f"generation-shipped-{name}.png"
+            shutil.copyfile(pngs[0], dest)
+            lines += [f"**{name} (shipped)**", "", f"![{name} (shipped) samples]({GENERATION_FIGURES}/{dest.name})", ""]
     return lines
 
 

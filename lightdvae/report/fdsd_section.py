@@ -21,16 +21,27 @@ def fdsd_section(fdsds: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for f in fdsds:
         d = f.get("dataset") or {}
-        groups.setdefault((str(d.get("name", "?")), str(d.get("split", "?"))), []).append(f)
-    for (name, split), items in sorted(groups.items()):
-        lines += _fdsd_table(name, split, items)
+        groups.setdefault((str(d.get("name", "?")), str(d.get("split", "?")), _samples(f)), []).append(f)
+    sizes: dict[tuple, int] = {}
+    for name, split, _ in groups:
+        sizes[name, split] = sizes.get((name, split), 0) + 1
+    for (name, split, n), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))):
+        lines += _fdsd_table(name, split, items, n if sizes[name, split] > 1 else None)
     return lines
 
 
-def _fdsd_table(name: str, split: str, items: list[dict]) -> list[str]:
+def _samples(f: dict):
+    """Samples per draw of an FDSD result: FDSD is biased by the sample size, so only equal sizes compare."""
+    return (f.get("fdsd") or f).get("n")
+
+
+def _fdsd_table(name: str, split: str, items: list[dict], n=None) -> list[str]:
+    """One table of FDSD results with the same corpus, split and (``n``, when tables differ in it) sample size,
+    with the real-vs-real floors measured at that size."""
     nets = sorted({str(f.get("feature_network", "unknown feature network")) for f in items})
+    size = f", **{n}** samples per draw" if n is not None else ""
     lines = [
-        f"### FDSD against corpus **{name}**, **{split}** split",
+        f"### FDSD against corpus **{name}**, **{split}** split{size}",
         "",
         "Fréchet distance between Gaussians fitted to time-averaged deep speech features of real and generated "
         "audio (Griffin-Lim), mean ± std over repeated draws; lower is better. "

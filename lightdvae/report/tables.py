@@ -10,6 +10,10 @@ from lightdvae.models import order_key
 
 #: Decimals per metric in the tables.
 DECIMALS = {"rmse": 3, "si_sdr": 2, "pesq_wb": 2, "pesq_nb": 2, "pesq_nb_raw": 2, "estoi": 3}
+#: The bottom of a bounded metric's scale, and how far above it a mean must be to be worth bolding: PESQ's
+#: MOS-LQO mappings start at 1.04 (wide band, P.862.2) and 1.02 (narrow band, P.862.1), raw PESQ at -0.5; ESTOI
+#: is ~0 for unrelated signals.  A "best" score in that band only says that every model is at the floor.
+SCALE_FLOORS = {"pesq_wb": (1.04, 0.1), "pesq_nb": (1.02, 0.1), "pesq_nb_raw": (-0.5, 0.1), "estoi": (0.0, 0.05)}
 
 __all__ = [
     "DECIMALS",
@@ -21,6 +25,7 @@ __all__ = [
     "table",
     "metric_columns",
     "best_mean",
+    "SCALE_FLOORS",
     "arrow",
 ]
 
@@ -97,7 +102,8 @@ def metric_columns(summaries: list[dict]) -> list[str]:
 
 
 def best_mean(rows: list[dict], metric: str) -> float | None:
-    """The best mean of ``metric`` over ``rows`` (None with fewer than two finite means: nothing to bold)."""
+    """The best mean of ``metric`` over ``rows``: None (nothing to bold) with fewer than two finite means, or when
+    the best is at the floor of the metric's scale (:data:`SCALE_FLOORS`)."""
     means = [
         (r.get("metrics") or {}).get(metric, {}).get("mean")
         for r in rows
@@ -106,7 +112,9 @@ def best_mean(rows: list[dict], metric: str) -> float | None:
     means = [m for m in means if isinstance(m, (int, float)) and math.isfinite(m)]
     if len(means) < 2:
         return None
-    return max(means) if HIGHER_IS_BETTER.get(metric, True) else min(means)
+    best = max(means) if HIGHER_IS_BETTER.get(metric, True) else min(means)
+    floor, margin = SCALE_FLOORS.get(metric, (-math.inf, 0.0))
+    return None if best < floor + margin else best
 
 
 def arrow(metric: str) -> str:

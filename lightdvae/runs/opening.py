@@ -128,5 +128,6 @@ def _open_pretrained(name: str, which: str, device, error: type) -> OpenRun:
     }
     path = weights_dir() / f"{key}.pt"
     checkpoint = {"which": "best", "path": str(path), "sha256": card["sha256"]}
-    info = _describe(f"{PRETRAINED_PREFIX}{key}", checkpoint, model, card["model"], mode, card.get("label"))
+    label = f"{card.get('label') or model_label(card['model'], card['config'], mode)} (shipped)"
+    info = _describe(f"{PRETRAINED_PREFIX}{key}", checkpoint, model, card["model"], mode, label)
     return OpenRun(Path(f"pretrained-{key}"), model, path, meta, torch.device(device), info)
