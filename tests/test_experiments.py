@@ -251,3 +251,13 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
     # resumed: the shipped priors are not evaluated again
     monkeypatch.setattr("lightdvae.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
     X.run_experiment(cfg, say=lambda s: None)
+
+
+def test_training_table_flags_a_short_training():
+    cfg = X.ExperimentConfig(out="x", models=("dkf",)).validate()
+    info = {"training": "time_limit", "schedule": {"epochs": 30, "kl_warmup_epochs": 9}, "best_val_loss": 2.0}
+    rows = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 5)]
+    row = writeup._training_row(cfg, "dkf", info, rows)
+    assert "KL warm-up not completed (0.44)" in row and "4 of ~30 planned epochs" in row
+    full = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 31)]
+    assert "short training" not in writeup._training_row(cfg, "dkf", info, full)

@@ -593,3 +593,27 @@ def test_learning_curve_figure_from_log_rows(corpus, tmp_path):
         learning_curves({"VAE": rows, "no curve": [dict(r, val_si_sdr_gen="") for r in rows]}), tmp_path / "curves.png"
     )
     assert path.stat().st_size > 10_000
+
+
+def test_budget_schedule_follows_the_share_of_time_spent(tmp_path, data, monkeypatch):
+    """The schedules follow the budget: a fake clock makes every epoch last 1 s, so a 5 s budget trains 5 epochs
+    whatever the plan (2), and the KL warm-up (1 planned epoch) ends when the time spent says so."""
+    clock = {"t": 0.0}
+
+    def tick():
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(loop_mod.time, "perf_counter", tick)
+    cfg = _cfg(tmp_path, epochs=2, kl_warmup_epochs=1, max_minutes=5 / 60, budget_schedule=True)
+    result = train(cfg, train_dataset=data[0], val_dataset=data[1])
+    assert [r["seconds"] for r in result.history] == [1.0] * 5 and result.stop_reason == "time_limit"
+    # epoch k stands at 2 * (k - 1 + 1) / 5 of the plan: 0, 0.8, then past the 1-epoch warm-up
+    assert [r["kl_warm"] for r in result.history] == pytest.approx([0.0, 0.8, 1.0, 1.0, 1.0])
+    assert read_status(cfg.out)["state"] == "time_limit"
+    # a resume with a larger budget goes on from the log's time; the same budget has nothing left to do
+    assert train(resume_config(cfg.out), train_dataset=data[0], val_dataset=data[1]).epochs == 5
+    more = train(resume_config(cfg.out, max_minutes=7 / 60), train_dataset=data[0], val_dataset=data[1])
+    assert more.epochs == 7
+    with pytest.raises(ConfigError, match="give max_minutes"):
+        _cfg(tmp_path, budget_schedule=True).validate()

@@ -42,6 +42,7 @@ _FIXED_ON_RESUME = {
     "beta": "--beta",
     "kl_warmup_epochs": "--kl-warmup",
     "grad_clip": "--grad-clip",
+    "budget_schedule": "--budget-schedule",
     "precision": "--precision",
     "seed": "--seed",
     "force": "--force",
@@ -63,6 +64,7 @@ _DIRECT = (
     "patience",
     "seq_len",
     "grad_clip",
+    "budget_schedule",
     "precision",
     "device",
     "seed",
@@ -179,7 +181,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    from lightdvae.train import LR_FLOOR, LR_SCHEDULES, PRECISIONS, TRAININGS, TrainConfig
+    from lightdvae.train import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p = sub.add_parser(
@@ -207,8 +209,14 @@ def register(sub) -> None:
     )
     g.add_argument("--inv-s", action="store_true", help="Inv-s ablation (hit-dvae, light-dvae)")
     g.add_argument("--no-residual", action="store_true", help="with --inv-s: Inv-s-NR ablation")
+    _protocol_options(p.add_argument_group("protocol"), defaults)
+    _execution_options(p.add_argument_group("execution"), defaults)
+    p.set_defaults(func=run)
 
-    g = p.add_argument_group("protocol")
+
+def _protocol_options(g, defaults: dict) -> None:
+    from lightdvae.train import LR_FLOOR, LR_SCHEDULES, TRAININGS
+
     g.add_argument(
         "--training",
         choices=TRAININGS,
@@ -254,8 +262,18 @@ def register(sub) -> None:
     )
     g.add_argument("--seq-len", type=int, metavar="FRAMES", help=f"segment length (default {defaults['seq_len']})")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient's global norm (default off)")
+    g.add_argument(
+        "--budget-schedule",
+        action="store_true",
+        default=None,
+        help="with --max-minutes: the KL warm-up and the ss ramp follow the share of the budget spent, --epochs "
+        "being the plan they are written for; training goes on until the budget is spent",
+    )
 
-    g = p.add_argument_group("execution")
+
+def _execution_options(g, defaults: dict) -> None:
+    from lightdvae.train import PRECISIONS
+
     g.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 (GPU/CPU) or fp16 (GPU) autocast")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--seed", type=int, help=f"random seed (default {defaults['seed']})")
@@ -275,4 +293,3 @@ def register(sub) -> None:
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     g.add_argument("--json-result", action="store_true", help="print a JSON summary line at the end")
-    p.set_defaults(func=run)

@@ -13,9 +13,11 @@ Stages, each resumable (an interrupted experiment continues where it stopped whe
 
 1. the corpus (the built-in one is synthesised on first use; needs espeak-ng);
 2. training: every model gets the same wall-clock budget (``minutes_per_model``; the demo weights LigHT-DVAE
-   double).  The schedule is scaled to the budget: the step time of the model is measured on a few batches, the
-   number of epochs that fit is derived from it, and the KL warm-up (30 % of them) and, for SRNN (SS), the
-   scheduled-sampling ramp (from 1/6 to 1/2 of them, the published 50 -> 150 of 300) follow.  Adam runs at each
+   double).  The schedules follow the budget, not an epoch count: the KL warm-up runs over the first 30 % of the
+   training time and, for SRNN (SS), the scheduled-sampling ramp from 1/6 to 1/2 of it (the published 50 -> 150
+   of 300), and training goes on until the budget is spent (``TrainConfig.budget_schedule``), so a load that
+   comes and goes costs epochs in proportion, never a schedule.  The epochs that would fit (from the step time
+   measured on a few batches) are the plan, shown and recorded.  Adam runs at each
    model's rate (:attr:`Entry.lr`: 1e-3 for the classic DVAEs, 3e-4 for the transformer DVAEs).  Early stopping is
    off (a budget run is short); the best validation weights are kept.  A run that diverges is reported, the others
    go on;

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from lightdvae._io import read_json, sha256_file, write_json
-from lightdvae.experiments.budget import schedule_for_budget, step_seconds
+from lightdvae.experiments.budget import SS_FRACTIONS, WARMUP_FRACTION, schedule_for_budget, step_seconds
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.entries import ENTRIES, Entry
 from lightdvae.experiments.state import COST_FILE, ExperimentState, run_dir
-from lightdvae.runs import checkpoint_path, read_log, read_status
+from lightdvae.runs import checkpoint_path, read_config, read_log, read_status
 from lightdvae.runtime import backend_scope, sync
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ def _resume_config(ctx: Context, key: str, head: str) -> TrainConfig | None:
         ctx.state.save()
         return None
     ctx.say(f"{head}: resuming training ({left:.1f} of {budget:.1f} min left)")
+    if (read_config(run).get("training") or {}).get("budget_schedule"):
+        return resume_config(run, quiet=True)  # the run counts its budget over sessions from its log
     return resume_config(run, max_minutes=left, quiet=True)
 
 
@@ -115,10 +117,10 @@ def _fresh_config(ctx: Context, key: str, head: str, batches: Callable[[], tuple
         ctx.state.save()
     ramp = "ss_start" in sched
     ctx.say(
-        f"{head}: training for {budget:.1f} min: {sched['epochs']} epochs"
+        f"{head}: training for {budget:.1f} min: about {sched['epochs']} epochs"
         f" of ~{sched['epoch_seconds_estimate']:.0f} s"
-        f" (KL warm-up {sched['kl_warmup_epochs']} epochs"
-        + (f", scheduled sampling {sched['ss_start']}->{sched['ss_end']}" if ramp else "")
+        f" (KL warm-up over {WARMUP_FRACTION:.0%} of the time"
+        + (f", scheduled sampling from {SS_FRACTIONS[0]:.0%} to {SS_FRACTIONS[1]:.0%}" if ramp else "")
         + ")"
     )
     extra = {"ss_start": sched["ss_start"], "ss_end": sched["ss_end"]} if ramp else {}
@@ -135,6 +137,7 @@ def _fresh_config(ctx: Context, key: str, head: str, batches: Callable[[], tuple
         beta=cfg.beta,
         kl_warmup_epochs=sched["kl_warmup_epochs"],
         patience=0,
+        budget_schedule=True,
         seq_len=cfg.seq_len,
         device=str(ctx.device),
         seed=cfg.seed,

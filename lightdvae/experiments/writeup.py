@@ -127,6 +127,13 @@ def _training_row(cfg: ExperimentConfig, key: str, info: dict, rows: list[dict])
     sched = info.get("schedule") or {}
     best = info.get("best_val_loss")  # null in experiment.json when it was not finite
     best = float("nan") if best is None else best
+    warnings = []
+    if isinstance(rows[-1].get("kl_warm"), float) and rows[-1]["kl_warm"] < 1.0:
+        warnings.append(f"KL warm-up not completed ({rows[-1]['kl_warm']:.2f})")
+    if sched.get("epochs") and len(rows) < 0.5 * sched["epochs"]:
+        warnings.append(f"{len(rows)} of ~{sched['epochs']} planned epochs")
+    if warnings:
+        stopped = f"{stopped}; **{', '.join(warnings)}**: a short training, read its scores with care"
     return (
         f"| {label} | {info.get('parameters', 0):,} | {cfg.lr_of(key):g} "
         f"| {cfg.budget_minutes(key):.1f} | {len(rows)} "

@@ -77,6 +77,12 @@ class TrainConfig:
     beta: weight of the KL terms.  kl_warmup_epochs: length of the linear KL warm-up (0: none).
     patience: epochs without validation improvement before stopping (after the warm-up); 0 disables.
     seq_len: frames per training segment.  grad_clip: max global L2 norm of the gradient (None: no clipping).
+    budget_schedule: the KL warm-up and the scheduled-sampling ramp follow the share of ``max_minutes`` spent
+        rather than the epoch count: epoch ``k`` stands at ``epochs * share`` on them (``share``: the training time
+        of the epochs before it plus the last one's duration, over the budget, all sessions counted), and the run
+        goes on until the budget is spent, ``epochs`` being the plan the schedules are written for.  A machine
+        that slows down or speeds up then costs or gains epochs in proportion, never a schedule.  Needs
+        ``max_minutes``.
     precision: ``fp32``, or autocast in ``bf16`` (GPU or CPU) / ``fp16`` (GPU, with a GradScaler).
     device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
     seed: seeds the model's initialisation, the shuffling and the noise.  num_workers: DataLoader workers (0:
@@ -108,6 +114,7 @@ class TrainConfig:
     patience: int = 30
     seq_len: int = 50
     grad_clip: float | None = None
+    budget_schedule: bool = False
     precision: str = "fp32"
     device: str = "auto"
     seed: int = 0
@@ -161,6 +168,10 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be a number > 0 (or None for no clipping), got {self.grad_clip!r}")
         if self.max_minutes is not None and (not _is_number(self.max_minutes) or not self.max_minutes > 0):
             raise ConfigError(f"max_minutes must be a number > 0 (or None), got {self.max_minutes!r}")
+        if self.budget_schedule and self.max_minutes is None:
+            raise ConfigError("budget_schedule follows the share of max_minutes spent: give max_minutes")
+        if self.budget_schedule and self.lr_schedule != "constant":
+            raise ConfigError("budget_schedule goes with the constant lr_schedule (a cosine decays over epochs)")
         if not str(self.out).strip():
             raise ConfigError("out (the run directory) must be given")
         if self.resume and self.force:

@@ -140,12 +140,35 @@ class Trainer:
         if distrib.is_main() and not self.cfg.quiet:
             print(message, flush=True)
 
-    def ramping(self, epoch: int) -> bool:
-        """Whether a schedule still ramps at ``epoch`` (then the epoch is the best and patience waits)."""
+    def schedule_point(self, epoch: int) -> float:
+        """Where epoch ``epoch`` stands on the KL and scheduled-sampling schedules: the epoch itself, or with
+        ``budget_schedule`` the planned epochs times the share of the budget spent at its end (estimated from the
+        logged training time of the epochs before it: a pure function of the log, so a resume continues it)."""
         cfg = self.cfg
-        if kl_warm_at(epoch, cfg.kl_warmup_epochs) < 1.0:
+        if not cfg.budget_schedule:
+            return epoch
+        secs = [float(r["seconds"]) for r in self.state.history if r["epoch"] < epoch]
+        spent = sum(secs) + (secs[-1] if secs else 0.0)
+        return cfg.epochs * min(1.0, spent / (60.0 * cfg.max_minutes))
+
+    def budget_spent(self, epoch_seconds: float = 0.0) -> bool:
+        """With ``budget_schedule``: whether the logged training time (all sessions) and one more epoch of
+        ``epoch_seconds`` would pass ``max_minutes``."""
+        spent = sum(float(r["seconds"]) for r in self.state.history)
+        return spent + epoch_seconds > 60.0 * self.cfg.max_minutes
+
+    def ramping(self, point: float) -> bool:
+        """Whether a schedule still ramps at schedule point ``point`` (then the epoch is the best and patience
+        waits)."""
+        cfg = self.cfg
+        if kl_warm_at(point, cfg.kl_warmup_epochs) < 1.0:
             return True
-        return self.ss and ss_prob_at(epoch, cfg.ss_start, cfg.ss_end) < 1.0
+        return self.ss and ss_prob_at(point, cfg.ss_start, cfg.ss_end) < 1.0
+
+    @property
+    def last_epoch(self) -> int:
+        """The loop's last epoch: ``epochs``, or with ``budget_schedule`` none (the budget ends the run)."""
+        return 1 << 30 if self.cfg.budget_schedule else self.cfg.epochs
 
     # ---- set-up ------------------------------------------------------------------------------------------------
     def prepare(self, train_dataset, val_dataset) -> str | None:
@@ -171,10 +194,15 @@ class Trainer:
     def nothing_left(self) -> str | None:
         """The stop reason of a resumed run that already stopped early or reached ``epochs`` (else None)."""
         cfg, out, start = self.cfg, self.out, self.state.start_epoch
-        if self.state.last_state == "early_stopped" and self.state.stopper.should_stop(self.ramping(start)):
+        if self.state.last_state == "early_stopped" and self.state.stopper.should_stop(
+            self.ramping(self.schedule_point(start))
+        ):
             self.say(f"{out}: training already stopped early at epoch {start}; nothing to do")
             return "early_stopped"
-        if start >= cfg.epochs:
+        if cfg.budget_schedule and self.budget_spent(self.state.history[-1]["seconds"] if start else 0.0):
+            self.say(f"{out}: its --max-minutes {cfg.max_minutes:g} are spent; pass a larger one to continue")
+            return "time_limit"
+        if start >= self.last_epoch:
             self.say(f"{out}: already trained for {start} epochs; pass a larger --epochs to continue")
             return "finished"
         return None
@@ -198,13 +226,13 @@ class Trainer:
         time limit; each completed epoch is saved before ``callback`` sees its row."""
         cfg, stopper = self.cfg, self.state.stopper
         stop_reason, epoch = "finished", self.state.start_epoch
-        for epoch in range(self.state.start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(self.state.start_epoch + 1, self.last_epoch + 1):
             t_epoch = time.perf_counter()
             row, ramping = self.run_epoch(epoch, t_epoch)
             early = stopper.should_stop(ramping)
             out_of_time = self.out_of_time(epoch, time.perf_counter() - t_epoch)
             state = "early_stopped" if early else "time_limit" if out_of_time else "running"
-            if state == "running" and epoch == cfg.epochs:
+            if state == "running" and epoch == self.last_epoch:
                 state = "finished"
             self.save(epoch, row["best"], state)
             if distrib.is_main() and callback is not None:
@@ -231,8 +259,9 @@ class Trainer:
         """Train and validate epoch ``epoch``, keep its weights when it is the best; returns its log row (also
         appended to the history) and whether a schedule still ramps."""
         cfg, state = self.cfg, self.state
-        kl_warm = kl_warm_at(epoch, cfg.kl_warmup_epochs)
-        ss_prob = ss_prob_at(epoch, cfg.ss_start, cfg.ss_end) if self.ss else None
+        point = self.schedule_point(epoch)
+        kl_warm = kl_warm_at(point, cfg.kl_warmup_epochs)
+        ss_prob = ss_prob_at(point, cfg.ss_start, cfg.ss_end) if self.ss else None
         forward_kwargs = {"ss_prob": ss_prob} if self.ss else {}
         for group in self.learner.optimizer.param_groups:
             group["lr"] = lr_at(epoch, cfg)
@@ -244,7 +273,7 @@ class Trainer:
         )
         if not math.isfinite(val_terms["loss"]):
             self.diverged(epoch, None, None, val=val_terms["loss"])
-        ramping = self.ramping(epoch)
+        ramping = self.ramping(point)
         is_best = state.stopper.update(epoch, val_terms["loss"], ramping)
         if is_best:
             state.best_state = clone_state(model)
@@ -267,7 +296,12 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64, device=device)
         has_w = False
         shown = None if (distrib.is_main() and not cfg.quiet) else False  # a bar on the main process's terminal
-        bar = progress_bar(self.data.train, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", progress=shown)
+        bar = progress_bar(
+            self.data.train,
+            desc=f"epoch {epoch}" + ("" if cfg.budget_schedule else f"/{cfg.epochs}"),
+            unit="batch",
+            progress=shown,
+        )
         try:
             for step, power in enumerate(bar, 1):
                 terms, stepped = train_step(
@@ -298,7 +332,9 @@ class Trainer:
         """Rank 0 decides whether another epoch fits in ``max_minutes``; every process gets the answer."""
         cfg = self.cfg
         flag = torch.zeros(1, device=self.device)
-        if distrib.is_main() and cfg.max_minutes is not None and epoch < cfg.epochs:
+        if distrib.is_main() and cfg.budget_schedule:  # judged from the log, as a resume judges it
+            flag[0] = float(self.budget_spent(float(self.state.history[-1]["seconds"])))
+        elif distrib.is_main() and cfg.max_minutes is not None and epoch < cfg.epochs:
             elapsed = time.perf_counter() - self.t_start
             flag[0] = float(elapsed + epoch_seconds > 60.0 * cfg.max_minutes)
         return bool(distrib.all_reduce(flag, "max").item())
@@ -365,7 +401,7 @@ class Trainer:
 
 def _epoch_line(row: dict, cfg: TrainConfig, bad_epochs: int) -> str:
     parts = [
-        f"epoch {row['epoch']}/{cfg.epochs}",
+        f"epoch {row['epoch']}/{cfg.epochs}" if not cfg.budget_schedule else f"epoch {row['epoch']}",
         f"train {row['train_loss']:.5g} (recon {row['train_recon']:.5g}, kl {row['train_kl']:.4g})",
         f"val {row['val_loss']:.5g} (recon {row['val_recon']:.5g}, kl {row['val_kl']:.4g})",
         f"kl_warm {row['kl_warm']:.2f}",
