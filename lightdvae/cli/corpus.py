@@ -4,16 +4,22 @@
     lightdvae corpus voices [--all] [--json]
     lightdvae corpus info SPEC [--json]
     lightdvae corpus cache SPEC [--cache-dir DIR] [--workers N]
+    lightdvae corpus noisy OUT [--speech builtin] [--snr -5,0,5,10] [--noises white,pink,...] [--noise DIR]
+                               [--files N] [--seed 0] [--design full|balanced] [--force]
 
-SPEC is what the training command accepts: ``builtin``, a folder, ``wsj0:DIR``, ``vb:DIR``.
+SPEC is what the training command accepts: ``builtin``, a folder, ``wsj0:DIR``, ``vb:DIR``; ``info`` also describes
+a noisy test set: ``noisy:DIR``, ``vbd:DIR``, ``wsj0-qut:DIR``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+from lightdvae.cli import positive_int
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -68,7 +74,12 @@ def _voices(args) -> int:
 
 def _info(args) -> int:
     from lightdvae.data import resolve_corpus
+    from lightdvae.data.noisy import is_noisy_spec, read_noisy_set
 
+    if is_noisy_spec(args.spec):
+        noisy = read_noisy_set(args.spec)
+        print(json.dumps(noisy.to_dict(), indent=2) if args.json else noisy.describe())
+        return 0
     corpus = resolve_corpus(args.spec, build=False)
     if args.json:
         out = {
@@ -101,6 +112,33 @@ def _cache(args) -> int:
     return 0
 
 
+def _noisy(args) -> int:
+    from lightdvae.data.noisy import build_noisy_set
+
+    _setup_logging(args.quiet)
+    report = build_noisy_set(
+        args.out,
+        speech=args.speech,
+        snrs=args.snr,
+        noises=args.noises,
+        noise_dir=args.noise,
+        files=args.files,
+        seed=args.seed,
+        design=args.design,
+        force=args.force,
+        progress=False if args.quiet else None,
+    )
+    if report.already_complete:
+        print(f"{report.root} already holds this noisy set ({report.files} files); nothing to do")
+    elif not args.quiet:
+        snrs = ", ".join(f"{s:g}" for s in report.snrs)
+        print(
+            f"noisy set at {report.root}: {report.files} files ({report.written} written), SNRs {snrs} dB, "
+            f"noises {', '.join(report.noises)}; {report.seconds:.1f} s"
+        )
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("corpus", help="build the built-in espeak-ng corpus; inspect and cache corpora")
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION")
@@ -130,8 +168,8 @@ def register(sub) -> None:
     v.add_argument("--workers", type=int, default=None)
     v.set_defaults(func=_voices)
 
-    i = csub.add_parser("info", help="describe a corpus: layout, files and speakers per split")
-    i.add_argument("spec", metavar="SPEC", help="builtin, a folder, wsj0:DIR or vb:DIR")
+    i = csub.add_parser("info", help="describe a corpus (files and speakers per split) or a noisy test set")
+    i.add_argument("spec", metavar="SPEC", help="builtin, a folder, wsj0:DIR, vb:DIR; noisy:DIR, vbd:DIR, wsj0-qut:DIR")
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.set_defaults(func=_info)
 
@@ -143,6 +181,34 @@ def register(sub) -> None:
     c.add_argument("--workers", type=int, default=None, help="threads (default min(4, cores))")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_cache)
+
+    n = csub.add_parser("noisy", help="mix a corpus's test split with noises at exact SNRs (a noisy test set)")
+    n.add_argument("out", metavar="OUT", help="output folder (new, empty, or a noisy set made before)")
+    n.add_argument("--speech", default="builtin", help="corpus whose test split is mixed (default builtin)")
+    n.add_argument(
+        "--snr", default="-5,0,5,10", help="SNRs in dB, comma-separated, each in -20..40 (default -5,0,5,10)"
+    )
+    n.add_argument(
+        "--noises",
+        default=None,
+        help="generated noises, comma-separated: white, pink, brown, ssn, babble, modulated, engine "
+        "(default: all of them, or none with --noise)",
+    )
+    n.add_argument("--noise", metavar="DIR", default=None, help="a folder of your own noise files (wav/flac)")
+    n.add_argument("--files", type=positive_int, default=None, help="mix only N test utterances (a seeded choice)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the noises, offsets and file choice (default 0)")
+    n.add_argument(
+        "--design",
+        choices=("full", "balanced"),
+        default="full",
+        help="full: every utterance at every SNR with every noise (default); balanced: each utterance once",
+    )
+    n.add_argument("--force", action="store_true", help="replace a noisy set made with other options in OUT")
+    n.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    n.set_defaults(func=_noisy)
+    # `--snr -5,0,5,10` starts with "-": argparse takes it for an option unless it is one number; no option of
+    # this command starts with "-<digit>", so every such word is a value (checked by parse_snrs)
+    n._negative_number_matcher = re.compile(r"^-\d")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,9 @@ Submodules:
 * :mod:`~lightdvae.data.datasets`: the torch datasets (segments, whole utterances).
 * :mod:`~lightdvae.data.loaders`: :func:`make_loaders`, the DataLoaders of a corpus in one call.
 * :mod:`~lightdvae.data.batches`: the sharded segment batches of training (seeded by seed and epoch).
+* :mod:`~lightdvae.data.noisy`: noisy test sets for speech enhancement: :func:`build_noisy_set` mixes a test split
+  with generated or user noises at exact SNRs; :func:`read_noisy_set` reads ``noisy:DIR``, ``vbd:DIR`` and
+  ``wsj0-qut:DIR``.  Imported on first use.
 
 :class:`DataError` and :class:`DataWarning` are :mod:`lightdvae.errors`' (re-exported here).
 """
@@ -50,6 +53,21 @@ def build_corpus(*args, **kwargs):
     return _build(*args, **kwargs)
 
 
+def build_noisy_set(*args, **kwargs):
+    """Build a noisy test set: see :func:`lightdvae.data.noisy.build_noisy_set` (imported on call)."""
+    from lightdvae.data.noisy import build_noisy_set as _build
+
+    return _build(*args, **kwargs)
+
+
+def read_noisy_set(spec):
+    """Read a noisy test set (``noisy:DIR``, ``vbd:DIR``, ``wsj0-qut:DIR``): see
+    :func:`lightdvae.data.noisy.read_noisy_set` (imported on call)."""
+    from lightdvae.data.noisy import read_noisy_set as _read
+
+    return _read(spec)
+
+
 __all__ = [
     "SPLITS",
     "SEGMENT_FRAMES",
@@ -73,4 +91,6 @@ __all__ = [
     "list_audio_files",
     "build_corpus",
     "read_manifest",
+    "build_noisy_set",
+    "read_noisy_set",
 ]
