@@ -25,6 +25,7 @@ __all__ = [
     "GenerationError",
     "ExperimentError",
     "ReportError",
+    "EnhanceError",
     "FolderError",
     "BackendError",
 ]
@@ -68,6 +69,11 @@ class ExperimentError(UserError):
 
 class ReportError(UserError):
     """Nothing to report, or a path that does not exist: one line from ``lightdvae report``."""
+
+
+class EnhanceError(UserError):
+    """A speech enhancement that cannot run as asked (bad input audio, bad option, a model without an inference
+    network): one line from ``lightdvae enhance``."""
 
 
 class BackendError(UserError, ValueError):

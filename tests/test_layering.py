@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "evaluate": 4,
     "generation": 4,
     "report": 4,
+    "enhance": 4,
     "experiments": 5,
     "cli": 6,
     "__main__": 6,

@@ -19,6 +19,7 @@ COMMANDS = (
     "corpus",
     "train",
     "eval",
+    "enhance",
     "generate",
     "swap_w",
     "report",

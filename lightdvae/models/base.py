@@ -150,6 +150,14 @@ class DVAE(nn.Module):
     def loss(self, power: Tensor, beta: float = 1.0, kl_warm: float = 1.0, **forward_kwargs) -> LossTerms:
         return elbo_terms(power, self(power, **forward_kwargs), beta=beta, kl_warm=kl_warm)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q (the encoder): what speech enhancement fine-tunes while the
+        decoder and the prior stay frozen (:mod:`lightdvae.enhance`).  Every model of the package has one; a
+        model without one raises NotImplementedError."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no inference network to fine-tune (it defines no inference_parameters())"
+        )
+
     @torch.no_grad()
     def resynthesize(self, power: Tensor, past: str = "gen", sample: bool = False) -> Tensor:
         """Variance estimate ``exp(logvar)`` of ``power`` (batch, frames, F); no gradients."""

@@ -152,6 +152,22 @@ class DKF(DVAE):
         """Log-variance ``(..., x_dim)`` of p(s_t | z_t) for ``z (..., z_dim)``."""
         return self.decoder_logvar(self.decoder(z))
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q: the speech embedding, its LSTM, the z_{t-1} MLP, the posterior MLP
+        and heads."""
+        return [
+            p
+            for module in (
+                self.x_embed,
+                self.rnn_x,
+                self.z_to_g,
+                self.posterior_mlp,
+                self.posterior_mean,
+                self.posterior_logvar,
+            )
+            for p in module.parameters()
+        ]
+
     # ---------------------------------------------------------------- loops
 
     def sample_posterior(

@@ -173,6 +173,23 @@ class RVAE(DVAE):
         hidden = self.posterior_mlp(torch.cat([gx_t, gz_t], dim=-1))
         return self.posterior_mean(hidden), self.posterior_logvar(hidden), state
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q: the speech embedding and LSTM, the z embedding and LSTM, the
+        posterior MLP and heads."""
+        return [
+            p
+            for module in (
+                self.x_embed,
+                self.rnn_x,
+                self.z_embed,
+                self.rnn_z,
+                self.posterior_mlp,
+                self.posterior_mean,
+                self.posterior_logvar,
+            )
+            for p in module.parameters()
+        ]
+
     def decode(self, z: Tensor) -> Tensor:
         """Log-variance ``(batch, frames, x_dim)`` of p(s | z) for ``z (batch, frames, z_dim)``."""
         return _batch_first(self._decode_tm(z.transpose(0, 1).contiguous()))

@@ -187,6 +187,15 @@ class SRNN(DVAE):
         hidden = self.posterior_mlp(torch.cat([g_t, z_prev], dim=-1))
         return self.posterior_mean(hidden), self.posterior_logvar(hidden)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q: the [h_t ; s_t] embedding, the backward LSTM, the posterior MLP
+        and heads (the deterministic path h, shared with the generative model, is not part of it)."""
+        return [
+            p
+            for module in (self.g_embed, self.rnn_g, self.posterior_mlp, self.posterior_mean, self.posterior_logvar)
+            for p in module.parameters()
+        ]
+
     def prior(self, h: Tensor, z_prev: Tensor) -> tuple[Tensor, Tensor]:
         """p(z_t | z_{t-1}, h_t): ``h (..., rnn_h_dim)``, ``z_prev (..., z_dim)`` -> ``(mean, logvar)``."""
         hidden = self.prior_mlp(torch.cat([h, z_prev], dim=-1))

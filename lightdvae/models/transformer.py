@@ -218,6 +218,10 @@ class _HierarchicalTransformerDVAE(DVAE):
         """q(z_t | s_{1:T}, w) for all t at once: features (B, T, x_dim), w (B, w_dim) -> mean, logvar (B, T, z_dim)."""
         return self.z_head(self.z_encoder(self._with_w(feats, w))).chunk(2, dim=-1)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q: the w and z encoders and their heads."""
+        return [p for module in (self.w_encoder, self.w_head, self.z_encoder, self.z_head) for p in module.parameters()]
+
     # ---- decoding ----------------------------------------------------------------------------
 
     def _decode_speech(self, z: Tensor, w: Tensor, past_feats: Tensor) -> Tensor:

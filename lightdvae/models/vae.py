@@ -60,6 +60,10 @@ class VAE(DVAE):
         hidden = self.encoder(power)
         return self.posterior_mean(hidden), self.posterior_logvar(hidden)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the inference network q: the encoder MLP and the posterior heads."""
+        return [p for module in (self.encoder, self.posterior_mean, self.posterior_logvar) for p in module.parameters()]
+
     def decode(self, z: Tensor) -> Tensor:
         """Log-variance ``(..., x_dim)`` of p(s_t | z_t) for ``z (..., z_dim)``."""
         return self.decoder_logvar(self.decoder(z))

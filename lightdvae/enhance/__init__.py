@@ -1,0 +1,51 @@
+"""Unsupervised speech enhancement with a trained DVAE as the clean-speech prior (issue #16).
+
+X. Bie, S. Leglaive, X. Alameda-Pineda, L. Girin, "Unsupervised speech enhancement using dynamical variational
+autoencoders", IEEE/ACM Transactions on Audio, Speech, and Language Processing 30, 2022.
+
+The mixture's STFT ``X`` (SPEC section 2; the waveform divided by its peak) is modelled as
+``X_ft ~ N_c(0, g_t v_ft + (WH)_ft)``: ``v`` the clean-speech variance from the DVAE's decoder, ``g`` a gain per
+frame, ``WH`` a rank-K NMF of the noise variance.  A variational EM alternates, for each iteration:
+
+- E-step (:mod:`~lightdvae.enhance.inference`): one Adam step of the model's inference network (its
+  ``inference_parameters()``; the decoder and the prior stay frozen) on the negative ELBO whose reconstruction term
+  is ``d_IS(|X|^2, g v + WH)`` and whose KL terms are those of training, weighted by ``beta``; then a new sample of
+  z and of ``v``.  The encoder reads the mixture's power; the models that see past speech (SRNN, HiT/LigHT-DVAE)
+  decode with their own past (``past="gen"``).
+- M-step (:mod:`~lightdvae.enhance.noise`): IS-NMF multiplicative updates of W, then H, W's columns normalised,
+  then the gain g.
+
+The estimate is the Wiener filter ``g v / (g v + WH)`` applied to ``X`` (noisy phase), inverted by the iSTFT
+(:mod:`~lightdvae.enhance.api`; the loop is :mod:`~lightdvae.enhance.vem`).  Defaults as the reference runs them:
+K = 8, Adam lr 1e-3, 100 iterations, random W and H, g = 1; the E-step's ``beta`` is 1 (the priors were trained
+with 0.01).  The model runs in eval mode (no dropout) and is not modified.
+
+Typical use::
+
+    from lightdvae.enhance import enhance
+    result = enhance(model, noisy_16k, iterations=100, seed=0)
+    result.waveform, result.loss, result.seconds
+"""
+
+from lightdvae.enhance.api import batches, enhance, enhance_batch, stream_seed
+from lightdvae.enhance.inference import engine_for, inference_names
+from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step, mixture_divergence
+from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings
+from lightdvae.enhance.vem import run_vem, wiener_filter
+
+__all__ = [
+    "enhance",
+    "enhance_batch",
+    "EnhanceResult",
+    "EnhanceSettings",
+    "batches",
+    "stream_seed",
+    "engine_for",
+    "inference_names",
+    "NoiseModel",
+    "init_noise_model",
+    "m_step",
+    "mixture_divergence",
+    "run_vem",
+    "wiener_filter",
+]

@@ -1,0 +1,204 @@
+"""The public entry points: :func:`enhance` (one mixture) and :func:`enhance_batch` (many, enhanced together where
+the model allows).
+
+Front end (SPEC section 2): the 16 kHz mixture is divided by its peak, its STFT ``X`` taken with the protocol's
+sine window; the estimate is the Wiener filter applied to ``X`` (so with the noisy phase), inverted by the
+protocol's iSTFT and multiplied back by the peak.
+
+Batching (:mod:`lightdvae.enhance.inference`): a VAE batches utterances of any lengths (padding is neutral);
+HiT-DVAE and LigHT-DVAE batch utterances of equal lengths (buckets by frame count); DKF, RVAE and SRNN enhance one
+utterance at a time.  In every case utterance ``i`` of a call draws all its random numbers from its own stream,
+seeded by ``(seed, indices[i])``, and has its own noise model and its own copy of the inference network with its
+own Adam state: it gets the result it gets alone with the same seed and index (to float rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightdvae.audio import SILENCE_PEAK, istft, stft
+from lightdvae.enhance.inference import engine_class, engine_for, inference_names
+from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings
+from lightdvae.enhance.vem import run_vem
+from lightdvae.errors import EnhanceError
+from lightdvae.models import DVAE
+from lightdvae.runtime import parse_device
+
+__all__ = ["enhance", "enhance_batch", "stream_seed", "batches"]
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The seed of utterance ``index``'s random stream under ``seed`` (NumPy's SeedSequence of the pair)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _checked_wave(wave, where: str) -> tuple[Tensor, float]:
+    """A mixture as a float64 ``(samples,)`` tensor on the CPU, and its peak; raises :class:`EnhanceError`."""
+    if not isinstance(wave, Tensor):
+        try:
+            wave = torch.as_tensor(np.asarray(wave, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise EnhanceError(f"{where} is not a waveform (an array of samples)") from None
+    wave = wave.detach().to("cpu", torch.float64)
+    if wave.dim() != 1:
+        raise EnhanceError(f"{where} must be a mono waveform (samples,), got shape {tuple(wave.shape)}")
+    if wave.numel() == 0:
+        raise EnhanceError(f"{where} has no samples")
+    if not torch.isfinite(wave).all():
+        raise EnhanceError(f"{where} contains NaN or infinite samples")
+    peak = float(wave.abs().max())
+    if peak < SILENCE_PEAK:
+        raise EnhanceError(f"{where} is silent (peak {peak:.2e} < {SILENCE_PEAK:g}): there is nothing to enhance")
+    return wave, peak
+
+
+def batches(model: DVAE, lengths: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
+    """The utterances (indices into ``lengths``, frame counts) that one EM run enhances together, in order of first
+    appearance: all of them for a frame-wise model, equal lengths for HiT/LigHT-DVAE, one each for the others;
+    at most ``batch_size`` per run."""
+    engine = engine_class(model)
+    groups: dict[object, list[int]] = {}
+    for i, n in enumerate(lengths):
+        key = i if not engine.batched else (None if engine.padding_neutral else int(n))
+        groups.setdefault(key, []).append(i)
+    size = batch_size or len(lengths)
+    return [members[k : k + size] for members in groups.values() for k in range(0, len(members), size)]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: DVAE) -> Iterator[None]:
+    """The model in eval mode (no dropout) inside the block, its mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _model_on(model: DVAE, device) -> DVAE:
+    """The model on ``device`` (None: where it is); a copy when it has to move (the caller's model stays put)."""
+    target = parse_device(device, EnhanceError)
+    if target is None or target == model.device or (target.index is None and target.type == model.device.type):
+        return model
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise EnhanceError(f"device {str(device)!r} asks for a GPU but torch sees no CUDA device; use cpu")
+    import copy
+
+    return copy.deepcopy(model).to(target)
+
+
+def enhance_batch(
+    model: DVAE,
+    waveforms: Sequence,
+    *,
+    iterations: int = 100,
+    rank: int = 8,
+    lr: float = 1e-3,
+    beta: float = 1.0,
+    samples: int = 1,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    device: str | torch.device | None = None,
+    indices: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> list[EnhanceResult]:
+    """Enhance many noisy utterances with ``model`` as the clean-speech prior; one :class:`EnhanceResult` each.
+
+    Args:
+        model: a trained DVAE of the package (its weights are not modified).
+        waveforms: mono 16 kHz mixtures, each ``(samples,)`` (NumPy or torch).
+        iterations, rank, lr, beta, samples, seed, max_seconds: see :class:`EnhanceSettings`.
+        device: where to run (None: the model's device; "auto", "cpu", "cuda", "cuda:N").
+        indices: each utterance's index in its data set (default ``0 .. n-1``): with ``seed`` it picks the
+            utterance's random stream, so an utterance gets the same result in any batch.
+        batch_size: at most this many utterances per EM run (None: no limit).
+
+    Raises :class:`lightdvae.errors.EnhanceError` for bad options, bad waveforms or a model without an inference
+    network.  Runs in the model's dtype.
+    """
+    settings = EnhanceSettings(iterations, rank, lr, beta, samples, seed, max_seconds)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise EnhanceError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
+    waves = [_checked_wave(w, f"waveform {i}") for i, w in enumerate(waveforms)]
+    indices = list(range(len(waves))) if indices is None else [int(i) for i in indices]
+    if len(indices) != len(waves):
+        raise EnhanceError(f"indices has {len(indices)} entries for {len(waves)} waveforms")
+    inference_names(model)  # a model without an inference network fails before any work
+    model = _model_on(model, device)
+    param = next(model.parameters())
+    results: list[EnhanceResult | None] = [None] * len(waves)
+    specs = [stft((w / peak).to(param.device, param.dtype)) for w, peak in waves]
+    with _eval_mode(model):
+        for group in batches(model, [s.shape[0] for s in specs], batch_size):
+            _enhance_group(model, group, specs, waves, indices, settings, results)
+    return results
+
+
+def _enhance_group(model, group, specs, waves, indices, settings, results) -> None:
+    """One EM run over the utterances ``group`` (indices into ``specs``); fills their ``results``."""
+    device = specs[group[0]].device
+    lengths = [specs[i].shape[0] for i in group]
+    spec = torch.zeros(len(group), max(lengths), specs[group[0]].shape[-1], dtype=specs[group[0]].dtype, device=device)
+    for row, i in enumerate(group):
+        spec[row, : lengths[row]] = specs[i]
+    power = torch.view_as_real(spec).square().sum(-1)
+    gens = [torch.Generator(device).manual_seed(stream_seed(settings.seed, indices[i])) for i in group]
+    out = run_vem(engine_for(model, len(group), settings.lr), power, lengths, gens, settings)
+    for row, i in enumerate(group):
+        n = lengths[row]
+        wave, peak = waves[i]
+        estimate = istft(out.filter[row, :n] * spec[row, :n], length=wave.numel()) * peak
+        results[i] = EnhanceResult(
+            waveform=estimate.detach().to("cpu", torch.float32).numpy(),
+            speech_variance=out.speech[row, :n].cpu(),
+            noise_variance=out.noise[row, :n].cpu(),
+            loss=[float(v) for v in out.loss[:, row]],
+            iterations=out.iterations,
+            seconds=out.seconds,
+            stopped_early=out.stopped_early,
+            batch=len(group),
+        )
+
+
+def enhance(
+    model: DVAE,
+    noisy_waveform,
+    *,
+    iterations: int = 100,
+    rank: int = 8,
+    lr: float = 1e-3,
+    beta: float = 1.0,
+    samples: int = 1,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    device: str | torch.device | None = None,
+    index: int = 0,
+) -> EnhanceResult:
+    """Enhance one noisy 16 kHz mono waveform ``(samples,)`` with ``model`` as the clean-speech prior.
+
+    The arguments are those of :func:`enhance_batch` (``index``: the utterance's index for its random stream).
+    Example::
+
+        from lightdvae.models import pretrained
+        result = enhance(pretrained("vae"), noisy, iterations=100, seed=0)
+        result.waveform, result.loss[-1], result.seconds
+    """
+    return enhance_batch(
+        model,
+        [noisy_waveform],
+        iterations=iterations,
+        rank=rank,
+        lr=lr,
+        beta=beta,
+        samples=samples,
+        seed=seed,
+        max_seconds=max_seconds,
+        device=device,
+        indices=[index],
+    )[0]

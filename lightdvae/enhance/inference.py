@@ -1,0 +1,247 @@
+"""The E-step of the variational EM: the DVAE's inference network, one copy per utterance, fine-tuned by Adam.
+
+Each utterance of a batch has its own copy of the inference network (the reference fine-tunes one encoder per
+utterance).  The copies are stacked: every inference parameter of shape ``S`` becomes one leaf tensor
+``(batch, *S)``, and one :class:`torch.optim.Adam` steps them all.  Adam is element-wise (its moments and its
+step are per element, with no norm across elements), so one Adam over stacked copies is exactly one Adam per
+utterance, provided copy ``i`` receives the gradient of utterance ``i``'s loss alone: the batch loss is the sum
+of the utterances' losses, and utterance ``i``'s loss reads only copy ``i``.  The decoder and the prior are the
+model's own parameters, detached (frozen: no gradient is computed for them, none is stored on the model, and the
+model itself is never modified).
+
+How a family runs its copies (:func:`engine_for`):
+
+- :class:`FramewiseEngine` (VAE): ``torch.func.vmap`` of the encoder over the stacked copies; frames are
+  independent, so padding is neutral and utterances of any lengths batch together.
+- :class:`HierarchicalEngine` (HiT-DVAE, LigHT-DVAE): ``vmap`` of the w and z encoders; their self-attention is
+  not causal and w pools over time, so padding is not neutral: the batch must hold utterances of one length
+  (:func:`lightdvae.enhance.api.enhance_batch` buckets them by length).
+- :class:`SequentialEngine` (DKF, RVAE, SRNN): their posteriors run in native sampling loops and their encoders
+  hold LSTMs, neither of which ``vmap`` batches; each utterance runs alone (a batch of one), through
+  ``torch.func.functional_call`` of the model's own ``forward(power, past="gen", eps=...)``.
+
+Every random draw of utterance ``i`` (the reparameterisation noise) comes from its own generator, so an utterance
+gets the same numbers in any batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from lightdvae.errors import EnhanceError
+from lightdvae.models import DVAE
+from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
+from lightdvae.models.vae import VAE
+from lightdvae.ops import gaussian_kl, is_divergence
+
+__all__ = ["InferenceEngine", "FramewiseEngine", "HierarchicalEngine", "SequentialEngine", "engine_for"]
+
+
+class _Method(nn.Module):
+    """``model.<method>(*args)`` as a module call, so that ``functional_call`` can swap the model's parameters
+    (named ``model.<name>``) for one call of any of its methods."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.model, self.method)(*args, **kwargs)
+
+
+def inference_names(model: DVAE) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the model's inference parameters; raises
+    :class:`EnhanceError` for a model without an inference network."""
+    try:
+        own = {id(p) for p in model.inference_parameters()}
+    except NotImplementedError as exc:
+        raise EnhanceError(f"cannot enhance with this model: {exc}") from None
+    names = [n for n, p in model.named_parameters() if id(p) in own]
+    if not names:
+        raise EnhanceError(f"cannot enhance with {type(model).__name__}: its inference network has no parameters")
+    return names
+
+
+def draw(generators: list[torch.Generator], lengths: list[int], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Standard normal noise ``(batch, frames, *shape)`` (``frames = max(lengths)``, zeros on padded frames), or
+    ``(batch, *shape)`` when ``lengths`` is empty; utterance ``i`` draws its own frames from ``generators[i]``."""
+    if not lengths:
+        rows = [torch.randn(shape, dtype=like.dtype, device=like.device, generator=g) for g in generators]
+        return torch.stack(rows)
+    out = like.new_zeros(len(generators), max(lengths), *shape)
+    for i, (n, gen) in enumerate(zip(lengths, generators, strict=True)):
+        out[i, :n] = torch.randn(n, *shape, dtype=like.dtype, device=like.device, generator=gen)
+    return out
+
+
+class InferenceEngine:
+    """Stacked copies of a model's inference network for a batch of ``batch`` utterances, and the E-step on them.
+
+    Subclasses implement :meth:`posterior_pass` and say whether utterances batch (``batched``) and whether
+    padding is neutral (``padding_neutral``).
+    """
+
+    batched: ClassVar[bool] = True
+    padding_neutral: ClassVar[bool] = True
+
+    def __init__(self, model: DVAE, batch: int, lr: float):
+        self.model = model
+        self.names = inference_names(model)
+        own = dict(model.named_parameters())
+        #: the decoder and the prior: the model's tensors, detached (read only)
+        self.frozen = {n: p.detach() for n, p in own.items() if n not in self.names}
+        #: one copy of each inference parameter per utterance, ``(batch, *shape)`` leaves
+        self.stacked = {
+            n: own[n].detach().unsqueeze(0).repeat(batch, *([1] * own[n].dim())).requires_grad_() for n in self.names
+        }
+        self.optimizer = torch.optim.Adam(list(self.stacked.values()), lr=lr)
+        self._methods: dict[str, _Method] = {}
+
+    def call(self, method: str, params: dict[str, Tensor], *args, **kwargs):
+        """``model.<method>(*args, **kwargs)`` with ``params`` (name -> tensor) in place of the model's own."""
+        if method not in self._methods:
+            self._methods[method] = _Method(self.model, method)
+        named = {f"model.{n}": t for n, t in params.items()}
+        return functional_call(self._methods[method], named, args, kwargs)
+
+    def parameters_of(self, i: int) -> dict[str, Tensor]:
+        """Every parameter utterance ``i`` is enhanced with (detached): the frozen ones and its inference copy."""
+        return {**self.frozen, **{n: p[i].detach() for n, p in self.stacked.items()}}
+
+    def posterior_pass(
+        self, power: Tensor, lengths: list[int], generators: list[torch.Generator], grad: bool
+    ) -> tuple[Tensor, Tensor | None]:  # pragma: no cover
+        """One sample through the model fed its own past: the decoder's log-variance ``(batch, frames, F)`` and,
+        when ``grad``, each utterance's KL terms summed over its frames ``(batch,)`` (None otherwise)."""
+        raise NotImplementedError
+
+    def step(
+        self,
+        power: Tensor,
+        lengths: list[int],
+        mask: Tensor,
+        gain: Tensor,
+        noise: Tensor,
+        beta: float,
+        generators: list[torch.Generator],
+    ) -> Tensor:
+        """One Adam step on the negative ELBO of each utterance: ``sum d_IS(|X|^2, g v + WH) + beta * KL`` over its
+        own frames (sums, as the reference).  ``gain (batch, frames)``, ``noise (batch, frames, F)``.  Returns the
+        losses before the step, ``(batch,)``."""
+        params = list(self.stacked.values())
+        with torch.enable_grad():
+            logvar, kl = self.posterior_pass(power, lengths, generators, grad=True)
+            log_vx = torch.log(torch.addcmul(noise, gain[..., None], torch.exp(logvar)))
+            recon = (is_divergence(power, log_vx, reduction="none") * mask[..., None]).sum((1, 2))
+            losses = recon + beta * kl
+            grads = torch.autograd.grad(losses.sum(), params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        return losses.detach()
+
+    @torch.no_grad()
+    def sample(self, power: Tensor, lengths: list[int], generators: list[torch.Generator]) -> Tensor:
+        """A new sample of the clean-speech variance ``v = exp(logvar)``, ``(batch, frames, F)``."""
+        return torch.exp(self.posterior_pass(power, lengths, generators, grad=False)[0])
+
+
+def _masked_kl(mean, logvar, mean_p, logvar_p, lengths: list[int]) -> Tensor:
+    """Gaussian KL summed over z and over each utterance's own frames: ``(batch,)``."""
+    kl = gaussian_kl(mean, logvar, mean_p, logvar_p, reduction="none").sum(-1)  # (batch, frames)
+    frames = torch.arange(kl.shape[1], device=kl.device)
+    keep = frames[None, :] < torch.tensor(lengths, device=kl.device)[:, None]
+    return (kl * keep).sum(-1)
+
+
+class FramewiseEngine(InferenceEngine):
+    """VAE: the encoder of each copy ``vmap``-ped over the batch; the shared decoder decodes all at once."""
+
+    def posterior_pass(self, power, lengths, generators, grad):
+        def encode(params, x):
+            return self.call("encode", params, x)
+
+        mean, logvar = vmap(encode)(self.stacked if grad else _detached(self.stacked), power)
+        eps = draw(generators, lengths, (self.model.config.z_dim,), power)
+        z = torch.addcmul(mean, eps, torch.exp(0.5 * logvar))
+        out = self.call("decode", self.frozen, z)
+        return out, _masked_kl(mean, logvar, None, None, lengths) if grad else None
+
+
+class HierarchicalEngine(InferenceEngine):
+    """HiT-DVAE / LigHT-DVAE: the w and z encoders of each copy ``vmap``-ped over the batch (equal lengths only);
+    the speech decoder fed its own past by the model's cached loop, then (with gradients) the parallel pass on that
+    past, as ``forward(power, past="gen")`` does."""
+
+    padding_neutral = False
+
+    def posterior_pass(self, power, lengths, generators, grad):
+        if len(set(lengths)) != 1:
+            raise ValueError("HiT-DVAE / LigHT-DVAE enhance utterances of one length per batch (bucket them)")
+        params = self.stacked if grad else _detached(self.stacked)
+        c = self.model.config
+        feats = self.model.features(power)
+
+        def encode_w(p, x):
+            mean, logvar = self.call("encode_w", p, x[None])
+            return mean[0], logvar[0]
+
+        def encode_z(p, x, w):
+            mean, logvar = self.call("encode_z", p, x[None], w[None])
+            return mean[0], logvar[0]
+
+        with warnings.catch_warnings():  # vmap of CPU attention falls back to a loop over the batch, and says so
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            w_mean, w_logvar = vmap(encode_w)(params, feats)
+            eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
+            w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
+            z_mean, z_logvar = vmap(encode_z)(params, feats, w)
+        z = torch.addcmul(z_mean, draw(generators, lengths, (c.z_dim,), power), torch.exp(0.5 * z_logvar))
+        steps = self.call("decode_stepwise", self.frozen, w.detach(), power.shape[1], z=z.detach(), prior=False)
+        if not grad:
+            return steps["logvar"], None
+        logvar, mean_p, logvar_p = self.call("decode", self.frozen, z, w, torch.exp(steps["logvar"]))
+        kl_w = gaussian_kl(w_mean, w_logvar, reduction="none").sum(-1)
+        return logvar, _masked_kl(z_mean, z_logvar, mean_p, logvar_p, lengths) + kl_w
+
+
+class SequentialEngine(InferenceEngine):
+    """DKF, RVAE, SRNN: one utterance per batch, through the model's own ``forward(power, past="gen", eps=...)``
+    (the native posterior and own-past loops) with the utterance's inference copy swapped in."""
+
+    batched = False
+
+    def posterior_pass(self, power, lengths, generators, grad):
+        if power.shape[0] != 1:
+            raise ValueError(f"{type(self.model).__name__} enhances one utterance at a time, got {power.shape[0]}")
+        params = {**self.frozen, **{n: p[0] if grad else p[0].detach() for n, p in self.stacked.items()}}
+        eps = draw(generators, lengths, (self.model.config.z_dim,), power)
+        out = self.call("forward", params, power, past="gen", eps=eps)
+        if not grad:
+            return out.logvar, None
+        return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
+
+
+def _detached(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {n: p.detach() for n, p in params.items()}
+
+
+def engine_class(model: DVAE) -> type[InferenceEngine]:
+    """The engine of a model's family (see the module docstring)."""
+    if isinstance(model, VAE):
+        return FramewiseEngine
+    if isinstance(model, (HiTDVAE, LigHTDVAE)):
+        return HierarchicalEngine
+    return SequentialEngine
+
+
+def engine_for(model: DVAE, batch: int, lr: float) -> InferenceEngine:
+    """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
+    utterances."""
+    return engine_class(model)(model, batch, lr)

@@ -1,0 +1,118 @@
+"""The M-step of the variational EM: the noise variance of a rank-K NMF and the per-frame gain of the speech.
+
+Observation model (Bie et al. 2022, section III): ``X_ft ~ N_c(0, g_t v_ft + (WH)_ft)`` with the clean-speech
+variance ``v`` from the DVAE decoder (held fixed here), ``W (F, K)`` and ``H (K, T)`` non-negative.  The updates
+are the multiplicative updates of IS-NMF with exponent 1/2 (Févotte & Idier, Neural Computation 2011: with that
+exponent each update never increases the Itakura-Saito divergence ``d_IS(|X|^2, g v + WH)``), in the reference's
+order: W, then H, then the columns of W normalised to unit l1 norm (H rescaled so WH is unchanged), then g.
+
+Layout: utterances are batched and padded, power and variances ``(batch, frames, F)`` like the models; ``W`` is
+``(batch, F, K)``, ``H`` ``(batch, K, frames)``, ``g`` ``(batch, frames)``; ``mask`` ``(batch, frames)`` bool is
+True on an utterance's own frames.  Padded frames take no part in the sums over time (so the W of an utterance is
+what it would be alone) and their H and g are left as they are.  Everything here runs without gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["NoiseModel", "init_noise_model", "m_step", "mixture_divergence"]
+
+#: Floor of the random initial W and H (the reference's machine epsilon): a zero entry would stay zero forever.
+INIT_FLOOR = 2.220446049250313e-16
+#: Added to |X|^2 inside the log of the reported divergence, so that digitally silent bins stay finite.
+LOG_EPS = 1e-8
+
+
+@dataclass
+class NoiseModel:
+    """The M-step's variables of a batch of utterances: ``W (batch, F, K)``, ``H (batch, K, frames)``, the gain
+    ``g (batch, frames)``."""
+
+    W: Tensor
+    H: Tensor
+    g: Tensor
+
+    def noise_variance(self) -> Tensor:
+        """``(WH)^T``: the noise variance, ``(batch, frames, F)``."""
+        return torch.bmm(self.H.transpose(1, 2), self.W.transpose(1, 2))
+
+    def mixture_variance(self, speech: Tensor) -> Tensor:
+        """``g v + WH``, ``(batch, frames, F)``, for the speech variance ``v (batch, frames, F)``."""
+        return torch.addcmul(self.noise_variance(), self.g[..., None], speech)
+
+
+def init_noise_model(
+    lengths: list[int], bins: int, rank: int, generators: list[torch.Generator], *, dtype, device
+) -> NoiseModel:
+    """Random non-negative ``W`` and ``H`` (uniform on [0, 1), floored at :data:`INIT_FLOOR`) and ``g = 1``.
+
+    Utterance ``i`` draws its ``W (F, K)`` then its ``H (K, lengths[i])`` from ``generators[i]`` alone, so it gets
+    the same start in any batch; padded frames of ``H`` are 1.
+    """
+    frames = max(lengths)
+    W = torch.empty(len(lengths), bins, rank, dtype=dtype, device=device)
+    H = torch.ones(len(lengths), rank, frames, dtype=dtype, device=device)
+    for i, (n, gen) in enumerate(zip(lengths, generators, strict=True)):
+        W[i] = torch.rand(bins, rank, dtype=dtype, device=device, generator=gen)
+        H[i, :, :n] = torch.rand(rank, n, dtype=dtype, device=device, generator=gen)
+    g = torch.ones(len(lengths), frames, dtype=dtype, device=device)
+    return NoiseModel(W.clamp_(min=INIT_FLOOR), H.clamp_(min=INIT_FLOOR), g)
+
+
+def _ratio(num: Tensor, den: Tensor, keep: Tensor | None = None) -> Tensor:
+    """``sqrt(num / den)``, the multiplicative update's factor; 1 where ``keep`` is False (padded frames)."""
+    factor = torch.sqrt(num / den)
+    return factor if keep is None else torch.where(keep, factor, torch.ones_like(factor))
+
+
+@torch.no_grad()
+def m_step(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> NoiseModel:
+    """One M-step in place: W, H (with the columns of W normalised) and g, each from the variance of the step
+    before.  ``power`` is the mixture's ``|X|^2`` and ``speech`` the decoder's variance ``v``, both
+    ``(batch, frames, F)``; ``mask (batch, frames)``.  Returns ``state``."""
+    valid = mask[..., None].to(power.dtype)
+    power = power * valid
+
+    def weights() -> tuple[Tensor, Tensor]:
+        inv = torch.reciprocal(state.mixture_variance(speech)) * valid  # 1 / Vx on the utterance's frames
+        return power * inv * inv, inv  # |X|^2 / Vx^2, 1 / Vx
+
+    # W (F, K): sums over frames
+    a, b = weights()
+    state.W.mul_(
+        _ratio(
+            torch.bmm(a.transpose(1, 2), state.H.transpose(1, 2)), torch.bmm(b.transpose(1, 2), state.H.transpose(1, 2))
+        )
+    )
+    # H (K, T): sums over frequency
+    a, b = weights()
+    keep = mask[:, None, :]
+    state.H.mul_(
+        _ratio(
+            torch.bmm(state.W.transpose(1, 2), a.transpose(1, 2)),
+            torch.bmm(state.W.transpose(1, 2), b.transpose(1, 2)),
+            keep,
+        )
+    )
+    # unit l1 columns of W; H takes the scale, so WH is unchanged
+    norm = state.W.abs().sum(dim=1, keepdim=True)  # (batch, 1, K)
+    state.W.div_(norm)
+    state.H.mul_(norm.transpose(1, 2))
+    # g (T): sums over frequency, v fixed
+    a, b = weights()
+    state.g.mul_(_ratio((a * speech).sum(-1), (b * speech).sum(-1), mask))
+    return state
+
+
+@torch.no_grad()
+def mixture_divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> Tensor:
+    """``d_IS(|X|^2, g v + WH)`` averaged over each utterance's own time-frequency bins: ``(batch,)``."""
+    vx = state.mixture_variance(speech)
+    ratio = (power + LOG_EPS) / vx
+    d = power / vx - torch.log(ratio) - 1.0
+    valid = mask[..., None].to(power.dtype)
+    return (d * valid).sum((1, 2)) / (valid.sum((1, 2)) * power.shape[-1])

@@ -1,0 +1,267 @@
+"""Unsupervised speech enhancement with a DVAE prior (issue #16): the M-step, the E-step, the Wiener filter, batching,
+an enhancement that helps, and the command's one-line errors.
+
+Numbers are compared in float64, where the computations agree to ~1e-15; the tolerances below are a few orders
+above that, far below any real difference (one Adam step moves a weight by ~1e-3)."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import TINY_LIGHT, make_run, speech_like
+
+from lightdvae.audio import istft, stft
+from lightdvae.cli import main
+from lightdvae.enhance import (
+    batches,
+    engine_for,
+    enhance,
+    enhance_batch,
+    inference_names,
+    init_noise_model,
+    m_step,
+    mixture_divergence,
+    wiener_filter,
+)
+from lightdvae.errors import EnhanceError
+from lightdvae.metrics import si_sdr
+from lightdvae.models import DVAE, build
+from lightdvae.models.vae import VAE
+
+pytestmark = pytest.mark.usefixtures("private_dirs", "one_thread")
+
+#: every family, at a size that runs in a fraction of a second
+FAMILIES = {
+    "vae": {"encoder_dims": [32], "decoder_dims": [32]},
+    "dkf": {"x_dims": [32], "rnn_dim": 16, "z_to_g_dims": [8], "posterior_dims": [8], "decoder_dims": [32]},
+    "rvae": {"rnn_x_dim": 16, "rnn_z_dim": 16, "rnn_h_dim": 16},
+    "srnn": {"h_dims": [32], "rnn_h_dim": 16, "g_dims": [32], "rnn_g_dim": 16, "decoder_dims": [32]},
+    "hit-dvae": TINY_LIGHT,
+    "light-dvae": TINY_LIGHT,
+}
+TIGHT = dict(rtol=1e-9, atol=1e-12)  # float64 results that must agree
+
+
+def _model(name: str) -> DVAE:
+    torch.manual_seed(0)
+    return build(name, **FAMILIES[name]).double().eval()
+
+
+def _mixture(seconds: float, seed: int, snr_db: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    clean = speech_like(seconds, seed).astype(np.float64)
+    noise = np.random.default_rng(seed + 100).standard_normal(clean.size)
+    noise *= np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr_db / 10))
+    return clean, clean + noise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# M-step
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", range(5))
+def test_the_m_step_never_increases_the_divergence(case):
+    gen = torch.Generator().manual_seed(case)
+    lengths = [int(n) for n in torch.randint(3, 40, (3,), generator=gen)]
+    rank = int(torch.randint(1, 10, (1,), generator=gen))
+    shape = (3, max(lengths), 513)
+    power = torch.rand(shape, generator=gen, dtype=torch.float64) ** 3 * 10.0 ** (3 * case - 6)
+    speech = torch.rand(shape, generator=gen, dtype=torch.float64) * 10.0 ** (3 * case - 6) + 1e-12
+    mask = torch.arange(shape[1])[None] < torch.tensor(lengths)[:, None]
+    gens = [torch.Generator().manual_seed(case * 10 + i) for i in range(3)]
+    state = init_noise_model(lengths, 513, rank, gens, dtype=torch.float64, device="cpu")
+    before = mixture_divergence(state, power, speech, mask)
+    for _ in range(30):
+        wh = state.noise_variance()
+        m_step(state, power, speech, mask)
+        after = mixture_divergence(state, power, speech, mask)
+        assert (after <= before * (1 + 1e-12)).all(), (before, after)
+        assert torch.isfinite(state.W).all() and (state.W >= 0).all() and (state.H >= 0).all()
+        torch.testing.assert_close(state.W.sum(1), torch.ones(3, rank, dtype=torch.float64))  # unit l1 columns
+        assert not torch.equal(wh, state.noise_variance())
+        before = after
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# E-step
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_e_step_changes_only_the_inference_network(name):
+    model = _model(name)
+    model_before = {k: v.clone() for k, v in model.state_dict().items()}
+    power = stft(torch.as_tensor(_mixture(0.3, 1)[1])).abs().square()[None]
+    lengths = [power.shape[1]]
+    engine = engine_for(model, 1, lr=1e-3)
+    before = {k: v.clone() for k, v in engine.parameters_of(0).items()}
+    gens = [torch.Generator().manual_seed(0)]
+    noise = torch.full_like(power, 0.1)
+    mask = torch.ones(1, lengths[0], dtype=torch.bool)
+    engine.step(power, lengths, mask, torch.ones(1, lengths[0], dtype=power.dtype), noise, 1.0, gens)
+    after = engine.parameters_of(0)
+    inference = set(inference_names(model))
+    assert inference and inference < set(before)
+    for key, value in before.items():
+        if key in inference:
+            assert not torch.equal(value, after[key]), f"{key} of the inference network did not move"
+        else:
+            assert torch.equal(value, after[key]), f"{key} is not part of the inference network but changed"
+    for key, value in model.state_dict().items():  # the caller's model is never touched
+        assert torch.equal(value, model_before[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_model_without_an_inference_network_is_refused(monkeypatch):
+    model = _model("vae")
+    monkeypatch.setattr(VAE, "inference_parameters", DVAE.inference_parameters)
+    with pytest.raises(EnhanceError, match="no inference network"):
+        enhance(model, _mixture(0.2, 1)[1], iterations=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wiener filter
+# ---------------------------------------------------------------------------------------------------------------
+def test_with_no_noise_the_wiener_filter_returns_the_mixture():
+    wave = torch.as_tensor(_mixture(0.5, 2)[1])
+    outs = {}
+    for dtype in (torch.float64, torch.float32):
+        x = wave.to(dtype)
+        spec = stft(x)
+        speech = torch.rand(spec.shape, dtype=dtype) + 1e-3
+        filt = wiener_filter(speech, torch.zeros_like(speech))
+        assert torch.equal(filt, torch.ones_like(filt))
+        outs[dtype] = istft(filt * spec, length=x.numel())
+    torch.testing.assert_close(outs[torch.float64], wave, rtol=0, atol=1e-12)  # float64: the STFT pair's rounding
+    torch.testing.assert_close(outs[torch.float32].double(), outs[torch.float64], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_batch_gives_each_utterance_what_it_gets_alone(name):
+    model = _model(name)
+    waves = [_mixture(s, i)[1] for i, s in enumerate((0.30, 0.42, 0.30, 0.55))]
+    together = enhance_batch(model, waves, iterations=3, seed=7)
+    expected_batch = {"vae": [4] * 4, "hit-dvae": [2, 1, 2, 1], "light-dvae": [2, 1, 2, 1]}.get(name, [1] * 4)
+    assert [r.batch for r in together] == expected_batch
+    for i, wave in enumerate(waves):
+        alone = enhance(model, wave, iterations=3, seed=7, index=i)
+        assert alone.batch == 1 and together[i].iterations == alone.iterations == 3
+        assert together[i].waveform.shape == wave.shape
+        torch.testing.assert_close(torch.as_tensor(together[i].waveform), torch.as_tensor(alone.waveform), **TIGHT)
+        torch.testing.assert_close(together[i].speech_variance, alone.speech_variance, **TIGHT)
+        torch.testing.assert_close(together[i].noise_variance, alone.noise_variance, **TIGHT)
+        np.testing.assert_allclose(together[i].loss, alone.loss, rtol=1e-9)
+    # another seed, another result
+    other = enhance(model, waves[0], iterations=3, seed=8)
+    assert not np.allclose(other.waveform, together[0].waveform)
+
+
+def test_batches_follow_the_family():
+    lengths = [10, 12, 10, 10, 7]
+    assert batches(_model("vae"), lengths, batch_size=3) == [[0, 1, 2], [3, 4]]
+    assert batches(_model("light-dvae"), lengths) == [[0, 2, 3], [1], [4]]
+    assert batches(_model("srnn"), lengths) == [[0], [1], [2], [3], [4]]
+
+
+def test_a_time_budget_stops_early():
+    result = enhance(_model("vae"), _mixture(0.3, 1)[1], iterations=10_000, max_seconds=0.2)
+    assert result.stopped_early and 1 <= result.iterations < 10_000 and len(result.loss) == result.iterations
+    assert "stopped early" in result.summary()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# It enhances
+# ---------------------------------------------------------------------------------------------------------------
+def _shipped_vae():
+    from lightdvae.models.pretrained import PretrainedError, pretrained
+
+    try:
+        return pretrained("vae")
+    except PretrainedError as exc:
+        pytest.skip(f"the shipped VAE prior is not there: {exc}")
+
+
+def test_enhancement_with_the_shipped_vae_raises_si_sdr():
+    model = _shipped_vae()
+    clean, noisy = _mixture(1.5, 3, snr_db=5.0)
+    result = enhance(model, noisy, iterations=30, seed=0)
+    before, after = si_sdr(clean, noisy), si_sdr(clean, result.waveform)
+    print(f"SI-SDR {before:.2f} dB -> {after:.2f} dB, {result.seconds_per_iteration * 1000:.1f} ms/iteration")
+    assert after > before + 1.0
+    assert np.isfinite(result.loss).all() and result.loss[-1] < result.loss[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options, expect",
+    [
+        ({"iterations": 0}, "iterations"),
+        ({"rank": 1.5}, "rank"),
+        ({"lr": -1.0}, "lr"),
+        ({"beta": float("nan")}, "beta"),
+        ({"samples": 0}, "samples"),
+        ({"seed": -1}, "seed"),
+        ({"max_seconds": 0}, "max_seconds"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_options_are_one_clear_error(options, expect):
+    with pytest.raises(EnhanceError, match=expect):
+        enhance(_model("vae"), _mixture(0.2, 1)[1], **options)
+
+
+@pytest.mark.parametrize(
+    "wave, expect",
+    [(np.zeros(4000), "silent"), (np.zeros((2, 4000)), "mono"), (np.array([]), "no samples"), ([np.nan], "NaN")],
+)
+def test_bad_waveforms_are_one_clear_error(wave, expect):
+    with pytest.raises(EnhanceError, match=expect):
+        enhance(_model("vae"), wave)
+
+
+def _one_line_error(capsys, argv, expect: str):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("lightdvae enhance: error: ") and expect in err[0], err[0]
+
+
+@pytest.fixture
+def files(tmp_path):
+    clean, noisy = _mixture(0.5, 4)
+    sf.write(tmp_path / "clean.wav", clean, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "noisy.wav", 0.5 * noisy / np.abs(noisy).max(), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "silent.wav", np.zeros(8000), 16000)
+    stereo = np.stack([noisy, noisy], 1)[::2] / np.abs(noisy).max() / 2  # 8 kHz stereo
+    sf.write(tmp_path / "stereo8k.wav", stereo, 8000, subtype="FLOAT")
+    return tmp_path
+
+
+def test_the_command_enhances_a_file(files, capsys):
+    run = make_run(files / "run", "vae")
+    argv = ["enhance", str(run), str(files / "noisy.wav"), "--out", str(files / "out.wav"), "--iterations", "2"]
+    assert main([*argv, "--clean", str(files / "clean.wav"), "--device", "cpu", "--threads", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and "2 iterations" in line[0] and "SI-SDR" in line[0], line
+    out, rate = sf.read(files / "out.wav")
+    assert rate == 16000 and out.shape == (8000,)
+    stereo = ["enhance", str(run), str(files / "stereo8k.wav"), "--out", str(files / "out2.wav"), "--iterations", "1"]
+    assert main(stereo) == 0
+    said = capsys.readouterr().out
+    assert "mixed 2 channels down" in said and "resampled 8000 Hz -> 16000 Hz" in said, said
+
+
+def test_the_command_says_what_is_wrong_in_one_line(files, capsys, monkeypatch):
+    run = make_run(files / "run", "vae")
+    noisy, out = str(files / "noisy.wav"), str(files / "out.wav")
+    _one_line_error(capsys, ["enhance", str(run), str(files / "missing.wav"), "--out", out], "does not exist")
+    _one_line_error(capsys, ["enhance", str(run), str(files / "silent.wav"), "--out", out], "silent")
+    _one_line_error(capsys, ["enhance", str(files / "no-run"), noisy, "--out", out], "does not exist")
+    _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out, "--seed", "-1"], "seed")
+    _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out, "--clean", str(files / "nope.wav")], "nope")
+    monkeypatch.setattr(VAE, "inference_parameters", DVAE.inference_parameters)
+    _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out], "no inference network")
+    with pytest.raises(SystemExit) as stop:  # argparse's own check of the option types
+        main(["enhance", str(run), noisy, "--out", out, "--iterations", "0"])
+    assert stop.value.code == 2
