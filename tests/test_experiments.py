@@ -227,15 +227,17 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
     from lightdvae.runs import export_pretrained
 
     base = dict(models=("dkf",), cost=False)
-    first = X.run_experiment(_experiment(corpus, tmp_path / "first", **base), say=lambda s: None)
+    trained = _experiment(corpus, tmp_path / "first", models=("dkf", "light-dvae"), cost=False)
+    first = X.run_experiment(trained, say=lambda s: None)
     assert "(shipped)" not in Path(first["report"]).read_text()
-    # the trained DKF becomes a shipped prior of this corpus (a card like the package's own)
+    # the trained models become shipped priors of this corpus (cards like the package's own)
     folder = tmp_path / "weights"
     card = {"command": "lightdvae train --model dkf ...", "epochs": 3, "best_epoch": 2, "train_minutes": 0.1}
     export_pretrained(tmp_path / "first" / "runs" / "dkf", folder, "tiny-dkf", card)
+    export_pretrained(tmp_path / "first" / "runs" / "light-dvae", folder, "tiny-light", card)
     monkeypatch.setenv("LIGHTDVAE_PRETRAINED", str(folder))
-    cfg = _experiment(corpus, tmp_path / "demo", shipped=("tiny-dkf", "not-installed"), **base)
-    assert shipped_priors(cfg) == ["tiny-dkf"]
+    cfg = _experiment(corpus, tmp_path / "demo", shipped=("tiny-dkf", "not-installed", "tiny-light"), **base)
+    assert shipped_priors(cfg) == ["tiny-dkf", "tiny-light"]
     assert shipped_priors(_experiment(tmp_path / "another-corpus", tmp_path / "x", shipped=("tiny-dkf",))) == []
     lines = []
     result = X.run_experiment(cfg, say=lines.append)
@@ -248,6 +250,9 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
         "## Shipped priors" in report and "`pretrained:tiny-dkf`" in report and "generation-shipped-tiny-dkf" in report
     )
     assert any("shipped DKF" in line for line in lines)
+    # the shipped LigHT-DVAE exchanges the w of two test speakers
+    swap = json.loads((tmp_path / "demo" / "shipped" / "tiny-light" / "swap_w" / "swap_w.json").read_text())
+    assert swap["kind"] == "lightdvae-swap-w" and "a_with_w_of_b" in swap["check"]
     # resumed: the shipped priors are not evaluated again
     monkeypatch.setattr("lightdvae.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
     X.run_experiment(cfg, say=lambda s: None)

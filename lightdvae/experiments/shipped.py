@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.state import SHIPPED_DIR
-from lightdvae.models import SEES_PAST_SPEECH
+from lightdvae.models import HAS_W, SEES_PAST_SPEECH
 
 if TYPE_CHECKING:
     from lightdvae.experiments.stages import Context
 
-__all__ = ["SHIPPED_DIR", "shipped_priors", "shipped_dir", "evaluate_shipped"]
+__all__ = ["SHIPPED_DIR", "shipped_priors", "shipped_dir", "evaluate_shipped", "exchange_pair"]
 
 
 def shipped_priors(cfg: ExperimentConfig) -> list[str]:
@@ -41,9 +41,10 @@ def shipped_dir(out: Path, name: str) -> Path:
 
 def evaluate_shipped(ctx: Context) -> None:
     """Evaluate (GEN past, and GT for the models that see past speech) and sample (with FDSD, the experiment's
-    sample size) every shipped prior of the experiment; each step is skipped once done for the same weights."""
+    sample size) every shipped prior of the experiment, and exchange the w of two test speakers with those that
+    have one (HiT/LigHT-DVAE); each step is skipped once done for the same weights."""
     from lightdvae.evaluate import evaluate_run
-    from lightdvae.generation import generate_run
+    from lightdvae.generation import generate_run, swap_w
     from lightdvae.models.pretrained import pretrained_card
 
     cfg = ctx.cfg
@@ -88,3 +89,22 @@ def evaluate_shipped(ctx: Context) -> None:
             )
             info["generation"] = str((folder / "generate").resolve())
             ctx.state.save()
+        if card["model"] in HAS_W and "swap_w" not in info:
+            pair = exchange_pair(ctx.cfg.data)
+            if pair is not None:
+                ctx.say(f"exchanging the w of two test speakers with the shipped {label}")
+                swap_w(spec, *pair, out=folder / "swap_w", device=ctx.device, overwrite=True)
+                info["swap_w"] = str((folder / "swap_w").resolve())
+                ctx.state.save()
+
+
+def exchange_pair(spec: str) -> tuple[Path, Path] | None:
+    """Two test utterances of two speakers for the w exchange: the first file (by name) of the first two test
+    speakers (by name) of the corpus ``spec``; None when its test split has fewer than two speakers."""
+    from lightdvae.data import resolve_corpus
+
+    first: dict[str, Path] = {}
+    for item in sorted(resolve_corpus(spec, build=False).splits.get("test", []), key=lambda a: str(a.path)):
+        first.setdefault(item.speaker, Path(item.path))
+    speakers = sorted(first)
+    return (first[speakers[0]], first[speakers[1]]) if len(speakers) >= 2 else None
