@@ -302,3 +302,34 @@ def test_a_generation_that_cannot_fit_in_memory_is_refused_with_the_estimate(cor
     monkeypatch.setattr(runtime, "available_memory", lambda device: 2**30)
     err = one_line_error(capsys, ["generate", str(run), "--frames", "100000", "--n", "1", "--no-fdsd"])
     assert "generate fewer frames: about 13,421 fit" in err
+
+
+def test_real_set_features_and_floors_are_computed_once_per_real_set(corpus, tmp_path, monkeypatch, tiny_features):
+    import lightdvae.fdsd as fdsd_pkg
+
+    run = make_run(tmp_path / "light", data=str(corpus))
+    calls = {"floor": 0}
+    real_floor = fdsd_pkg.fdsd_floor
+
+    def counted(*args, **kwargs):
+        calls["floor"] += 1
+        return real_floor(*args, **kwargs)
+
+    monkeypatch.setattr(fdsd_pkg, "fdsd_floor", counted)
+    kw = dict(n=4, frames=24, fdsd_draws=2, features=tiny_features, device="cpu", **FAST)
+    first = json.loads((Path(G.generate_run(run, seed=0, **kw)["out"]) / "fdsd.json").read_text())
+    cache = sorted(p.name for p in (tmp_path / "cache" / "fdsd").iterdir())
+    assert calls["floor"] == 1 and len(cache) == 2  # the real features and the floor at m = 3
+    # another generation of the same real set: its own FDSD, the same floor, nothing recomputed
+    second = json.loads((Path(G.generate_run(run, seed=1, **kw)["out"]) / "fdsd.json").read_text())
+    assert calls["floor"] == 1 and second["floor"] == first["floor"]
+    assert any("small-sample bias" in note for note in second["notes"])  # 3 utterances per set
+    # a real file changes: a new real set, computed again
+    test_file = sorted((corpus / "test").rglob("*.wav"))[0]
+    data, sr = sf.read(test_file)
+    try:
+        sf.write(test_file, data * 0.5, sr)
+        G.generate_run(run, seed=2, **kw)
+        assert calls["floor"] == 2
+    finally:
+        sf.write(test_file, data, sr)  # the module's corpus, as the other tests know it

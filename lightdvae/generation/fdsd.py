@@ -10,7 +10,10 @@ real-vs-real floors (``"floor"``: two disjoint real halves, ``exact_phase``; rea
 resynthesis of real, ``griffin_lim``) are computed at that same ``m``, so the model's row and the floor rows of the
 report are apples to apples.  When ``min(n, R)`` is larger than ``m`` (the real set is smaller than ``2 n``), the
 model's FDSD at ``min(n, R)`` (less biased, but with no floor at that size) is reported as well
-(``"fdsd_all_real"``).  With fewer than 4 real files there is no floor and ``m = min(n, R)``.
+(``"fdsd_all_real"``).  With fewer than 4 real files there is no floor and ``m = min(n, R)``.  The floors' draws
+use one fixed seed (:data:`FLOOR_SEED`): they belong to the real set, are the same for every model, and are
+computed once per real set and size (:mod:`lightdvae.generation.realcache`, with the real features).  Below
+:data:`SMALL_SAMPLE` utterances per set a note says that the number mostly measures the sample size.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ import torch
 from lightdvae._io import read_json, utc_now, write_json
 from lightdvae.errors import GenerationError
 from lightdvae.generation.common import FDSD_FILE, FDSD_KIND, FORMAT_VERSION, WAV_DIR
+from lightdvae.generation.realcache import RealSetCache
 from lightdvae.generation.realset import load_real, real_files
+
+#: below this many utterances per set, FDSD says more about the sample size than about the model
+SMALL_SAMPLE = 16
+#: the floors' draws: a property of the real set, the same for every model and seed (so every row of a report
+#: table is set against one floor, and a real set's floors are computed once: see lightdvae.generation.realcache)
+FLOOR_SEED = 0
 
 SAMPLE_SIZE_RULE = (
     "m = min(generated, real // 2) utterances of each set per draw, the floors at the same m "
@@ -68,14 +78,15 @@ def fdsd_for(
 
     t0 = time.perf_counter()
     ext = _extractor(features, device)
-    _, real = load_real(corpus, split)
+    real_names, real = load_real(corpus, split)
     if len(real) < 2:
         raise GenerationError(
             f"the {split} split of corpus {corpus.name!r} has {len(real)} usable file(s); FDSD needs at least 2: "
             "pass another --data / --split, or --no-fdsd"
         )
     fake, skipped = _generated_waves(out, names)
-    scores, notes = _score(ext, real, fake, draws, fingerprint, device)
+    cache = RealSetCache(corpus.root, split, real_names, f"{ext.name}: {getattr(ext, 'description', '')}")
+    scores, notes = _score(ext, real, fake, draws, fingerprint, device, cache)
     if skipped:
         notes.append(f"{len(skipped)} generated file(s) unusable (e.g. {skipped[0]})")
     label = info["model"]["label"]
@@ -157,11 +168,14 @@ def _generated_waves(out: Path, names: list[str]) -> tuple[list, list[str]]:
     return fake, skipped
 
 
-def _score(ext, real: list, fake: list, draws: int, fingerprint: dict, device) -> tuple[dict, list[str]]:
-    """``({"fdsd", ["fdsd_all_real"], ["floor"]}, notes)`` at the sample size of the module docstring."""
+def _score(
+    ext, real: list, fake: list, draws: int, fingerprint: dict, device, cache: RealSetCache
+) -> tuple[dict, list[str]]:
+    """``({"fdsd", ["fdsd_all_real"], ["floor"]}, notes)`` at the sample size of the module docstring; the real
+    set's features and floors come from ``cache`` when it has them."""
     from lightdvae.fdsd import extract_features, fdsd_floor, fdsd_from_features
 
-    real_feats = extract_features(ext, real)
+    real_feats = cache.features(lambda: extract_features(ext, real))
     fake_feats = extract_features(ext, fake)
     r_count, f_count = len(real), len(fake)
     has_floor = r_count // 2 >= 2
@@ -177,17 +191,22 @@ def _score(ext, real: list, fake: list, draws: int, fingerprint: dict, device) -
             f"the real set ({r_count}) is smaller than twice the generated set: FDSD and its floors use {m} "
             f"utterances per set (half the real set, the most the floor can use); fdsd_all_real uses {full.sample_size}"
         )
-    if has_floor:
-        floors = fdsd_floor(
-            real,
-            ext,
-            draws=draws,
-            sample_size=m,
-            seed=fingerprint["seed"],
-            griffin_lim_iters=fingerprint["griffin_lim_iters"],
-            device=str(device),
+    if m < SMALL_SAMPLE:
+        notes.append(
+            f"FDSD at {m} utterances per set is dominated by its small-sample bias: compare it only with rows and "
+            f"floors at the same size, and generate more samples (at least {SMALL_SAMPLE}) for a meaningful number"
         )
-        scores["floor"] = {"exact_phase": stats(floors["halves"]), "griffin_lim": stats(floors["griffin_lim"])}
+    if has_floor:
+        seed, gl_iters = FLOOR_SEED, fingerprint["griffin_lim_iters"]
+
+        def floors() -> dict:
+            f = fdsd_floor(
+                real, ext, draws=draws, sample_size=m, seed=seed, griffin_lim_iters=gl_iters, device=str(device)
+            )
+            return {"exact_phase": stats(f["halves"]), "griffin_lim": stats(f["griffin_lim"])}
+
+        settings = {"sample_size": m, "draws": draws, "seed": seed, "griffin_lim_iters": gl_iters}
+        scores["floor"] = cache.floors(settings, floors)
     else:
         notes.append(f"no real-vs-real floor: it needs 2 disjoint halves of at least 2 files ({r_count} real files)")
     return scores, notes
