@@ -162,6 +162,31 @@ def test_generation(benchmark, describe, monkeypatch, bench_threads, impl):
     )
 
 
+if "cuda" in DEVICES:  # defined only where a GPU is visible: the CPU runs keep their cases
+
+    @pytest.mark.benchmark(group="light_dvae_generation")
+    @pytest.mark.parametrize("impl", ["cached-native", "cached-reference"])
+    def test_generation_cuda(benchmark, describe, monkeypatch, bench_threads, impl):
+        """test_generation on the GPU: batch 1, T frames, the total time (``ms_per_frame`` in extra_info).  No per-step
+        clock: the device runs behind the host, so a host clock per step would time the launches, not the steps."""
+        if impl == "cached-native":
+            _skip_missing("native", "cuda")
+        monkeypatch.setenv("LIGHTDVAE_BACKEND", "native" if impl == "cached-native" else "ref")
+        model, frames = _model().cuda(), _frames(benchmark)
+        describe("cuda", impl=impl, batch=1, frames=frames)
+
+        def generate():
+            out = model.generate(1, frames, generator=torch.Generator("cuda").manual_seed(1))
+            torch.cuda.synchronize()
+            return out
+
+        warmup = 0 if benchmark.disabled else 1
+        out = benchmark.pedantic(generate, rounds=1 if benchmark.disabled else 3, iterations=1, warmup_rounds=warmup)
+        assert out.shape == (1, frames, model.config.x_dim) and torch.isfinite(out).all()
+        if benchmark.stats is not None:
+            benchmark.extra_info["ms_per_frame"] = 1e3 * benchmark.stats.stats.median / frames
+
+
 @torch.inference_mode()
 def recompute_step(model, w: torch.Tensor, z, feats, i: int, eps, temperature: float = 1.0):
     """Generation step i (0-based) by re-running both decoder bodies over the whole prefix 0..i, no cache.

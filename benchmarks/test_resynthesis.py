@@ -15,7 +15,8 @@ built).  What it costs per model:
 Target (issue #5): LigHT-DVAE well under one second of CPU per second of audio.  ``extra_info`` holds
 ``seconds_per_audio_second`` (wall, from the benchmark's median) and ``seconds_per_audio_second_cpu`` (process
 CPU time, median of the rounds: the steadier figure on a machine shared with other jobs; every run is
-single-threaded, so it is the wall time minus the time spent waiting for a core).
+single-threaded, so it is the wall time minus the time spent waiting for a core).  Where a GPU is visible,
+``test_gen_resynthesis_cuda`` runs the same on it (wall time only: the device runs behind the host's clock).
 
 Threads: one (``LIGHTDVAE_BENCH_THREADS`` changes it), as in the other decoding benchmarks: batch-1 decoding is a
 chain of small ops that extra threads do not speed up.  With ``--benchmark-disable`` every model runs once on a
@@ -30,6 +31,7 @@ import time
 
 import pytest
 import torch
+from conftest import DEVICES
 
 from lightdvae.audio import HOP, SAMPLE_RATE
 from lightdvae.models import build
@@ -86,3 +88,37 @@ def test_gen_resynthesis(benchmark, describe, name):
     benchmark.extra_info.update(info)
     if name == "light-dvae":
         assert cpu / seconds < 1.0, f"LigHT-DVAE GEN resynthesis took {cpu / seconds:.2f} s of CPU per second of audio"
+
+
+if "cuda" in DEVICES:  # defined only where a GPU is visible: the CPU runs keep their cases
+
+    @pytest.mark.benchmark(group="gen_resynthesis")
+    @pytest.mark.parametrize("name", MODELS)
+    def test_gen_resynthesis_cuda(benchmark, describe, name):
+        seconds = SECONDS_SMOKE if benchmark.disabled else SECONDS_FULL
+        power = utterance(seconds).cuda()
+        torch.manual_seed(0)
+        model = build(name).cuda().eval()
+        describe(
+            "cuda",
+            model=name,
+            parameters=model.num_parameters(),
+            audio_seconds=seconds,
+            frames=power.shape[1],
+            batch=1,
+            past="gen",
+            backend=os.environ.get("LIGHTDVAE_BACKEND", "auto"),
+        )
+
+        def resynthesize():
+            out = model.resynthesize(power, past="gen")
+            torch.cuda.synchronize()
+            return out
+
+        if not benchmark.disabled:
+            model.resynthesize(power[:, :50], past="gen")  # warm-up (allocator, first-call dispatch, kernel loads)
+        out = benchmark.pedantic(resynthesize, rounds=1 if benchmark.disabled else 5, iterations=1)
+        assert out.shape == power.shape and torch.isfinite(out).all() and (out > 0).all()
+        if benchmark.stats is not None:
+            wall = benchmark.stats.stats.median
+            benchmark.extra_info.update(wall_s_median=wall, seconds_per_audio_second=wall / seconds)

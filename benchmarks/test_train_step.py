@@ -7,6 +7,7 @@ ELBO (fused Itakura-Saito and KL ops), backward and an Adam update, on a batch o
 bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops: ``ref`` (pure PyTorch) or
 ``native`` (the extension's kernels; skipped when it is not built).  One group per model (and device).
 With ``--benchmark-disable`` (a smoke run: one call each, no timing) the batch is cut to 8 segments.
+Where a GPU is visible, ``native-bf16`` adds the native ops with the forward under bf16 autocast (on the GPU only).
 """
 
 import pytest
@@ -29,7 +30,7 @@ CASES = {
     "hit-dvae": ("hit-dvae", {}),
     "light-dvae": ("light-dvae", {}),
 }
-BACKENDS = ["ref", "native"]
+BACKENDS = ["ref", "native"] + (["native-bf16"] if "cuda" in DEVICES else [])  # bf16 autocast: timed on the GPU only
 SMOKE_BATCH = 8
 
 
@@ -40,9 +41,13 @@ def power_cpu():
 
 
 def _bench(benchmark, describe, monkeypatch, power_cpu, case, backend, device):
+    backend, _, precision = backend.partition("-")
+    if precision and device == "cpu":
+        pytest.skip(f"{precision} autocast is benchmarked on the GPU only")
     if backend == "native" and not _ext.HAS_NATIVE:
         pytest.skip(f"native extension not built: {_ext.IMPORT_ERROR}")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", backend)
+    precision = precision or "fp32"
     name, forward_kwargs = CASES[case]
     torch.manual_seed(0)
     model = build(name).to(device).train()
@@ -56,10 +61,13 @@ def _bench(benchmark, describe, monkeypatch, power_cpu, case, backend, device):
         shape=tuple(power.shape),
         parameters=model.num_parameters(),
         forward_kwargs=forward_kwargs,
+        precision=precision,
     )
 
     def step():
-        terms, stepped = train_step(model, optimizer, power, beta=1e-2, kl_warm=1.0, forward_kwargs=forward_kwargs)
+        terms, stepped = train_step(
+            model, optimizer, power, beta=1e-2, kl_warm=1.0, forward_kwargs=forward_kwargs, precision=precision
+        )
         synchronize(device)
         return terms, stepped
 

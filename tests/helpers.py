@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from lightdvae import _ext
@@ -50,6 +49,8 @@ def speech_like(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
 def write_corpus(root: Path, files, sr: int = 16000) -> Path:
     """``root/SPLIT/SPEAKER/uttN.wav`` (16-bit PCM) for each ``(split, speaker, N, seconds)`` of ``files``: speech-like
     signals seeded 1, 2, ... in the order given.  Returns ``root``."""
+    import soundfile as sf  # here, not at the top: the CUDA tests import this module where soundfile may be absent
+
     for seed, (split, speaker, utt, seconds) in enumerate(files, start=1):
         path = Path(root) / split / speaker / f"utt{utt}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
