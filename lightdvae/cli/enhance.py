@@ -1,11 +1,23 @@
-"""``lightdvae enhance``: unsupervised speech enhancement of a noisy recording with a trained DVAE as the prior.
+"""``lightdvae enhance``: unsupervised speech enhancement with a trained DVAE as the speech prior.
 
-    lightdvae enhance RUN noisy.wav --out clean.wav [--iterations 100] [--rank 8] [--lr 1e-3] [--beta 1]
-                      [--samples 1] [--seed 0] [--max-seconds S] [--clean FILE] [--device auto] [--threads N]
+    lightdvae enhance RUN noisy.wav --out clean.wav [--clean FILE] [EM options]
+    lightdvae enhance RUN --data SPEC [--out DIR] [--max-files N] [--batch-size 16] [--workers N]
+                      [--no-audio] [--figures 2] [--overwrite] [--quiet] [EM options]
+
+EM options: [--iterations 100] [--rank 8] [--lr 1e-3] [--beta 1] [--samples 1] [--seed 0] [--max-seconds S]
+[--device auto] [--threads N] [--checkpoint best].
 
 RUN is what ``lightdvae eval`` takes: a run folder, an imported checkpoint's folder, or ``pretrained:NAME``.
-The noisy file is mixed down to mono and resampled to 16 kHz when it is not (said in the summary line).  Prints
-one line: the iterations, the time, and with ``--clean FILE`` the SI-SDR of the input and of the output.
+
+One file: the noisy file is mixed down to mono and resampled to 16 kHz when it is not (said in the summary
+line).  Prints one line: the iterations, the time, and with ``--clean FILE`` the SI-SDR of the input and output.
+
+A noisy set (``--data noisy:DIR``, ``vbd:DIR`` or ``wsj0-qut:DIR``; build one with ``lightdvae corpus noisy``):
+every file is enhanced (up to --batch-size together where the model batches them) into
+``RUN/enhance/<set>-<settings>/`` (--out DIR): ``audio/``, ``figures/``, ``per_file.csv`` (input and output
+SI-SDR, PESQ WB and NB, ESTOI and their improvements) and ``summary.json`` (by SNR and by noise type).  An
+interrupted run continues where it stopped when started again; a folder holding other settings is refused unless
+--overwrite.  Ends with a table per SNR: input -> output (improvement).
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightdvae.cli import positive_float, positive_int
+from lightdvae.cli import non_negative_int, positive_float, positive_int
 
 
 def _read(path: str, what: str):
@@ -41,7 +53,63 @@ def _read(path: str, what: str):
     return wave, notes
 
 
+_SET_ONLY = ("max_files", "batch_size", "workers", "no_audio", "overwrite", "figures")
+
+
+def _check_mode(args) -> None:
+    """Exactly one of a noisy file or --data, and the options of that mode; one-line errors."""
+    from lightdvae.errors import EnhanceError
+
+    if args.noisy and args.data:
+        raise EnhanceError("give either a noisy file or --data SPEC, not both")
+    if not args.noisy and not args.data:
+        raise EnhanceError(
+            "nothing to enhance: give a noisy file (RUN noisy.wav --out clean.wav) or a set (RUN --data noisy:DIR)"
+        )
+    if args.noisy:
+        used = [f"--{o.replace('_', '-')}" for o in _SET_ONLY if getattr(args, o) not in (None, False)]
+        if used:
+            raise EnhanceError(f"{', '.join(used)} only apply with --data SPEC (a noisy set)")
+        if not args.out:
+            raise EnhanceError("--out FILE is required with a noisy file: where to write the enhanced speech")
+    elif args.clean:
+        raise EnhanceError("--clean is for a single noisy file; a noisy set has its clean references")
+
+
+def _run_set(args) -> int:
+    from lightdvae.enhance import enhance_set
+    from lightdvae.runtime import thread_scope
+
+    with thread_scope(args.threads):
+        enhance_set(
+            args.run,
+            args.data,
+            out=args.out,
+            iterations=args.iterations,
+            rank=args.rank,
+            lr=args.lr,
+            beta=args.beta,
+            samples=args.samples,
+            seed=args.seed,
+            max_seconds=args.max_seconds,
+            which=args.checkpoint,
+            device=args.device,
+            max_files=args.max_files,
+            batch_size=args.batch_size or 16,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=False if args.quiet else None,
+            figures=2 if args.figures is None else args.figures,
+            save_audio=not args.no_audio,
+            quiet=args.quiet,
+        )
+    return 0
+
+
 def run(args) -> int:
+    _check_mode(args)
+    if args.data:
+        return _run_set(args)
     from lightdvae.audio import save_audio
     from lightdvae.enhance import enhance
     from lightdvae.errors import EnhanceError
@@ -94,8 +162,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN", help="run folder, imported checkpoint folder, or pretrained:NAME")
-    p.add_argument("noisy", metavar="NOISY", help="the noisy recording (wav/flac)")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the enhanced speech (wav/flac)")
+    p.add_argument("noisy", metavar="NOISY", nargs="?", help="the noisy recording (wav/flac)")
+    p.add_argument("--data", metavar="SPEC", help="a noisy set to enhance: noisy:DIR, vbd:DIR or wsj0-qut:DIR")
+    p.add_argument(
+        "--out", metavar="PATH", help="the enhanced file (one file), or the results folder (--data; has a default)"
+    )
     p.add_argument("--iterations", type=positive_int, default=100, metavar="N", help="EM iterations (100)")
     p.add_argument("--rank", type=positive_int, default=8, metavar="K", help="rank of the noise NMF (8)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of the E-step (1e-3)")
@@ -107,4 +178,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch threads on the CPU")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint (best)")
+    s = p.add_argument_group("noisy set (--data)")
+    s.add_argument("--max-files", type=positive_int, metavar="N", help="only the first N files of the set")
+    s.add_argument("--batch-size", type=positive_int, metavar="B", help="utterances enhanced together (16)")
+    s.add_argument("--workers", type=non_negative_int, metavar="N", help="metric worker processes (CPUs / 4)")
+    s.add_argument("--figures", type=non_negative_int, metavar="N", help="spectrogram figures of the first N files (2)")
+    s.add_argument("--no-audio", action="store_true", help="do not write the enhanced wavs")
+    s.add_argument("--overwrite", action="store_true", help="replace the results of other settings in the folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no closing table")
     p.set_defaults(func=run)

@@ -25,11 +25,20 @@ Typical use::
     from lightdvae.enhance import enhance
     result = enhance(model, noisy_16k, iterations=100, seed=0)
     result.waveform, result.loss, result.seconds
+
+A whole noisy test set (:mod:`~lightdvae.enhance.dataset`; ``lightdvae enhance RUN --data noisy:DIR``)::
+
+    from lightdvae.enhance import enhance_set
+    summary = enhance_set("pretrained:vae", "noisy:noisy-builtin", iterations=100)
+    summary["overall"]["improvement"]["si_sdr"]["mean"], summary["by_snr"]["0"]["output"]["pesq_wb"]
 """
 
 from lightdvae.enhance.api import batches, enhance, enhance_batch, stream_seed
+from lightdvae.enhance.dataset import enhance_noisy_set, enhance_set
 from lightdvae.enhance.inference import engine_for, inference_names
 from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step, mixture_divergence
+from lightdvae.enhance.set_outputs import ENHANCE_METRICS, SET_COLUMNS, default_enhance_dir, read_set_rows
+from lightdvae.enhance.set_summary import ENHANCE_KIND, console_table, read_enhance_summary
 from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings
 from lightdvae.enhance.vem import run_vem, wiener_filter
 
@@ -48,4 +57,13 @@ __all__ = [
     "mixture_divergence",
     "run_vem",
     "wiener_filter",
+    "enhance_set",
+    "enhance_noisy_set",
+    "ENHANCE_METRICS",
+    "ENHANCE_KIND",
+    "SET_COLUMNS",
+    "default_enhance_dir",
+    "read_set_rows",
+    "read_enhance_summary",
+    "console_table",
 ]

@@ -44,23 +44,25 @@ def _cell(value) -> str:
     return str(value)
 
 
-def csv_line(row: dict) -> str:
-    """One row of ``per_file.csv`` (with its newline)."""
+def csv_line(row: dict, columns: tuple[str, ...] = CSV_COLUMNS) -> str:
+    """One row of ``per_file.csv`` (with its newline); ``columns``: the journal's columns (an evaluation's by
+    default; an enhancement of a noisy set has its own)."""
     buf = io.StringIO()
-    cells = [format_errors(row.get(c) or {}) if c == "errors" else _cell(row.get(c)) for c in CSV_COLUMNS]
+    cells = [format_errors(row.get(c) or {}) if c == "errors" else _cell(row.get(c)) for c in columns]
     csv.writer(buf, lineterminator="\n").writerow(cells)
     return buf.getvalue()
 
 
-def csv_header() -> str:
+def csv_header(columns: tuple[str, ...] = CSV_COLUMNS) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
+    csv.writer(buf, lineterminator="\n").writerow(columns)
     return buf.getvalue()
 
 
-def write_per_file(path: str | os.PathLike, rows: list[dict]) -> Path:
+def write_per_file(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...] = CSV_COLUMNS) -> Path:
     """Write ``per_file.csv`` holding exactly ``rows``, atomically."""
-    return atomic_write_bytes(path, (csv_header() + "".join(csv_line(r) for r in rows)).encode("utf-8"))
+    text = csv_header(columns) + "".join(csv_line(r, columns) for r in rows)
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _parse_row(raw: dict) -> dict | None:
@@ -76,9 +78,9 @@ def _parse_row(raw: dict) -> dict | None:
     return row
 
 
-def read_per_file(path) -> list[dict]:
-    """The rows of a ``per_file.csv`` as dicts (metric columns as floats, NaN for failures; ``errors`` as a dict
-    ``{metric: reason}``).  A truncated last line (an interrupted write) is ignored."""
+def read_csv_rows(path, columns: tuple[str, ...] = CSV_COLUMNS) -> list[dict]:
+    """The raw rows (cells as strings) of a journal whose header is exactly ``columns``; none when the file is
+    missing or has other columns.  A truncated last line (an interrupted write) is ignored."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -86,10 +88,16 @@ def read_per_file(path) -> list[dict]:
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # drop a half-written last row
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+    if tuple(reader.fieldnames or ()) != tuple(columns):
         return []
+    return list(reader)
+
+
+def read_per_file(path) -> list[dict]:
+    """The rows of a ``per_file.csv`` as dicts (metric columns as floats, NaN for failures; ``errors`` as a dict
+    ``{metric: reason}``).  A truncated last line (an interrupted write) is ignored."""
     rows = []
-    for raw in reader:
+    for raw in read_csv_rows(path):
         row = _parse_row(raw)
         if row is not None:
             rows.append(row)
@@ -110,16 +118,17 @@ def kept_rows(previous: list[dict], names: list[str]) -> dict[int, dict]:
 
 
 class Journal:
-    """Appends rows to ``per_file.csv`` one at a time, flushed and fsynced."""
+    """Appends rows to ``per_file.csv`` one at a time, flushed and fsynced (``columns``: as for :func:`csv_line`)."""
 
-    def __init__(self, path: Path, rows: list[dict]):
+    def __init__(self, path: Path, rows: list[dict], columns: tuple[str, ...] = CSV_COLUMNS):
         self.path = path
+        self.columns = tuple(columns)
         # start from a clean file holding exactly the rows kept (drops a torn last line)
-        write_per_file(path, rows)
+        write_per_file(path, rows, self.columns)
         self.fh = open(path, "a", encoding="utf-8", newline="")
 
     def append(self, row: dict) -> None:
-        self.fh.write(csv_line(row))
+        self.fh.write(csv_line(row, self.columns))
         self.fh.flush()
         os.fsync(self.fh.fileno())
 

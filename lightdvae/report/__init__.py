@@ -21,6 +21,9 @@ and writes, per corpus and split:
    evaluated only with the true past is marked "GT"), the best mean of each column in bold, and the medians;
 2. the structure study: GEN and GT side by side for every model evaluated both ways;
 3. the FDSD table, naming the feature network (or a line saying no FDSD results were found);
+3b. the enhancement tables (:mod:`~lightdvae.report.enhance_section`), from the ``summary.json`` files with
+   ``"kind": "lightdvae-enhance"`` that ``lightdvae enhance RUN --data SPEC`` writes: per noisy set, each prior's
+   SI-SDR / PESQ-WB / PESQ-NB / ESTOI improvement (mean +- CI) and output scores, and the SI-SDR improvement per SNR;
 4. with ``--out``: figures (ground truth beside each model's resynthesis; GEN beside GT) in ``figures/`` next to
    the report, from the examples the evaluations saved.
 
@@ -36,12 +39,14 @@ Modules: :mod:`~lightdvae.report.results` (finding the evaluation summaries and 
 from lightdvae.errors import ReportError
 from lightdvae.report.analysis import STRUCTURE_METRICS
 from lightdvae.report.build import FIGURE_DIR, build_report, write_report
-from lightdvae.report.results import EVAL_KIND, FDSD_KIND, find_results
+from lightdvae.report.results import ENHANCE_KIND, EVAL_KIND, FDSD_KIND, find_enhancements, find_results
 from lightdvae.report.tables import DECIMALS
 
 __all__ = [
     "ReportError",
     "find_results",
+    "find_enhancements",
+    "ENHANCE_KIND",
     "build_report",
     "write_report",
     "FIGURE_DIR",

@@ -1,4 +1,5 @@
-"""Finding the results a report is built from: evaluation summaries and FDSD results under the given folders."""
+"""Finding the results a report is built from: evaluation summaries, FDSD results and enhancement summaries under
+the given folders."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from lightdvae.errors import ReportError
 
 EVAL_KIND = "lightdvae-eval"
 FDSD_KIND = "lightdvae-fdsd"
+ENHANCE_KIND = "lightdvae-enhance"
+_KINDS = (EVAL_KIND, FDSD_KIND, ENHANCE_KIND)
 _SKIP_DIRS = {"checkpoints", "audio", "examples", "figures", "__pycache__"}
 
-__all__ = ["EVAL_KIND", "FDSD_KIND", "find_results", "group_key", "run_key"]
+__all__ = ["EVAL_KIND", "FDSD_KIND", "ENHANCE_KIND", "find_results", "find_enhancements", "group_key", "run_key"]
 
 
 def _load(path: Path) -> dict | None:
@@ -21,7 +24,7 @@ def _load(path: Path) -> dict | None:
         value = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(value, dict) or value.get("kind") not in (EVAL_KIND, FDSD_KIND):
+    if not isinstance(value, dict) or value.get("kind") not in _KINDS:
         return None
     value["_path"] = str(path)
     return value
@@ -42,7 +45,26 @@ def find_results(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[d
     Raises:
         ReportError: a path does not exist.
     """
-    evals, fdsds, seen = [], [], set()
+    found = _find(paths)
+    return _latest(found[EVAL_KIND]), found[FDSD_KIND]
+
+
+def find_enhancements(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """The enhancement summaries (``"kind": "lightdvae-enhance"``) found in ``paths``: the latest of each model,
+    set and settings."""
+    best: dict[tuple, dict] = {}
+    for s in _find(paths)[ENHANCE_KIND]:
+        numbers = {k: v for k, v in (s.get("settings") or {}).items() if k not in ("batch_size", "workers")}
+        key = (*run_key(s), str((s.get("set") or {}).get("root")), json.dumps(numbers, sort_keys=True))
+        if key not in best or str(s.get("created", "")) > str(best[key].get("created", "")):
+            best[key] = s
+    return list(best.values())
+
+
+def _find(paths: Sequence[str | os.PathLike]) -> dict[str, list[dict]]:
+    """Every result in ``paths``, by kind."""
+    found: dict[str, list[dict]] = {k: [] for k in _KINDS}
+    seen = set()
     for p in paths:
         p = Path(p)
         if not p.exists():
@@ -54,10 +76,9 @@ def find_results(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[d
                 continue
             seen.add(key)
             value = _load(f)
-            if value is None:
-                continue
-            (evals if value["kind"] == EVAL_KIND else fdsds).append(value)
-    return _latest(evals), fdsds
+            if value is not None:
+                found[value["kind"]].append(value)
+    return found
 
 
 def _latest(evals: list[dict]) -> list[dict]:

@@ -1,0 +1,95 @@
+"""Speech enhancement with a DVAE prior (issue #16): seconds per VEM iteration per utterance, native vs reference.
+
+    pytest benchmarks/test_enhance.py --benchmark-only \\
+        --benchmark-group-by=group,param:seconds,param:batch,param:device --benchmark-columns=median,iqr,rounds
+    LIGHTDVAE_BENCH_ENHANCE=full pytest benchmarks/test_enhance.py --benchmark-only ...   # every case
+
+Groups per prior family (vae, dkf, rvae, srnn, hit-dvae, light-dvae) at the package's default sizes, random
+weights, float32: ``enhance_batch`` of ``batch`` equal-length utterances (2.5 s = 157 frames, 8 s = 501 frames)
+for :data:`ITERATIONS` EM iterations, ``impl`` ``reference`` (``LIGHTDVAE_BACKEND=ref``: the models' Python
+loops) or ``native`` (the C++ sampling loops and kernels).  The timed call covers the whole enhancement (STFT,
+the EM, the Wiener filter, the iSTFT); ``extra_info`` has the EM's own ``seconds_per_iteration_per_utterance``
+(its wall time over iterations and utterances) and ``utterances_per_s_per_iteration``.
+
+Targets (measured here, not asserted): every dynamical prior >= 5x faster per utterance at batch 1 native than
+reference; >= 20x the utterances per second at batch 16 (enhanced together) than at batch 1 reference;
+LigHT-DVAE: a batch of 16 utterances of 2.5 s under 0.5 s per iteration.  Only the VAE and HiT/LigHT-DVAE
+enhance a batch together; DKF, RVAE and SRNN run the utterances of a batch one after the other.
+
+The default run (what the CI runs once with --benchmark-disable) keeps to the cases that finish in seconds on a
+small CPU: 2.5 s utterances at batch 1 for every prior, and the VAE at batch 16; ``LIGHTDVAE_BENCH_ENHANCE=full``
+adds batch 16 for every prior and the 8 s utterances.
+"""
+
+import os
+
+import pytest
+import torch
+from conftest import DEVICES, synchronize
+
+from lightdvae import _ext
+from lightdvae.enhance import enhance_batch
+from lightdvae.models import build
+from lightdvae.runtime import backend_scope
+
+FULL = os.environ.get("LIGHTDVAE_BENCH_ENHANCE", "").lower() == "full"
+PRIORS = ["vae", "dkf", "rvae", "srnn", "hit-dvae", "light-dvae"]
+ITERATIONS = int(os.environ.get("LIGHTDVAE_BENCH_ENHANCE_ITERATIONS", "2"))
+SAMPLE_RATE = 16000
+
+pytestmark = pytest.mark.usefixtures("bench_threads")
+
+
+def _cases():
+    for prior in PRIORS:
+        for seconds in (2.5, 8.0):
+            for batch in (1, 16):
+                default = seconds == 2.5 and (batch == 1 or prior == "vae")
+                marks = () if default or FULL else (pytest.mark.skip(reason="LIGHTDVAE_BENCH_ENHANCE=full"),)
+                yield pytest.param(prior, seconds, batch, marks=marks, id=f"{prior}-{seconds:g}s-b{batch}")
+
+
+def _waves(seconds: float, batch: int) -> list[torch.Tensor]:
+    """``batch`` noisy-like waveforms of one length (speech-band noise with a syllable envelope)."""
+    g = torch.Generator().manual_seed(0)
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n) / SAMPLE_RATE
+    envelope = torch.sin(2 * torch.pi * 3.0 * t).clamp_min(0.0) + 0.1
+    return [0.1 * envelope * torch.randn(n, generator=g) for _ in range(batch)]
+
+
+@pytest.mark.parametrize("impl", ["reference", "native"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("prior,seconds,batch", list(_cases()))
+def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl):
+    if impl == "native" and not _ext.HAS_NATIVE:
+        pytest.skip("the native extension is not built")
+    benchmark.group = f"enhance-{prior}"
+    torch.manual_seed(0)
+    model = build(prior).to(device).eval()
+    waves = _waves(seconds, batch)
+    seen = {}
+
+    def run():
+        with backend_scope("ref" if impl == "reference" else "native"):
+            results = enhance_batch(model, waves, iterations=ITERATIONS, seed=0, batch_size=batch)
+        synchronize(device)
+        seen["results"] = results
+        return results
+
+    benchmark(run)
+    results = seen["results"]
+    em_seconds = sum(r.seconds / r.batch for r in results)  # each EM run once (its utterances share its time)
+    per = em_seconds / (results[0].iterations * batch)
+    describe(
+        device,
+        prior=prior,
+        impl=impl,
+        batch=batch,
+        utterance_s=seconds,
+        iterations=results[0].iterations,
+        enhanced_together=max(r.batch for r in results),
+        seconds_per_iteration_per_utterance=per,
+        utterances_per_s_per_iteration=1.0 / per,
+        seconds_per_iteration_of_the_batch=per * batch,
+    )
