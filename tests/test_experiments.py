@@ -266,3 +266,18 @@ def test_training_table_flags_a_short_training():
     assert "KL warm-up not completed (0.44)" in row and "4 of ~30 planned epochs" in row
     full = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 31)]
     assert "short training" not in writeup._training_row(cfg, "dkf", info, full)
+
+
+def test_threads_follow_the_cores_other_processes_leave_idle(monkeypatch):
+    from lightdvae import runtime
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    samples = iter([(100, 400), (150, 500)])  # over the window: 50 of 100 jiffies idle -> 2 of 4 cores
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(samples))
+    assert runtime.idle_cores(window=0) == 2
+    busy = iter([(100, 400), (100, 500)])  # nothing idle: still one thread
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(busy))
+    assert runtime.idle_cores(window=0) == 1
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: None)  # not measurable (not Linux): every usable CPU
+    assert runtime.idle_cores(window=0) == 4

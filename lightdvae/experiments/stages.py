@@ -21,7 +21,7 @@ from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.entries import ENTRIES, Entry
 from lightdvae.experiments.state import COST_FILE, ExperimentState, run_dir
 from lightdvae.runs import checkpoint_path, read_config, read_log, read_status
-from lightdvae.runtime import backend_scope, sync
+from lightdvae.runtime import backend_scope, idle_cores, sync, thread_scope
 
 if TYPE_CHECKING:
     from lightdvae.train import TrainConfig
@@ -97,9 +97,10 @@ def _resume_config(ctx: Context, key: str, head: str) -> TrainConfig | None:
         ctx.state.save()
         return None
     ctx.say(f"{head}: resuming training ({left:.1f} of {budget:.1f} min left)")
+    threads = idle_cores()
     if (read_config(run).get("training") or {}).get("budget_schedule"):
-        return resume_config(run, quiet=True)  # the run counts its budget over sessions from its log
-    return resume_config(run, max_minutes=left, quiet=True)
+        return resume_config(run, quiet=True, threads=threads)  # the run counts its budget from its log
+    return resume_config(run, max_minutes=left, quiet=True, threads=threads)
 
 
 def _fresh_config(ctx: Context, key: str, head: str, batches: Callable[[], tuple[int, int]]) -> TrainConfig:
@@ -109,15 +110,18 @@ def _fresh_config(ctx: Context, key: str, head: str, batches: Callable[[], tuple
     cfg, entry, info, run = ctx.cfg, ENTRIES[key], ctx.state.model(key), ctx.run_dir(key)
     budget = cfg.budget_minutes(key)
     sched = info.get("schedule")
+    threads = idle_cores()  # one per core left idle by other processes: a shared machine costs its share only
     if sched is None:
         train_batches, val_batches = batches()
-        step_s = step_seconds(entry, cfg.batch_size, cfg.seq_len, ctx.device)
+        with thread_scope(threads):
+            step_s = step_seconds(entry, cfg.batch_size, cfg.seq_len, ctx.device)
         sched = schedule_for_budget(entry, budget, train_batches, val_batches, step_s)
         info["schedule"] = sched
         ctx.state.save()
     ramp = "ss_start" in sched
     ctx.say(
-        f"{head}: training for {budget:.1f} min: about {sched['epochs']} epochs"
+        f"{head}: training for {budget:.1f} min on {threads} thread{'s' if threads > 1 else ''}: about "
+        f"{sched['epochs']} epochs"
         f" of ~{sched['epoch_seconds_estimate']:.0f} s"
         f" (KL warm-up over {WARMUP_FRACTION:.0%} of the time"
         + (f", scheduled sampling from {SS_FRACTIONS[0]:.0%} to {SS_FRACTIONS[1]:.0%}" if ramp else "")
@@ -138,6 +142,7 @@ def _fresh_config(ctx: Context, key: str, head: str, batches: Callable[[], tuple
         kl_warmup_epochs=sched["kl_warmup_epochs"],
         patience=0,
         budget_schedule=True,
+        threads=threads,
         seq_len=cfg.seq_len,
         device=str(ctx.device),
         seed=cfg.seed,
