@@ -55,7 +55,7 @@ def evaluate_shipped(ctx: Context) -> None:
         if info.get("sha256") != card["sha256"]:
             info.clear()
             info["sha256"] = card["sha256"]
-        label = f"{card.get('label', name)} (shipped)"
+        label = card.get("label", name)
         for past in ("gen", "gt") if card["model"] in SEES_PAST_SPEECH else ("gen",):
             if past in info:
                 continue

@@ -170,6 +170,7 @@ def _train_one(ctx: Context, key: str, head: str, tcfg: TrainConfig) -> None:
         best_epoch=result.best_epoch,
         best_val_loss=round(float(result.best_val_loss), 4),
         parameters=int(result.model.num_parameters()),
+        threads=tcfg.threads,
     )
     ctx.state.save()
     ctx.say(

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lightdvae._io import atomic_write_text, read_json
 from lightdvae.experiments.budget import WARMUP_FRACTION
@@ -98,13 +97,15 @@ def _settings_section(cfg: ExperimentConfig, state: ExperimentState, out: Path, 
         "## Training",
         "",
         f"Corpus `{cfg.data}` ({corpus.name}); batch {cfg.batch_size} segments of {cfg.seq_len} frames, Adam "
-        f"({lr_text(cfg)}), beta {cfg.beta}, KL warm-up over {round(100 * WARMUP_FRACTION)} % of the epochs that "
-        "fit the budget, early stopping off, best validation weights kept; device "
-        f"{state.data.get('device', cfg.device)}, {torch.get_num_threads()} torch threads.",
+        f"({lr_text(cfg)}), beta {cfg.beta}, KL warm-up over the first {round(100 * WARMUP_FRACTION)} % of each "
+        "model's minutes and training until they are spent (the schedules follow the time, not an epoch count), "
+        "early stopping off, best validation weights kept; device "
+        f"{state.data.get('device', cfg.device)}, torch threads per model in the table (one per core that other "
+        "processes left idle when it started).",
         "",
-        "| model | parameters | lr | budget (min) | epochs | s / epoch | KL warm-up | best epoch | best val loss "
-        "| stopped |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | parameters | lr | budget (min) | threads | epochs (planned) | s / epoch | KL warm-up done at "
+        "| best epoch | best val loss | stopped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [_training_row(cfg, key, state.model(key), read_log(run_dir(out, key))) for key in cfg.models]
     stages = state.data["stages"]
@@ -123,7 +124,7 @@ def _training_row(cfg: ExperimentConfig, key: str, info: dict, rows: list[dict])
     label, stopped = ENTRIES[key].label, info.get("training", "not trained")
     secs = [r["seconds"] for r in rows if isinstance(r.get("seconds"), float)]
     if not secs:
-        return f"| {label} | | {cfg.lr_of(key):g} | {cfg.budget_minutes(key):.1f} | 0 | | | | | {stopped} |"
+        return f"| {label} | | {cfg.lr_of(key):g} | {cfg.budget_minutes(key):.1f} | | 0 | | | | | {stopped} |"
     sched = info.get("schedule") or {}
     best = info.get("best_val_loss")  # null in experiment.json when it was not finite
     best = float("nan") if best is None else best
@@ -134,11 +135,12 @@ def _training_row(cfg: ExperimentConfig, key: str, info: dict, rows: list[dict])
         warnings.append(f"{len(rows)} of ~{sched['epochs']} planned epochs")
     if warnings:
         stopped = f"{stopped}; **{', '.join(warnings)}**: a short training, read its scores with care"
+    warm_done = next((r["epoch"] for r in rows if isinstance(r.get("kl_warm"), float) and r["kl_warm"] >= 1.0), None)
     return (
         f"| {label} | {info.get('parameters', 0):,} | {cfg.lr_of(key):g} "
-        f"| {cfg.budget_minutes(key):.1f} | {len(rows)} "
-        f"| {np.median(secs):.1f} | {sched.get('kl_warmup_epochs', '')} | {info.get('best_epoch', '')} | "
-        f"{best:.1f} | {stopped} |"
+        f"| {cfg.budget_minutes(key):.1f} | {info.get('threads') or ''} | {len(rows)} ({sched.get('epochs', '?')}) "
+        f"| {np.median(secs):.1f} | {'epoch ' + str(warm_done) if warm_done else 'not done'} "
+        f"| {info.get('best_epoch', '')} | {best:.1f} | {stopped} |"
     )
 
 
@@ -161,6 +163,8 @@ def _findings_section(out: Path, models: Sequence[str]) -> list[str]:
 
 
 def _generation_section(cfg: ExperimentConfig, state: ExperimentState, report_dir: Path) -> list[str]:
+    from lightdvae.models.pretrained import pretrained_card
+
     lines: list[str] = []
     fig_dir = report_dir / GENERATION_FIGURES
     for key in cfg.models:
@@ -184,7 +188,8 @@ def _generation_section(cfg: ExperimentConfig, state: ExperimentState, report_di
             fig_dir.mkdir(parents=True, exist_ok=True)
             dest = fig_dir / f"generation-shipped-{name}.png"
             shutil.copyfile(pngs[0], dest)
-            lines += [f"**{name} (shipped)**", "", f"![{name} (shipped) samples]({GENERATION_FIGURES}/{dest.name})", ""]
+            label = f"{pretrained_card(name).get('label', name)} (shipped)"
+            lines += [f"**{label}**", "", f"![{label} samples]({GENERATION_FIGURES}/{dest.name})", ""]
     return lines
 
 
