@@ -37,7 +37,7 @@ for prior in "${priors[@]}"; do
     echo "== $prior"
     lightdvae enhance "$prior" --data "noisy:$SET" --out "$OUT/results/$tag" --threads "$THREADS" --quiet
     case "$prior" in
-        *vae) lightdvae enhance "$prior" --data "noisy:$SET" --beta 0.01 --out "$OUT/results/$tag-beta0.01" \
+        pretrained:vae | */vb-vae) lightdvae enhance "$prior" --data "noisy:$SET" --beta 0.01 --out "$OUT/results/$tag-beta0.01" \
                   --threads "$THREADS" --quiet ;;
     esac
 done

@@ -45,6 +45,17 @@ def _best(rows: list[dict], metric: str) -> float | None:
     return max(means) if means and max(means) > 0 else None
 
 
+def _labels(rows: list[dict]) -> dict[int, str]:
+    """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), and the
+    E-step's KL weight when it is not the reference's 1 (the same prior enhanced two ways gets two rows)."""
+    labels = row_labels(rows)
+    for s in rows:
+        beta = (s.get("settings") or {}).get("beta", 1.0)
+        if beta != 1.0:
+            labels[id(s)] += f", β {beta:g}"
+    return labels
+
+
 def _heading(rows: list[dict]) -> list[str]:
     d = rows[0].get("set") or {}
     snrs = ", ".join(f"{v:g}" for v in d.get("snrs") or []) or "unknown"
@@ -62,7 +73,7 @@ def _heading(rows: list[dict]) -> list[str]:
 
 def _main_table(rows: list[dict]) -> list[str]:
     metrics = [m for m in ENHANCE_COLUMNS if any(_stats(s, "output", m) for s in rows)]
-    labels = row_labels(rows)
+    labels = _labels(rows)
     best = {m: _best(rows, m) for m in metrics}
     header = ["prior", "iterations", "files"]
     header += [f"Δ {LABELS[m]} ↑" for m in metrics] + [f"{LABELS[m]} ↑" for m in metrics]
@@ -92,7 +103,7 @@ def _snr_table(rows: list[dict]) -> list[str]:
     if not snrs:
         return []
     snrs.sort(key=lambda k: (k == "unknown", float(k) if k != "unknown" else 0.0))
-    labels = row_labels(rows)
+    labels = _labels(rows)
 
     def cell_stats(s: dict, k: str) -> dict | None:
         return (((s.get("by_snr") or {}).get(k) or {}).get("improvement") or {}).get("si_sdr")
