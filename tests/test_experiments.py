@@ -281,3 +281,18 @@ def test_threads_follow_the_cores_other_processes_leave_idle(monkeypatch):
     assert runtime.idle_cores(window=0) == 1
     monkeypatch.setattr(runtime, "_cpu_times", lambda: None)  # not measurable (not Linux): every usable CPU
     assert runtime.idle_cores(window=0) == 4
+
+
+def test_training_says_where_it_stands(tmp_path):
+    from lightdvae.train import TrainConfig
+
+    lines = []
+    ctx = stages.Context(X.ExperimentConfig(out=str(tmp_path)), None, tmp_path, None, lines.append)
+    tcfg = TrainConfig(model="dkf", out=str(tmp_path / "run"), max_minutes=2.0)
+    report = stages._epoch_reporter(ctx, "[1/3] DKF", tcfg, every=0.0)
+    report({"epoch": 1, "val_loss": 2498.86, "seconds": 14.3})
+    report({"epoch": 2, "val_loss": 2113.64, "seconds": 12.8})
+    assert lines == [
+        "[1/3] DKF: epoch 1, validation loss 2498.9, 14 of 120 s",
+        "[1/3] DKF: epoch 2, validation loss 2113.6, 27 of 120 s",
+    ]

@@ -157,7 +157,7 @@ def _train_one(ctx: Context, key: str, head: str, tcfg: TrainConfig) -> None:
 
     info = ctx.state.model(key)
     try:
-        result = train(tcfg)
+        result = train(tcfg, callback=_epoch_reporter(ctx, head, tcfg))
     except TrainingDiverged as exc:
         info["training"] = "diverged"
         info["error"] = str(exc)
@@ -177,6 +177,28 @@ def _train_one(ctx: Context, key: str, head: str, tcfg: TrainConfig) -> None:
         f"{head}: {result.epochs} epochs in {result.seconds / 60:.1f} min, best validation loss "
         f"{result.best_val_loss:.2f} (epoch {result.best_epoch})"
     )
+
+
+def _epoch_reporter(ctx: Context, head: str, tcfg: TrainConfig, every: float = 15.0) -> Callable[[dict], None]:
+    """A training callback that says where a model's training stands (epoch, validation loss, time spent of its
+    budget), at most once per ``every`` seconds: minutes of training are never silent."""
+    done = read_log(tcfg.out) if tcfg.resume else []  # a resumed run's budget counts its earlier sessions
+    last = {
+        "t": time.perf_counter(),
+        "spent": float(sum(r["seconds"] for r in done if isinstance(r.get("seconds"), float))),
+    }
+    budget = 60.0 * float(tcfg.max_minutes or 0.0)
+
+    def report(row: dict) -> None:
+        last["spent"] += float(row.get("seconds") or 0.0)
+        now = time.perf_counter()
+        if now - last["t"] < every:
+            return
+        last["t"] = now
+        of = f" of {budget:.0f}" if budget else ""
+        ctx.say(f"{head}: epoch {row['epoch']}, validation loss {row['val_loss']:.1f}, {last['spent']:.0f}{of} s")
+
+    return report
 
 
 def trained(ctx: Context, key: str) -> bool:
