@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from lightdvae.figures import learning_curves, save_figure
 from lightdvae.models import model_label
@@ -31,6 +32,9 @@ def main() -> None:
     labels = args.labels.split(",") if args.labels else [_label(r) for r in args.runs]
     if len(labels) != len(args.runs):
         p.error("--labels needs one label per run")
+    if not args.labels:  # two runs of one model: each named by its folder too
+        named = zip(labels, args.runs, strict=True)
+        labels = [f"{lb} ({Path(r).name})" if labels.count(lb) > 1 else lb for lb, r in named]
     curves = {}
     for label, run in zip(labels, args.runs, strict=True):
         rows = read_log(run)
