@@ -253,6 +253,8 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
     # the shipped LigHT-DVAE exchanges the w of two test speakers
     swap = json.loads((tmp_path / "demo" / "shipped" / "tiny-light" / "swap_w" / "swap_w.json").read_text())
     assert swap["kind"] == "lightdvae-swap-w" and "a_with_w_of_b" in swap["check"]
+    assert "## The w exchange" in report and "global traits** (a with w of b: w transfer" in report
+    assert "swap-w-tiny-light.png" in report
     # resumed: the shipped priors are not evaluated again
     monkeypatch.setattr("lightdvae.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
     X.run_experiment(cfg, say=lambda s: None)

@@ -38,6 +38,7 @@ def write_report(cfg: ExperimentConfig, state: ExperimentState, out: Path, corpu
     lines += _settings_section(cfg, state, out, corpus)
     lines += _findings_section(out, cfg.models)
     lines += _generation_section(cfg, state, report_dir)
+    lines += _exchange_section(state, report_dir)
     lines += _cost_section(out)
     path = report_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
@@ -135,7 +136,7 @@ def _training_row(cfg: ExperimentConfig, key: str, info: dict, rows: list[dict])
         warnings.append(f"{len(rows)} of ~{sched['epochs']} planned epochs")
     if warnings:
         stopped = f"{stopped}; **{', '.join(warnings)}**: a short training, read its scores with care"
-    warm_done = next((r["epoch"] for r in rows if isinstance(r.get("kl_warm"), float) and r["kl_warm"] >= 1.0), None)
+    warm_done = next((int(r["epoch"]) for r in rows if isinstance(r.get("kl_warm"), float) and r["kl_warm"] >= 1), None)
     return (
         f"| {label} | {info.get('parameters', 0):,} | {cfg.lr_of(key):g} "
         f"| {cfg.budget_minutes(key):.1f} | {info.get('threads') or ''} | {len(rows)} ({sched.get('epochs', '?')}) "
@@ -190,6 +191,53 @@ def _generation_section(cfg: ExperimentConfig, state: ExperimentState, report_di
             shutil.copyfile(pngs[0], dest)
             label = f"{pretrained_card(name).get('label', name)} (shipped)"
             lines += [f"**{label}**", "", f"![{label} samples]({GENERATION_FIGURES}/{dest.name})", ""]
+    return lines
+
+
+def exchange_verdict(check: dict) -> str:
+    """One line on whether w carries global traits, from a ``swap_w.json`` check: both exchanged outputs have
+    their w moved toward the donor's (beyond the own-w resynthesis) and their spectrum too, or not."""
+    moved = []
+    for name in ("a_with_w_of_b", "b_with_w_of_a"):
+        c = check.get(name) or {}
+        w_moved = (c.get("w_transfer") or 0.0) > (c.get("own_w_transfer") or 0.0)
+        moved.append(w_moved and (c.get("ltas_db_toward_donor") or 0.0) > 0)
+    parts = ", ".join(
+        f"{n.replace('_', ' ')}: w transfer {check[n]['w_transfer']:.2f} (own-w {check[n]['own_w_transfer']:.2f}), "
+        f"spectrum {check[n]['ltas_db_toward_donor']:+.2f} dB toward the donor"
+        for n in ("a_with_w_of_b", "b_with_w_of_a")
+        if isinstance((check.get(n) or {}).get("w_transfer"), float)
+    )
+    verdict = (
+        "w carries global traits"
+        if all(moved)
+        else "w partly carries global traits"
+        if any(moved)
+        else ("w does not carry global traits")
+    )
+    return f"**{verdict}** ({parts})."
+
+
+def _exchange_section(state: ExperimentState, report_dir: Path) -> list[str]:
+    """The w exchange of the shipped priors that have a sequence latent: the figure and the one-line verdict."""
+    lines: list[str] = []
+    for name, info in (state.data.get("shipped") or {}).items():
+        folder = Path(info["swap_w"]) if info.get("swap_w") else None
+        result = read_json(folder / "swap_w.json") if folder else None
+        if not result:
+            continue
+        fig_dir = report_dir / GENERATION_FIGURES
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        label = f"{(result.get('model') or {}).get('label', name)}"
+        if not lines:
+            lines = ["## The w exchange", ""]
+        inputs = ", ".join(Path(str((v or {}).get("path", "?"))).name for v in (result.get("inputs") or {}).values())
+        lines.append(f"{label}: two test speakers ({inputs}), each decoded with the other's w (own past). ")
+        lines += [exchange_verdict(result.get("check") or {}), ""]
+        if (folder / "swap_w.png").is_file():
+            dest = fig_dir / f"swap-w-{name}.png"
+            shutil.copyfile(folder / "swap_w.png", dest)
+            lines += [f"![{label}: the w exchange]({GENERATION_FIGURES}/{dest.name})", ""]
     return lines
 
 
