@@ -25,10 +25,20 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from lightdvae._io import read_json, utc_now
+from lightdvae._io import read_json, utc_now, write_json
 from lightdvae.errors import FolderError
 
-__all__ = ["claim", "clear", "differences", "describe_differences", "folder_lock", "lock_holder", "LOCK_FILE"]
+__all__ = [
+    "claim",
+    "open_session",
+    "close_session",
+    "clear",
+    "differences",
+    "describe_differences",
+    "folder_lock",
+    "lock_holder",
+    "LOCK_FILE",
+]
 
 #: The lock file of a folder being written (kept after release: removing it would race with a new holder).
 LOCK_FILE = ".lightdvae.lock"
@@ -97,6 +107,34 @@ def claim(
             f"replace {them}, or --out DIR to keep both"
         )
     return state if old is not None else None
+
+
+def open_session(out: str | Path, fingerprint: Mapping, *, state_file: str, **claim_options) -> dict:
+    """:func:`claim` ``out`` for the result ``fingerprint`` (``claim_options``: its keyword arguments) and write
+    the state a resumable command keeps there: ``fingerprint``, ``wall_s`` (seconds of earlier sessions),
+    ``sessions`` (how many), ``updated``.  Returns it; :func:`close_session` adds this session."""
+    out = Path(out)
+    previous = claim(out, fingerprint, state_file=state_file, **claim_options) or {}
+    state = {
+        "fingerprint": fingerprint,
+        "wall_s": float(previous.get("wall_s") or 0.0),
+        "sessions": int(previous.get("sessions") or 0),
+        "updated": utc_now(),
+    }
+    write_json(out / state_file, state)
+    return state
+
+
+def close_session(out: str | Path, state_file: str, state: dict, session_s: float, finished: bool, log) -> None:
+    """Count this session (``session_s`` seconds, ``finished`` or not) into the state of :func:`open_session`;
+    a failure to write it goes to ``log`` as a warning, never hiding the error that may be on its way out."""
+    path = Path(out) / state_file
+    new = {**state, "wall_s": state["wall_s"] + session_s, "sessions": state["sessions"] + 1}
+    new.update(updated=utc_now(), finished=finished)
+    try:
+        write_json(path, new)
+    except OSError as exc:
+        log.warning("cannot update %s: %s", path, exc)
 
 
 def _describe_holder(info: dict | None) -> str:

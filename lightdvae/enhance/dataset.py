@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from lightdvae import resultdir
-from lightdvae._io import utc_now, write_json
+from lightdvae._io import write_json
 from lightdvae.audio import SAMPLE_RATE, SILENCE_PEAK, AudioError
 from lightdvae.audio import save_audio as write_wav
 from lightdvae.enhance.api import batches, enhance_batch
@@ -187,7 +187,7 @@ def enhance_noisy_set(model, noisy_set, *, out, settings: SetSettings, run_info:
 
 
 def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
-    previous = resultdir.claim(
+    return resultdir.open_session(
         out,
         fingerprint,
         state_file=STATE_FILE,
@@ -197,24 +197,10 @@ def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
         what="the results of another enhancement",
         error=EnhanceError,
     )
-    previous = previous or {}
-    state = {
-        "fingerprint": fingerprint,
-        "wall_s": float(previous.get("wall_s") or 0.0),
-        "sessions": int(previous.get("sessions") or 0),
-        "updated": utc_now(),
-    }
-    write_json(out / STATE_FILE, state)
-    return state
 
 
 def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> None:
-    new = {**state, "wall_s": state["wall_s"] + session_s, "sessions": state["sessions"] + 1}
-    new.update(updated=utc_now(), finished=finished)
-    try:
-        write_json(out / STATE_FILE, new)
-    except OSError as exc:  # never hide the original error behind this one
-        logger.warning("cannot update %s: %s", out / STATE_FILE, exc)
+    resultdir.close_session(out, STATE_FILE, state, session_s, finished, logger)
 
 
 def _estimated_samples(item) -> int:

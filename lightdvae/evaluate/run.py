@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lightdvae import resultdir
-from lightdvae._io import utc_now, write_json
+from lightdvae._io import write_json
 from lightdvae.audio import HOP, SAMPLE_RATE
 from lightdvae.errors import EvalError
 from lightdvae.evaluate.journal import MODEL_ERROR, Journal, kept_rows, read_per_file, write_per_file
@@ -302,7 +302,7 @@ def _load_dataset(files, settings: EvalSettings):
 def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
     """Claim ``out`` for this evaluation (refuse another one; ``overwrite``: clear its results and start over);
     return the state to keep (``fingerprint``, ``wall_s``: seconds spent by earlier sessions, ``sessions``)."""
-    previous = resultdir.claim(
+    return resultdir.open_session(
         out,
         fingerprint,
         state_file=STATE,
@@ -313,24 +313,10 @@ def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
         them="them",
         error=EvalError,
     )
-    previous = previous or {}
-    state = {
-        "fingerprint": fingerprint,
-        "wall_s": float(previous.get("wall_s") or 0.0),
-        "sessions": int(previous.get("sessions") or 0),
-        "updated": utc_now(),
-    }
-    write_json(out / STATE, state)
-    return state
 
 
 def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> None:
-    state = {**state, "wall_s": state["wall_s"] + session_s, "sessions": state["sessions"] + 1}
-    state.update(updated=utc_now(), finished=finished)
-    try:
-        write_json(out / STATE, state)
-    except OSError as exc:  # never hide the original error behind this one
-        logger.warning("cannot update %s: %s", out / STATE, exc)
+    resultdir.close_session(out, STATE, state, session_s, finished, logger)
 
 
 def _evaluate_files(model, corpus, files, out: Path, fingerprint: dict, run_info: dict, settings, t_start: float):
