@@ -28,6 +28,7 @@ __all__ = [
     "EnhanceError",
     "FolderError",
     "BackendError",
+    "first_line",
 ]
 
 
@@ -78,3 +79,10 @@ class EnhanceError(UserError):
 
 class BackendError(UserError, ValueError):
     """``LIGHTDVAE_BACKEND`` names no backend, or asks for native kernels that are not built."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): how a failure that must not
+    stop a long loop (one file, one batch) is recorded and logged."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

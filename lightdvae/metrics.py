@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lightdvae.errors import first_line
 from lightdvae.runtime import run_isolated
 
 SAMPLE_RATE = 16000  #: the rate every metric here assumes (the package's rate, lightdvae.audio.SAMPLE_RATE).
@@ -190,11 +191,6 @@ def _signal_problem(x: np.ndarray, y: np.ndarray, min_samples: int) -> str | Non
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def pesq(reference, estimate, mode: str = "wb", sample_rate: int = SAMPLE_RATE) -> Score:
     """PESQ of ``estimate`` against ``reference`` with the ``pesq`` package.
 
@@ -233,7 +229,7 @@ def _pesq_score(lib, sample_rate: int, x: np.ndarray, y: np.ndarray, mode: str) 
     try:
         return float(lib.pesq(sample_rate, x, y, mode))
     except Exception as exc:  # the library's failures (NoUtterancesError, PesqError, MemoryError, ...)
-        return Score(math.nan, known.get(type(exc)) or f"pesq error: {_first_line(exc)}")
+        return Score(math.nan, known.get(type(exc)) or f"pesq error: {first_line(exc)}")
 
 
 def pesq_nb_raw(mos_lqo: float) -> float:
@@ -267,7 +263,7 @@ def estoi(reference, estimate, sample_rate: int = SAMPLE_RATE) -> Score:
         try:
             value = float(stoi(x, y, sample_rate, extended=True))
         except Exception as exc:
-            return Score(math.nan, f"pystoi error: {_first_line(exc)}")
+            return Score(math.nan, f"pystoi error: {first_line(exc)}")
     if any("Not enough STFT frames" in str(w.message) for w in caught):
         return Score(math.nan, "too-short")
     if not math.isfinite(value):
@@ -334,7 +330,7 @@ def compute_metrics(
             else:
                 score = Score(math.nan, f"unknown metric {name!r}")
         except Exception as exc:  # shape errors, missing packages: recorded, not raised
-            score = Score(math.nan, f"{type(exc).__name__}: {_first_line(exc)}")
+            score = Score(math.nan, f"{type(exc).__name__}: {first_line(exc)}")
         seconds[name] = time.perf_counter() - t0
         value = float(score.value)
         if score.error is None and math.isnan(value):

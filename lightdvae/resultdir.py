@@ -22,7 +22,8 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from lightdvae._io import read_json, utc_now, write_json
@@ -32,6 +33,7 @@ __all__ = [
     "claim",
     "open_session",
     "close_session",
+    "resumable_loop",
     "clear",
     "differences",
     "describe_differences",
@@ -52,9 +54,24 @@ def differences(old: Mapping, new: Mapping) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def _short(value) -> str | None:
+    """A fingerprint value as a message shows it: numbers, flags and short words (None: too long to help)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, str) and len(value) <= 24:
+        return value
+    return None
+
+
 def describe_differences(old: Mapping, new: Mapping) -> str:
-    """``"checkpoint weights, n"``: the differing keys in words."""
-    return ", ".join(KEY_NAMES.get(k, k) for k in differences(old, new))
+    """``"checkpoint weights, iterations: 100 there, 300 asked"``: the differing keys in words, with both values
+    where they are short (numbers, flags, short words; a key missing on one side is ``None`` there)."""
+    parts = []
+    for key in differences(old, new):
+        there, asked = _short(old.get(key)), _short(new.get(key))
+        name = KEY_NAMES.get(key, key)
+        parts.append(f"{name}: {there} there, {asked} asked" if there is not None and asked is not None else name)
+    return "; ".join(parts)
 
 
 def clear(out: str | Path, files: Iterable[str] = (), dirs: Iterable[str] = ()) -> None:
@@ -102,10 +119,11 @@ def claim(
         return None
     if old is not None and old != dict(fingerprint):
         old = old if isinstance(old, Mapping) else {"unreadable": True}
-        raise error(
-            f"{out} holds {what} (differs in: {describe_differences(old, fingerprint)}); pass --overwrite to "
-            f"replace {them}, or --out DIR to keep both"
-        )
+        if old.get("unreadable") or old.get("unknown"):
+            why = f"{state_file} is unreadable" if old.get("unreadable") else f"no {state_file} says what they are"
+        else:
+            why = f"differs in: {describe_differences(old, fingerprint)}"
+        raise error(f"{out} holds {what} ({why}); pass --overwrite to replace {them}, or --out DIR to keep both")
     return state if old is not None else None
 
 
@@ -125,9 +143,10 @@ def open_session(out: str | Path, fingerprint: Mapping, *, state_file: str, **cl
     return state
 
 
-def close_session(out: str | Path, state_file: str, state: dict, session_s: float, finished: bool, log) -> None:
+def close_session(out: str | Path, state_file: str, state: dict, session_s: float, finished: bool, log) -> dict:
     """Count this session (``session_s`` seconds, ``finished`` or not) into the state of :func:`open_session`;
-    a failure to write it goes to ``log`` as a warning, never hiding the error that may be on its way out."""
+    a failure to write it goes to ``log`` as a warning, never hiding the error that may be on its way out.
+    Returns the seconds a summary records: ``wall`` (all sessions), ``wall_last_session`` and ``sessions``."""
     path = Path(out) / state_file
     new = {**state, "wall_s": state["wall_s"] + session_s, "sessions": state["sessions"] + 1}
     new.update(updated=utc_now(), finished=finished)
@@ -135,6 +154,45 @@ def close_session(out: str | Path, state_file: str, state: dict, session_s: floa
         write_json(path, new)
     except OSError as exc:
         log.warning("cannot update %s: %s", path, exc)
+    return {"wall": new["wall_s"], "wall_last_session": session_s, "sessions": new["sessions"]}
+
+
+@contextlib.contextmanager
+def resumable_loop(
+    journal: str | Path,
+    done: Sized,
+    total: int,
+    *,
+    verb: str,
+    salvage: Callable[[], object] | None = None,
+    error: type[Exception] = FolderError,
+) -> Iterator[None]:
+    """Around the per-file loop of a resumable command whose finished files are journaled (appended and synced,
+    one row each) in ``journal``: ``done`` holds the files saved so far (a dict the loop fills), ``total`` the
+    files of the whole selection, ``verb`` what the command does to a file (``"evaluate"``).
+
+    Ctrl-C (``KeyboardInterrupt``): ``salvage()`` first (the results that worker processes had finished are
+    journaled), then one line on stderr, ``interrupted: N of M files are saved in JOURNAL; run the same command
+    again to VERB the rest``, and the interrupt goes on.  A worker process that died (``BrokenProcessPool``):
+    ``error`` with one line saying what is saved and how to resume.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if salvage is not None:
+            salvage()
+        print(
+            f"\ninterrupted: {len(done)} of {total} files are saved in {journal}; "
+            f"run the same command again to {verb} the rest",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    except BrokenProcessPool:
+        raise error(
+            f"a metric worker process died; the {len(done)} files done are saved in {journal}: run the same "
+            "command again to resume (or --workers 0 to compute the metrics in one process)"
+        ) from None
 
 
 def _describe_holder(info: dict | None) -> str:

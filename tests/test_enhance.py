@@ -4,6 +4,8 @@ an enhancement that helps, and the command's one-line errors.
 Numbers are compared in float64, where the computations agree to ~1e-15; the tolerances below are a few orders
 above that, far below any real difference (one Adam step moves a weight by ~1e-3)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -13,6 +15,7 @@ from helpers import TINY_LIGHT, make_run, speech_like
 from lightdvae.audio import istft, stft
 from lightdvae.cli import main
 from lightdvae.enhance import (
+    EnhanceSettings,
     batches,
     engine_for,
     enhance,
@@ -21,6 +24,7 @@ from lightdvae.enhance import (
     init_noise_model,
     m_step,
     mixture_divergence,
+    resolve_settings,
     wiener_filter,
 )
 from lightdvae.errors import EnhanceError
@@ -203,12 +207,52 @@ def test_enhancement_with_the_shipped_vae_raises_si_sdr():
         ({"samples": 0}, "samples"),
         ({"seed": -1}, "seed"),
         ({"max_seconds": 0}, "max_seconds"),
+        ({"lr": "0.1"}, "lr must be a number"),
         ({"device": "tpu"}, "device"),
+        ({"iteration": 3}, "unknown enhancement option 'iteration'; the options are iterations, rank, lr"),
+        ({"settings": {"iterations": 3}}, "settings must be an EnhanceSettings"),
     ],
 )
 def test_bad_options_are_one_clear_error(options, expect):
     with pytest.raises(EnhanceError, match=expect):
         enhance(_model("vae"), _mixture(0.2, 1)[1], **options)
+
+
+def test_the_settings_are_one_checked_carrier():
+    settings = EnhanceSettings(iterations=3, seed=7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.iterations = 4
+    assert settings.replace(seed=8) == EnhanceSettings(iterations=3, seed=8) and settings.seed == 7
+    assert settings.replace() is settings
+    assert EnhanceSettings.from_dict({**settings.to_dict(), "metrics": ["si_sdr"]}) == settings
+    assert resolve_settings(None, {}) == EnhanceSettings()
+    assert resolve_settings(settings, {"beta": 0}) == EnhanceSettings(iterations=3, seed=7, beta=0.0)
+    numpy = EnhanceSettings(iterations=np.int64(3), lr=np.float32(0.5), max_seconds=np.int32(2))
+    assert type(numpy.iterations) is int and type(numpy.lr) is float and type(numpy.max_seconds) is float
+    assert numpy.to_dict() == {**EnhanceSettings().to_dict(), "iterations": 3, "lr": 0.5, "max_seconds": 2.0}
+
+
+def test_every_bad_setting_is_named_on_one_line():
+    with pytest.raises(EnhanceError) as caught:
+        EnhanceSettings(iterations=0, lr=float("inf"), seed=True, max_seconds=-1)
+    message = str(caught.value)
+    assert "\n" not in message and message.count(";") == 3, message
+    for part in ("iterations must be an integer >= 1, got 0", "lr must be a finite number", "seed must be", "max_s"):
+        assert part in message, message
+    with pytest.raises(EnhanceError, match="unknown enhancement options 'k', 'steps'"):
+        EnhanceSettings().replace(k=4, steps=3)
+
+
+def test_a_settings_object_and_keywords_give_the_same_enhancement():
+    model, wave = _model("vae"), _mixture(0.3, 1)[1]
+    settings = EnhanceSettings(iterations=2, seed=3, beta=0.5, rank=4)
+    given = enhance(model, wave, settings)
+    keywords = enhance(model, wave, **settings.to_dict())
+    replaced = enhance(model, wave, EnhanceSettings(iterations=9, seed=1), iterations=2, seed=3, beta=0.5, rank=4)
+    batched = enhance_batch(model, [wave], settings=settings)[0]
+    for other in (keywords, replaced, batched):
+        np.testing.assert_array_equal(other.waveform, given.waveform)
+        assert other.iterations == 2 and other.noise_variance.shape == given.noise_variance.shape
 
 
 @pytest.mark.parametrize(
@@ -262,6 +306,27 @@ def test_the_command_says_what_is_wrong_in_one_line(files, capsys, monkeypatch):
     _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out, "--clean", str(files / "nope.wav")], "nope")
     monkeypatch.setattr(VAE, "inference_parameters", DVAE.inference_parameters)
     _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out], "no inference network")
-    with pytest.raises(SystemExit) as stop:  # argparse's own check of the option types
-        main(["enhance", str(run), noisy, "--out", out, "--iterations", "0"])
+    # the EM options are checked in one place, EnhanceSettings, and said as one line
+    _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out, "--iterations", "0"], "iterations must be")
+    _one_line_error(capsys, ["enhance", str(run), noisy, "--out", out, "--lr", "nan"], "lr must be a finite number")
+    with pytest.raises(SystemExit) as stop:  # argparse's own check that a number is a number
+        main(["enhance", str(run), noisy, "--out", out, "--iterations", "ten"])
     assert stop.value.code == 2
+
+
+def test_the_command_builds_the_settings_once_and_passes_them_down(files, capsys, monkeypatch):
+    import lightdvae.enhance as E
+
+    run = make_run(files / "run", "vae")
+    seen, real = [], E.enhance
+
+    def spy(model, noisy, settings=None, **options):
+        seen.append((settings, options))
+        return real(model, noisy, settings, **options)
+
+    monkeypatch.setattr(E, "enhance", spy)
+    argv = ["enhance", str(run), str(files / "noisy.wav"), "--out", str(files / "o.wav"), "--iterations", "2"]
+    assert main([*argv, "--beta", "0.01", "--max-seconds", "30", "--seed", "4"]) == 0
+    expected = EnhanceSettings(iterations=2, beta=0.01, max_seconds=30.0, seed=4)
+    assert seen == [(expected, {})], seen
+    assert "2 iterations" in capsys.readouterr().out

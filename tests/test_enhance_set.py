@@ -19,7 +19,7 @@ from helpers import make_run, write_corpus
 import lightdvae.enhance.dataset as dataset
 from lightdvae.cli import main
 from lightdvae.data.noisy import build_noisy_set
-from lightdvae.enhance import SET_COLUMNS, enhance_set, read_enhance_summary, read_set_rows
+from lightdvae.enhance import SET_COLUMNS, EnhanceSettings, enhance_set, read_enhance_summary, read_set_rows
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
 from lightdvae.models.vae import VAE
@@ -73,12 +73,13 @@ def test_rows_audio_figures_and_the_summary_by_snr_and_noise(built, run, tmp_pat
     assert summary["overall"]["improvement"]["si_sdr"]["ci_half"] > 0
     assert summary["files"] == {**summary["files"], "enhanced": 12, "scored": 12, "no_reference": 0, "failed": 0}
     assert summary["seconds"]["per_iteration_per_utterance"] > 0 and summary["settings"]["iterations"] == 3
+    assert EnhanceSettings.from_dict(summary["settings"]) == EnhanceSettings(iterations=3)  # every EM option
     assert summary["model"]["name"] == "vae" and summary["checkpoint"]["sha256"]
     if summary["outputs"]["figures"]:  # matplotlib installed
         assert [(out / f).is_file() for f in summary["outputs"]["figures"]] == [True]
 
 
-def test_an_interrupted_run_resumes_with_the_same_numbers(built, run, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_with_the_same_numbers(built, run, tmp_path, monkeypatch, capsys):
     whole = tmp_path / "whole"
     enhance_set(run, f"noisy:{built}", out=whole, figures=0, **FAST)
     original, calls = dataset.enhance_chunk, []
@@ -94,6 +95,11 @@ def test_an_interrupted_run_resumes_with_the_same_numbers(built, run, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         enhance_set(run, f"noisy:{built}", out=parts, figures=0, **FAST)
     assert len(read_set_rows(parts / "per_file.csv")) == 4 and not (parts / "summary.json").exists()
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [
+        f"interrupted: 4 of 12 files are saved in {parts / 'per_file.csv'}; run the same command again to "
+        "enhance the rest"
+    ], said
     monkeypatch.setattr(dataset, "enhance_chunk", original)
     summary = enhance_set(run, f"noisy:{built}", out=parts, figures=0, **{**FAST, "batch_size": 3})
     assert summary["seconds"]["sessions"] == 2 and summary["files"]["enhanced"] == 12
@@ -106,8 +112,11 @@ def test_an_interrupted_run_resumes_with_the_same_numbers(built, run, tmp_path, 
 def test_a_folder_of_other_settings_is_refused_unless_overwrite(built, run, tmp_path):
     out = tmp_path / "out"
     enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **FAST)
-    with pytest.raises(EnhanceError, match="differs in: iterations.*--overwrite"):
+    with pytest.raises(EnhanceError, match="differs in: iterations: 3 there, 4 asked\\).*--overwrite"):
         enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **{**FAST, "iterations": 4})
+    other = EnhanceSettings(iterations=3, beta=0.01)  # a settings object: the same guard
+    with pytest.raises(EnhanceError, match="differs in: beta: 1.0 there, 0.01 asked\\).*--overwrite"):
+        enhance_set(run, f"noisy:{built}", other, out=out, max_files=2, figures=0, **{**FAST, "iterations": 3})
     summary = enhance_set(run, f"noisy:{built}", out=out, max_files=2, overwrite=True, **{**FAST, "iterations": 4})
     assert summary["settings"]["iterations"] == 4 and len(read_set_rows(out / "per_file.csv")) == 2
 
@@ -167,3 +176,27 @@ def test_the_command_enhances_a_set_and_says_what_is_wrong_in_one_line(built, ru
     monkeypatch.setattr(VAE, "inference_parameters", DVAE.inference_parameters)
     _one_line_error(capsys, [*base, "--data", f"noisy:{built}", "--out", str(tmp_path / "n")], "no inference network")
     assert not (tmp_path / "n").exists()
+
+
+def test_a_dead_metric_worker_is_one_line(built, run, tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    def broken(loop, chunk):
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(dataset, "enhance_chunk", broken)
+    out = tmp_path / "dead"
+    with pytest.raises(EnhanceError, match=r"worker process died; the 0 files done are saved in .*per_file.csv"):
+        enhance_set(run, f"noisy:{built}", out=out, figures=0, **FAST)
+    assert json.loads((out / "state.json").read_text())["finished"] is False
+
+
+def test_the_command_builds_the_settings_once_and_passes_them_down(built, run, tmp_path, monkeypatch):
+    import lightdvae.enhance as E
+
+    seen = []
+    monkeypatch.setattr(E, "enhance_set", lambda run, data, settings=None, **kw: seen.append((settings, kw)) or {})
+    argv = ["enhance", str(run), "--data", f"noisy:{built}", "--iterations", "2", "--rank", "4", "--samples", "2"]
+    assert main(argv) == 0
+    assert seen[0][0] == EnhanceSettings(iterations=2, rank=4, samples=2)
+    assert not set(seen[0][1]) & set(EnhanceSettings.names())  # the EM options travel only in the settings

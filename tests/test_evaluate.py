@@ -131,7 +131,7 @@ def test_a_folder_of_another_evaluation_is_refused(corpus, tmp_path):
     out = tmp_path / "out"
     kw = dict(data=str(corpus), out=out, workers=0, figures=0, metrics=("si_sdr",), max_files=1, model_threads=1)
     E.evaluate_run(run, past="gen", **kw)
-    with pytest.raises(E.EvalError, match=r"another evaluation \(differs in: past\).*--overwrite"):
+    with pytest.raises(E.EvalError, match=r"another evaluation \(differs in: past: gen there, gt asked\).*--overwrite"):
         E.evaluate_run(run, past="gt", **kw)
     assert E.evaluate_run(run, past="gt", overwrite=True, **kw)["past"] == "gt"
     make_run(run, dropout=0.0, d_model=16, n_heads=4)  # new weights in the same run

@@ -154,7 +154,9 @@ def test_a_folder_of_another_generation_is_refused(corpus, tmp_path, capsys):
     out = tmp_path / "gen"
     kw = dict(n=2, frames=8, out=out, fdsd=False, figures=0, **FAST)
     G.generate_run(run, **kw)
-    with pytest.raises(G.GenerationError, match=r"another generation \(differs in: seed\).*--overwrite"):
+    with pytest.raises(
+        G.GenerationError, match=r"another generation \(differs in: seed: 0 there, 1 asked\).*--overwrite"
+    ):
         G.generate_run(run, **{**kw, "seed": 1})
     base = ["generate", str(run), "--out", str(out), "--no-fdsd", "--frames", "8", "--griffin-lim-iters", "8"]
     err = one_line_error(capsys, [*base, "--n", "3", "--batch-size", "4"])

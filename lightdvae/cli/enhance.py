@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lightdvae.cli import non_negative_int, positive_float, positive_int
+from lightdvae.cli import non_negative_int, positive_int
 
 
 def _read(path: str, what: str):
@@ -76,7 +76,16 @@ def _check_mode(args) -> None:
         raise EnhanceError("--clean is for a single noisy file; a noisy set has its clean references")
 
 
-def _run_set(args) -> int:
+def _settings(args):
+    """The EM's settings, built once from the flags given (the others: :class:`EnhanceSettings`' defaults) and
+    checked there: a bad value is one line naming it."""
+    from lightdvae.enhance import EnhanceSettings
+
+    given = {name: getattr(args, name) for name in EnhanceSettings.names() if getattr(args, name) is not None}
+    return EnhanceSettings(**given)
+
+
+def _run_set(args, settings) -> int:
     from lightdvae.enhance import enhance_set
     from lightdvae.runtime import thread_scope
 
@@ -84,14 +93,8 @@ def _run_set(args) -> int:
         enhance_set(
             args.run,
             args.data,
+            settings,
             out=args.out,
-            iterations=args.iterations,
-            rank=args.rank,
-            lr=args.lr,
-            beta=args.beta,
-            samples=args.samples,
-            seed=args.seed,
-            max_seconds=args.max_seconds,
             which=args.checkpoint,
             device=args.device,
             max_files=args.max_files,
@@ -108,8 +111,9 @@ def _run_set(args) -> int:
 
 def run(args) -> int:
     _check_mode(args)
+    settings = _settings(args)
     if args.data:
-        return _run_set(args)
+        return _run_set(args, settings)
     from lightdvae.audio import save_audio
     from lightdvae.enhance import enhance
     from lightdvae.errors import EnhanceError
@@ -122,17 +126,7 @@ def run(args) -> int:
     device = resolve_device(args.device, EnhanceError)
     opened = open_run(args.run, which=args.checkpoint, device=device, error=EnhanceError)
     with thread_scope(args.threads):
-        result = enhance(
-            opened.model,
-            noisy,
-            iterations=args.iterations,
-            rank=args.rank,
-            lr=args.lr,
-            beta=args.beta,
-            samples=args.samples,
-            seed=args.seed,
-            max_seconds=args.max_seconds,
-        )
+        result = enhance(opened.model, noisy, settings)
     path = save_audio(args.out, result.waveform)
     line = f"{args.noisy} -> {path} with {opened.label}: {result.summary()}"
     if clean is not None:
@@ -144,14 +138,10 @@ def run(args) -> int:
     return 0
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise ValueError(text)
-    return value
+def _defaults():
+    from lightdvae.enhance.settings import EnhanceSettings
 
-
-_non_negative_float.__name__ = "non-negative number"
+    return EnhanceSettings()
 
 
 def register(subparsers) -> None:
@@ -167,13 +157,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--out", metavar="PATH", help="the enhanced file (one file), or the results folder (--data; has a default)"
     )
-    p.add_argument("--iterations", type=positive_int, default=100, metavar="N", help="EM iterations (100)")
-    p.add_argument("--rank", type=positive_int, default=8, metavar="K", help="rank of the noise NMF (8)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of the E-step (1e-3)")
-    p.add_argument("--beta", type=_non_negative_float, default=1.0, help="KL weight of the E-step (1)")
-    p.add_argument("--samples", type=positive_int, default=1, metavar="R", help="z samples in the final filter (1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--max-seconds", type=positive_float, metavar="S", help="stop the EM after S seconds")
+    # the EM's options: parsed as numbers here, checked (and defaulted) in one place, EnhanceSettings
+    d = _defaults()
+    p.add_argument("--iterations", type=int, metavar="N", help=f"EM iterations ({d.iterations})")
+    p.add_argument("--rank", type=int, metavar="K", help=f"rank of the noise NMF ({d.rank})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate of the E-step ({d.lr:g})")
+    p.add_argument("--beta", type=float, help=f"KL weight of the E-step ({d.beta:g})")
+    p.add_argument("--samples", type=int, metavar="R", help=f"z samples in the final filter ({d.samples})")
+    p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="stop the EM after S seconds (no limit)")
     p.add_argument("--clean", metavar="FILE", help="the clean reference: print the SI-SDR of input and output")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch threads on the CPU")

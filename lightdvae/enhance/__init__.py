@@ -22,14 +22,16 @@ with 0.01).  The model runs in eval mode (no dropout) and is not modified.
 
 Typical use::
 
-    from lightdvae.enhance import enhance
+    from lightdvae.enhance import EnhanceSettings, enhance
     result = enhance(model, noisy_16k, iterations=100, seed=0)
     result.waveform, result.loss, result.seconds
+    settings = EnhanceSettings(iterations=300, beta=0.01)   # the EM's options, checked once, passed as they are
+    result = enhance(model, noisy_16k, settings)
 
 A whole noisy test set (:mod:`~lightdvae.enhance.dataset`; ``lightdvae enhance RUN --data noisy:DIR``)::
 
     from lightdvae.enhance import enhance_set
-    summary = enhance_set("pretrained:vae", "noisy:noisy-builtin", iterations=100)
+    summary = enhance_set("pretrained:vae", "noisy:noisy-builtin", settings)     # or iterations=100, ...
     summary["overall"]["improvement"]["si_sdr"]["mean"], summary["by_snr"]["0"]["output"]["pesq_wb"]
 """
 
@@ -39,7 +41,7 @@ from lightdvae.enhance.inference import engine_for, inference_names
 from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step, mixture_divergence
 from lightdvae.enhance.set_outputs import ENHANCE_METRICS, SET_COLUMNS, default_enhance_dir, read_set_rows
 from lightdvae.enhance.set_summary import ENHANCE_KIND, console_table, read_enhance_summary
-from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings
+from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_settings
 from lightdvae.enhance.vem import run_vem, wiener_filter
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "enhance_batch",
     "EnhanceResult",
     "EnhanceSettings",
+    "resolve_settings",
     "batches",
     "stream_seed",
     "engine_for",

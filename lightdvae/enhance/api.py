@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightdvae.audio import SILENCE_PEAK, istft, stft
 from lightdvae.enhance.inference import engine_class, engine_for, inference_names
-from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings
+from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_settings
 from lightdvae.enhance.vem import run_vem
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
@@ -96,33 +96,30 @@ def _model_on(model: DVAE, device) -> DVAE:
 def enhance_batch(
     model: DVAE,
     waveforms: Sequence,
+    settings: EnhanceSettings | None = None,
     *,
-    iterations: int = 100,
-    rank: int = 8,
-    lr: float = 1e-3,
-    beta: float = 1.0,
-    samples: int = 1,
-    seed: int = 0,
-    max_seconds: float | None = None,
     device: str | torch.device | None = None,
     indices: Sequence[int] | None = None,
     batch_size: int | None = None,
+    **options,
 ) -> list[EnhanceResult]:
     """Enhance many noisy utterances with ``model`` as the clean-speech prior; one :class:`EnhanceResult` each.
 
     Args:
         model: a trained DVAE of the package (its weights are not modified).
         waveforms: mono 16 kHz mixtures, each ``(samples,)`` (NumPy or torch).
-        iterations, rank, lr, beta, samples, seed, max_seconds: see :class:`EnhanceSettings`.
+        settings: the EM's options (:class:`EnhanceSettings`; None: the defaults).
         device: where to run (None: the model's device; "auto", "cpu", "cuda", "cuda:N").
-        indices: each utterance's index in its data set (default ``0 .. n-1``): with ``seed`` it picks the
+        indices: each utterance's index in its data set (default ``0 .. n-1``): with the seed it picks the
             utterance's random stream, so an utterance gets the same result in any batch.
         batch_size: at most this many utterances per EM run (None: no limit).
+        **options: EM options that replace those of ``settings`` (``iterations=300, seed=1``; the names of
+            :class:`EnhanceSettings`).
 
     Raises :class:`lightdvae.errors.EnhanceError` for bad options, bad waveforms or a model without an inference
     network.  Runs in the model's dtype.
     """
-    settings = EnhanceSettings(iterations, rank, lr, beta, samples, seed, max_seconds)
+    settings = resolve_settings(settings, options)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise EnhanceError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     waves = [_checked_wave(w, f"waveform {i}") for i, w in enumerate(waveforms)]
@@ -169,16 +166,11 @@ def _enhance_group(model, group, specs, waves, indices, settings, results) -> No
 def enhance(
     model: DVAE,
     noisy_waveform,
+    settings: EnhanceSettings | None = None,
     *,
-    iterations: int = 100,
-    rank: int = 8,
-    lr: float = 1e-3,
-    beta: float = 1.0,
-    samples: int = 1,
-    seed: int = 0,
-    max_seconds: float | None = None,
     device: str | torch.device | None = None,
     index: int = 0,
+    **options,
 ) -> EnhanceResult:
     """Enhance one noisy 16 kHz mono waveform ``(samples,)`` with ``model`` as the clean-speech prior.
 
@@ -188,17 +180,7 @@ def enhance(
         from lightdvae.models import pretrained
         result = enhance(pretrained("vae"), noisy, iterations=100, seed=0)
         result.waveform, result.loss[-1], result.seconds
+        settings = EnhanceSettings(iterations=300, beta=0.01)    # or built once, and passed as it is
+        result = enhance(pretrained("vae"), noisy, settings)
     """
-    return enhance_batch(
-        model,
-        [noisy_waveform],
-        iterations=iterations,
-        rank=rank,
-        lr=lr,
-        beta=beta,
-        samples=samples,
-        seed=seed,
-        max_seconds=max_seconds,
-        device=device,
-        indices=[index],
-    )[0]
+    return enhance_batch(model, [noisy_waveform], settings, device=device, indices=[index], **options)[0]

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lightdvae import resultdir
 from lightdvae._io import write_json
@@ -52,11 +50,11 @@ from lightdvae.enhance.set_outputs import (
     write_figure,
 )
 from lightdvae.enhance.set_summary import build_set_summary, console_table
-from lightdvae.enhance.settings import EnhanceSettings
-from lightdvae.errors import DataError, EnhanceError
-from lightdvae.evaluate.journal import MODEL_ERROR, Journal, write_per_file
+from lightdvae.enhance.settings import EnhanceSettings, resolve_settings
+from lightdvae.errors import DataError, EnhanceError, first_line
+from lightdvae.evaluate.journal import MODEL_ERROR, Journal, check_model_ran, kept_rows, write_per_file
 from lightdvae.evaluate.outputs import audio_path
-from lightdvae.evaluate.workers import MetricPool, default_workers
+from lightdvae.evaluate.workers import MetricPool, default_workers, model_threads
 from lightdvae.runtime import progress_bar, resolve_device, thread_scope
 
 __all__ = ["enhance_set", "enhance_noisy_set", "enhance_chunk", "MAX_LENGTH_MISMATCH"]
@@ -70,15 +68,9 @@ MAX_LENGTH_MISMATCH = 160
 def enhance_set(
     run,
     data,
+    settings: EnhanceSettings | None = None,
     *,
     out=None,
-    iterations: int = 100,
-    rank: int = 8,
-    lr: float = 1e-3,
-    beta: float = 1.0,
-    samples: int = 1,
-    seed: int = 0,
-    max_seconds: float | None = None,
     which: str = "best",
     device="auto",
     metrics=ENHANCE_METRICS,
@@ -90,14 +82,17 @@ def enhance_set(
     figures: int = 2,
     save_audio: bool = True,
     quiet: bool = True,
+    **options,
 ) -> dict:
     """Enhance the noisy set ``data`` with the prior ``run``; returns the summary (also in ``summary.json``).
 
     Args:
         run: a run folder, an imported checkpoint's folder, or ``pretrained:NAME``.
         data: ``noisy:DIR``, ``vbd:DIR`` or ``wsj0-qut:DIR`` (:func:`lightdvae.data.noisy.read_noisy_set`).
+        settings: the EM's options (:class:`EnhanceSettings`; None: the defaults).  They go, with the checkpoint
+            and the set, into the folder's fingerprint (``state.json``) and into ``summary.json``: a resumed run
+            with other settings is refused.
         out: output folder (default ``RUN/enhance/<set>-<settings tag>/``; ``./pretrained-NAME/enhance/...``).
-        iterations, rank, lr, beta, samples, seed, max_seconds: the EM's (:class:`EnhanceSettings`).
         which: checkpoint, ``"best"`` or ``"last"``.  device: where the model runs (``"auto"``: a GPU if any).
         metrics: a subset of :data:`ENHANCE_METRICS` (PESQ is the slow one).
         max_files: only the first N files of the set (sorted by name).
@@ -106,14 +101,15 @@ def enhance_set(
         overwrite: replace another enhancement's results found in ``out``.
         progress: progress bar (None: on a terminal).  figures: how many files (the first) get a figure.
         save_audio: write ``audio/<name>.wav``.  quiet: no closing table on stdout.
+        **options: EM options that replace those of ``settings`` (``iterations=300``; see :class:`EnhanceSettings`).
     Raises:
         EnhanceError / DataError (one line each): a bad option, a missing set or run, a model without an
         inference network, a folder holding another enhancement, a metric package missing.
     """
-    em = EnhanceSettings(iterations, rank, lr, beta, samples, seed, max_seconds)
+    em = resolve_settings(settings, options)
     if workers is None:
         workers = max(1, default_workers() // 4)
-    settings = SetSettings.checked(
+    set_settings = SetSettings.checked(
         em,
         metrics=metrics,
         max_files=max_files,
@@ -133,7 +129,7 @@ def enhance_set(
     inference_names(opened.model)  # a model without an inference network: one line, before anything is written
     if out is None:
         out = default_enhance_dir(opened.run_dir, noisy_set.name, em, which)
-    return enhance_noisy_set(opened.model, noisy_set, out=out, settings=settings, run_info=opened.info, spec=data)
+    return enhance_noisy_set(opened.model, noisy_set, out=out, settings=set_settings, run_info=opened.info, spec=data)
 
 
 def enhance_noisy_set(model, noisy_set, *, out, settings: SetSettings, run_info: dict, spec: str) -> dict:
@@ -159,14 +155,10 @@ def enhance_noisy_set(model, noisy_set, *, out, settings: SetSettings, run_info:
             loop.run()
             finished = True
         finally:
-            session_s = time.perf_counter() - t_start
-            _close_state(out, state, session_s, finished)
+            seconds = _close_state(out, state, time.perf_counter() - t_start, finished)
         rows = [loop.done[i] for i in sorted(loop.done)]
-        if rows and all(MODEL_ERROR in r["errors"] for r in rows):
-            raise EnhanceError(f"the model failed on every file; first error: {rows[0]['errors'][MODEL_ERROR]}")
+        check_model_ran(rows, EnhanceError)
         write_per_file(out / PER_FILE, rows, SET_COLUMNS)
-        seconds = {"wall": state["wall_s"] + session_s, "wall_last_session": session_s}
-        seconds["sessions"] = state["sessions"] + 1
         summary = build_set_summary(
             rows,
             run_info=run_info,
@@ -199,8 +191,8 @@ def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
     )
 
 
-def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> None:
-    resultdir.close_session(out, STATE_FILE, state, session_s, finished, logger)
+def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> dict:
+    return resultdir.close_session(out, STATE_FILE, state, session_s, finished, logger)
 
 
 def _estimated_samples(item) -> int:
@@ -219,7 +211,7 @@ def _load_pair(item) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         noisy, clean = item.load()
     except (AudioError, OSError, RuntimeError, ValueError) as exc:
-        raise DataError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+        raise DataError(first_line(exc)) from None
     if float(np.abs(noisy).max(initial=0.0)) < SILENCE_PEAK:
         raise DataError("the noisy file is silent")
     if clean is not None:
@@ -245,23 +237,10 @@ def enhance_chunk(loop: SetLoop, chunk: list[int]) -> None:
     if not todo:
         return
     waves = [pairs[i][0] for i in todo]
-    em = loop.settings.em
     try:
-        results = enhance_batch(
-            loop.model,
-            waves,
-            iterations=em.iterations,
-            rank=em.rank,
-            lr=em.lr,
-            beta=em.beta,
-            samples=em.samples,
-            seed=em.seed,
-            max_seconds=em.max_seconds,
-            indices=todo,
-            batch_size=loop.settings.batch_size,
-        )
+        results = enhance_batch(loop.model, waves, loop.settings.em, indices=todo, batch_size=loop.settings.batch_size)
     except Exception as exc:  # one failing batch must not end a long run; retried on resume
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         logger.warning("the model failed on %d files (%s ...): %s", len(todo), loop.items[todo[0]].name, msg)
         for i in todo:
             loop.write_row(i, {MODEL_ERROR: f"{type(exc).__name__}: {msg}"}, None)
@@ -281,12 +260,7 @@ class SetLoop:
     def __init__(self, model, items: list, out: Path, settings: SetSettings, label: str):
         self.model, self.items, self.out, self.settings, self.label = model, items, out, settings, label
         self.names = [it.name for it in items]
-        index_of = {n: i for i, n in enumerate(self.names)}
-        self.done: dict[int, dict] = {}
-        for row in read_set_rows(out / PER_FILE):
-            i = index_of.get(row["name"])
-            if i is not None:
-                self.done[i] = {**row, "index": i}
+        self.done: dict[int, dict] = kept_rows(read_set_rows(out / PER_FILE), self.names)
         self.pending: dict[int, tuple] = {}  # index -> (result, {side: metrics result})
         self.journal = None
         self.bar = None
@@ -297,12 +271,9 @@ class SetLoop:
         groups = batches(self.model, [_estimated_samples(self.items[i]) for i in todo], self.settings.batch_size)
         return [[todo[k] for k in g] for g in groups]
 
-    def _threads(self) -> int | None:
-        if next(self.model.parameters()).device.type != "cpu" or not self.settings.workers:
-            return None
-        return max(1, min(torch.get_num_threads(), default_workers() - self.settings.workers))
-
     def run(self) -> None:
+        """Enhance every file still to do.  Ctrl-C keeps what is finished (and re-raises); a dead worker process
+        raises :class:`EnhanceError` (:func:`lightdvae.resultdir.resumable_loop`)."""
         s = self.settings
         # the metric workers are forked before the loop starts threads
         self.pool = MetricPool(s.workers, s.metrics)
@@ -311,20 +282,19 @@ class SetLoop:
             print(f"resuming {self.out}: {len(self.done)} of {len(self.items)} files already enhanced", flush=True)
         total, desc = len(self.items), f"enhance {self.label}"
         self.bar = progress_bar(total=total, initial=len(self.done), desc=desc, unit="file", progress=s.progress)
+        guard = resultdir.resumable_loop(
+            self.out / PER_FILE,
+            self.done,
+            total,
+            verb="enhance",
+            salvage=lambda: self.pool.salvage(self.finish_metrics),
+            error=EnhanceError,
+        )
         try:
-            with thread_scope(self._threads()):
+            with guard, thread_scope(model_threads(self.model, s.workers)):
                 for chunk in self.plan():
                     enhance_chunk(self, chunk)
                 self.pool.drain(self.finish_metrics)
-        except KeyboardInterrupt:
-            self.pool.salvage(self.finish_metrics)
-            print(
-                f"\ninterrupted: {len(self.done)} of {len(self.items)} files are saved in {self.out / PER_FILE}; "
-                "run the same command again to enhance the rest",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise
         finally:
             self.bar.close()
             self.journal.close()

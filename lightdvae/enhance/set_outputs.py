@@ -101,28 +101,19 @@ class SetSettings:
     @property
     def fingerprint(self) -> dict:
         """The settings that change the numbers (with the checkpoint and the set: the folder's fingerprint)."""
-        e = self.em
-        return {
-            "iterations": e.iterations,
-            "rank": e.rank,
-            "lr": e.lr,
-            "beta": e.beta,
-            "samples": e.samples,
-            "seed": e.seed,
-            "max_seconds": e.max_seconds,
-            "metrics": list(self.metrics),
-        }
+        return {**self.em.to_dict(), "metrics": list(self.metrics)}
 
 
 def settings_tag(em: EnhanceSettings, which: str = "best") -> str:
     """``it100-k8-seed0`` plus the options that differ from the defaults (``-lr0.01``, ``-beta0``, ``-r4``,
     ``-max30s``, ``-last``)."""
+    default = EnhanceSettings()
     tag = f"it{em.iterations}-k{em.rank}-seed{em.seed}"
-    if em.lr != 1e-3:
+    if em.lr != default.lr:
         tag += f"-lr{em.lr:g}"
-    if em.beta != 1.0:
+    if em.beta != default.beta:
         tag += f"-beta{em.beta:g}"
-    if em.samples != 1:
+    if em.samples != default.samples:
         tag += f"-r{em.samples}"
     if em.max_seconds is not None:
         tag += f"-max{em.max_seconds:g}s"

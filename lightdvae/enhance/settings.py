@@ -1,8 +1,17 @@
-"""What an enhancement is asked (:class:`EnhanceSettings`, checked once) and gives back (:class:`EnhanceResult`)."""
+"""What an enhancement is asked (:class:`EnhanceSettings`, checked once) and gives back (:class:`EnhanceResult`).
+
+:class:`EnhanceSettings` is the one carrier of the variational EM's options: built once (by the command line from
+its flags, by a user in Python), then handed unchanged to :func:`~lightdvae.enhance.enhance`,
+:func:`~lightdvae.enhance.enhance_batch`, :func:`~lightdvae.enhance.enhance_set` and the EM loop.  Those entry
+points also take the options as keywords (``enhance(model, noisy, iterations=300)``), merged by
+:func:`resolve_settings` into the settings given (or the defaults).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,32 +19,42 @@ from torch import Tensor
 
 from lightdvae.errors import EnhanceError
 
-__all__ = ["EnhanceSettings", "EnhanceResult"]
+__all__ = ["EnhanceSettings", "EnhanceResult", "resolve_settings"]
 
 
-def _integer(name: str, value, minimum: int) -> int:
+def _integer(name: str, value, minimum: int) -> str | None:
+    """What is wrong with ``value`` as an integer >= ``minimum`` (None: nothing)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise EnhanceError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+        return f"{name} must be an integer >= {minimum}, got {value!r}"
+    return None
 
 
-def _number(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
-        raise EnhanceError(f"{name} must be a finite number, got {value!r}")
+def _number(name: str, value, *, positive: bool) -> str | None:
+    """What is wrong with ``value`` as a finite number > 0 (``positive``) or >= 0 (None: nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return f"{name} must be a number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
     if value < 0 or (positive and value == 0):
-        raise EnhanceError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
+        return f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
 class EnhanceSettings:
-    """The options of the variational EM (defaults: the reference's runs).
+    """The options of the variational EM (defaults: the reference's runs).  Frozen; checked when built.
 
     iterations: EM iterations (100).  rank: K of the noise NMF (8).  lr: Adam's learning rate of the E-step (1e-3).
     beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  samples: z samples
     averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
     iteration that would start after it (at least one iteration runs).  None: no budget.
+
+    Every bad value raises :class:`~lightdvae.errors.EnhanceError`, one line naming each bad field::
+
+        settings = EnhanceSettings(iterations=300, beta=0.01)
+        longer = settings.replace(iterations=500)       # a checked copy
+        settings.to_dict()                              # what summary.json and the resumption guard record
     """
 
     iterations: int = 100
@@ -47,14 +66,62 @@ class EnhanceSettings:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "iterations", _integer("iterations", self.iterations, 1))
-        object.__setattr__(self, "rank", _integer("rank", self.rank, 1))
-        object.__setattr__(self, "samples", _integer("samples", self.samples, 1))
-        object.__setattr__(self, "seed", _integer("seed", self.seed, 0))
-        object.__setattr__(self, "lr", _number("lr", self.lr, positive=True))
-        object.__setattr__(self, "beta", _number("beta", self.beta, positive=False))
-        if self.max_seconds is not None:
-            object.__setattr__(self, "max_seconds", _number("max_seconds", self.max_seconds, positive=True))
+        problems = [
+            _integer("iterations", self.iterations, 1),
+            _integer("rank", self.rank, 1),
+            _number("lr", self.lr, positive=True),
+            _number("beta", self.beta, positive=False),
+            _integer("samples", self.samples, 1),
+            _integer("seed", self.seed, 0),
+            None if self.max_seconds is None else _number("max_seconds", self.max_seconds, positive=True),
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise EnhanceError("; ".join(problems))
+        for name in ("iterations", "rank", "samples", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("lr", "beta") + (("max_seconds",) if self.max_seconds is not None else ()):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes) -> EnhanceSettings:
+        """A copy with ``changes`` (checked); :class:`EnhanceError` for a name that is not an option."""
+        unknown = [k for k in changes if k not in self.names()]
+        if unknown:
+            raise EnhanceError(
+                f"unknown enhancement option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"the options are {', '.join(self.names())}"
+            )
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict:
+        """``{name: value}`` of every option (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EnhanceSettings:
+        """The settings a :meth:`to_dict` recorded (keys that are not options are ignored: a summary's
+        ``"settings"`` also holds the set's own)."""
+        if not isinstance(data, Mapping):
+            raise EnhanceError(f"enhancement settings must be a mapping of option names, got {type(data).__name__}")
+        return cls(**{k: data[k] for k in cls.names() if k in data})
+
+
+def resolve_settings(settings: EnhanceSettings | None, overrides: Mapping) -> EnhanceSettings:
+    """The settings of a call: ``settings`` (None: the defaults) with the options passed as keywords
+    (``overrides``) replaced.  :class:`EnhanceError` for a ``settings`` that is not an :class:`EnhanceSettings`,
+    an unknown option or a bad value."""
+    if settings is None:
+        settings = EnhanceSettings()
+    elif not isinstance(settings, EnhanceSettings):
+        raise EnhanceError(
+            f"settings must be an EnhanceSettings (or None for the defaults), got {type(settings).__name__}"
+        )
+    return settings.replace(**overrides)
 
 
 @dataclass

@@ -117,6 +117,13 @@ def kept_rows(previous: list[dict], names: list[str]) -> dict[int, dict]:
     return done
 
 
+def check_model_ran(rows: list[dict], error: type[Exception]) -> None:
+    """Raise ``error`` (one line, the first failure's reason) when the model failed on every one of ``rows``: no
+    file was computed, a broken model or device rather than a bad file."""
+    if rows and all(MODEL_ERROR in r["errors"] for r in rows):
+        raise error(f"the model failed on every file; first error: {rows[0]['errors'][MODEL_ERROR]}")
+
+
 class Journal:
     """Appends rows to ``per_file.csv`` one at a time, flushed and fsynced (``columns``: as for :func:`csv_line`)."""
 

@@ -6,29 +6,22 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import torch
-
+from lightdvae import resultdir
 from lightdvae.audio import SAMPLE_RATE
 from lightdvae.audio import save_audio as write_wav
-from lightdvae.errors import EvalError
+from lightdvae.errors import EvalError, first_line
 from lightdvae.evaluate.journal import MODEL_ERROR, Journal
 from lightdvae.evaluate.outputs import PER_FILE, audio_path, example_path, write_example
 from lightdvae.evaluate.resynthesis import resynthesize_utterance
 from lightdvae.evaluate.settings import EvalSettings
-from lightdvae.evaluate.workers import MetricPool, default_workers
+from lightdvae.evaluate.workers import MetricPool, model_threads
 from lightdvae.metrics import COLUMNS
 from lightdvae.runtime import progress_bar, thread_scope
 
 logger = logging.getLogger("lightdvae.evaluate")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class FileLoop:
@@ -58,43 +51,29 @@ class FileLoop:
             return True
         return i < self.settings.figures and not example_path(self.out, self.names[i]).is_file()
 
-    def _model_threads(self) -> int | None:
-        """torch threads while a CPU model runs: the metric workers already keep the cores busy, and the model's
-        small per-frame ops (the autoregressive GEN decoding) run far faster on one thread than on threads that
-        fight the workers for the cores.  None (unchanged) for a GPU model."""
-        if next(self.model.parameters()).device.type != "cpu":
-            return None
-        workers = self.settings.workers
-        return self.settings.model_threads or max(1, min(torch.get_num_threads(), default_workers() - workers))
-
     def run(self) -> None:
         """Evaluate every file still to do.  Ctrl-C keeps what is finished (and re-raises); a dead worker
-        process raises :class:`EvalError`."""
+        process raises :class:`EvalError` (:func:`lightdvae.resultdir.resumable_loop`)."""
         todo = [i for i in range(len(self.dataset)) if i not in self.done or self._artefacts_missing(i)]
         s = self.settings
         desc = f"eval {self.label} {s.split}/{s.past}"
         self.bar = progress_bar(
             total=len(self.dataset), initial=len(self.done), desc=desc, unit="file", progress=s.progress
         )
+        guard = resultdir.resumable_loop(
+            self.out / PER_FILE,
+            self.done,
+            len(self.dataset),
+            verb="evaluate",
+            salvage=lambda: self.pool.salvage(self.finish),
+            error=EvalError,
+        )
         try:
-            with thread_scope(self._model_threads()):
+            # a CPU model gets the CPUs the metric workers leave (its small per-frame ops are fastest on few threads)
+            with guard, thread_scope(s.model_threads or model_threads(self.model, s.workers)):
                 for i in todo:
                     self.evaluate_file(i)
                 self.pool.drain(self.finish)
-        except KeyboardInterrupt:
-            self.pool.salvage(self.finish)
-            print(
-                f"\ninterrupted: {len(self.done)} of {len(self.dataset)} files are saved in {self.out / PER_FILE}; "
-                "run the same command again to evaluate the rest",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise
-        except BrokenProcessPool:
-            raise EvalError(
-                f"a metric worker process died; the {len(self.done)} files done are saved in {self.out / PER_FILE}: "
-                "run the same command again to resume (or --workers 0 to compute the metrics in one process)"
-            ) from None
         finally:
             self.bar.close()
 
@@ -109,7 +88,7 @@ class FileLoop:
                 self.model, item["power"], item["spec"], item["length"], s.past, s.sample
             )
         except Exception as exc:  # one bad file must not end a long evaluation; it is retried on resume
-            msg = _first_line(exc)
+            msg = first_line(exc)
             logger.warning("%s: the model failed: %s", self.names[i], msg)
             if need_metrics:  # (when only its audio / figure were missing, its metrics stand)
                 result = {c: math.nan for c in COLUMNS}

@@ -16,7 +16,7 @@ from lightdvae import resultdir
 from lightdvae._io import write_json
 from lightdvae.audio import HOP, SAMPLE_RATE
 from lightdvae.errors import EvalError
-from lightdvae.evaluate.journal import MODEL_ERROR, Journal, kept_rows, read_per_file, write_per_file
+from lightdvae.evaluate.journal import Journal, check_model_ran, kept_rows, read_per_file, write_per_file
 from lightdvae.evaluate.loop import FileLoop
 from lightdvae.evaluate.outputs import (
     DEFAULT_FIGURES,
@@ -230,9 +230,7 @@ def _evaluate_locked(model, corpus, out: Path, run_info: dict | None, settings: 
     }
     done, skipped, names, seconds = _evaluate_files(model, corpus, files, out, fingerprint, run_info, settings, t_start)
     rows = [done[i] for i in sorted(done)]
-    model_failed = [r for r in rows if MODEL_ERROR in r["errors"]]
-    if rows and len(model_failed) == len(rows):
-        raise EvalError(f"the model failed on every file; first error: {model_failed[0]['errors'][MODEL_ERROR]}")
+    check_model_ran(rows, EvalError)
     write_per_file(out / PER_FILE, rows)
     device = str(next(model.parameters()).device)
     summary = build_summary(
@@ -315,8 +313,8 @@ def _open_state(out: Path, fingerprint: dict, overwrite: bool) -> dict:
     )
 
 
-def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> None:
-    resultdir.close_session(out, STATE, state, session_s, finished, logger)
+def _close_state(out: Path, state: dict, session_s: float, finished: bool) -> dict:
+    return resultdir.close_session(out, STATE, state, session_s, finished, logger)
 
 
 def _evaluate_files(model, corpus, files, out: Path, fingerprint: dict, run_info: dict, settings, t_start: float):
@@ -347,8 +345,6 @@ def _evaluate_files(model, corpus, files, out: Path, fingerprint: dict, run_info
         if journal is not None:
             journal.close()
         pool.close()
-        session_s = time.perf_counter() - t_start
         if state is not None:
-            _close_state(out, state, session_s, finished)
-    seconds = {"wall": state["wall_s"] + session_s, "wall_last_session": session_s, "sessions": state["sessions"] + 1}
+            seconds = _close_state(out, state, time.perf_counter() - t_start, finished)
     return done, skipped, names, seconds

@@ -41,6 +41,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def model_threads(model, workers: int) -> int | None:
+    """torch threads for ``model`` while ``workers`` metric processes run: on the CPU, the CPUs the workers leave
+    (at least 1; the model's many small ops, such as an autoregressive decoding, run far faster on few threads
+    than on threads that fight the workers for the cores).  None (torch's setting unchanged) for a model on a GPU
+    or without workers."""
+    if workers <= 0 or next(model.parameters()).device.type != "cpu":
+        return None
+    import torch
+
+    return max(1, min(torch.get_num_threads(), default_workers() - workers))
+
+
 def make_pool(workers: int, mp_context: str | None) -> ProcessPoolExecutor:
     """A process pool for the metrics.  On Linux the workers are forked (instant start; they only run NumPy,
     pesq and pystoi, never torch), and all are started right away, before the model runs."""
