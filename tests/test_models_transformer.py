@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
 
@@ -453,3 +454,42 @@ def test_forward_output_shapes_and_bad_inputs():
         model(power, past="teacher")
     with pytest.raises(ValueError, match="power must be"):
         model(power[0])
+
+
+# ---- the default configuration is unchanged ----------------------------------------------------------
+
+#: Outputs of the default configuration (tiny sizes, float64) written by the code before the ``norm_first`` and
+#: ``past_encoder`` options existed (commit b79cad0), with ``default_outputs()`` below.
+GOLDEN = Path(__file__).parent / "data" / "transformer_defaults_float64.pt"
+GOLDEN_BINS = 24
+#: float64 reruns of one computation differ by rounding only (~1e-15 relative; BLAS kernels may change the order
+#: of sums between CPUs); an option leaking into the default path changes outputs by orders of magnitude more.
+GOLDEN_TOL = 1e-10
+
+
+def default_outputs() -> dict[str, torch.Tensor]:
+    """GT / GEN forward, the GEN prior, a sampled loss and seeded generation of every variant, default options."""
+    out = {}
+    for name, ablation in VARIANTS:
+        model = tiny(name, ablation, x_dim=GOLDEN_BINS).double().eval()
+        power = spectrogram(2, 7, bins=GOLDEN_BINS).double()
+        key = f"{name}-{ablation}"
+        with torch.no_grad():
+            out[f"{key}/gt"] = model(power, past="gt", sample=False).logvar
+            gen = model(power, past="gen", sample=False)
+            out[f"{key}/gen"], out[f"{key}/gen_prior"] = gen.logvar, gen.z_mean_p
+            torch.manual_seed(1)
+            out[f"{key}/loss"] = model.train().loss(power, beta=0.5).loss.reshape(1)
+        model.eval()
+        out[f"{key}/generate"] = model.generate(2, 6, generator=torch.Generator().manual_seed(5))
+    return out
+
+
+def test_default_options_give_the_previous_outputs():
+    golden = torch.load(GOLDEN, weights_only=True)
+    ours = default_outputs()
+    assert set(ours) == set(golden)
+    errs = {k: float(((ours[k] - golden[k]).abs() / (golden[k].abs() + 1.0)).max()) for k in golden}
+    worst = max(errs, key=errs.get)
+    print(f"largest relative difference to the previous code: {errs[worst]:.2e} ({worst})")
+    assert errs[worst] < GOLDEN_TOL, worst
