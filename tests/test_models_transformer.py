@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
 
@@ -453,3 +454,227 @@ def test_forward_output_shapes_and_bad_inputs():
         model(power, past="teacher")
     with pytest.raises(ValueError, match="power must be"):
         model(power[0])
+
+
+# ---- the default configuration is unchanged ----------------------------------------------------------
+
+#: Outputs of the default configuration (tiny sizes, float64) written by the code before the ``norm_first`` and
+#: ``past_encoder`` options existed (commit b79cad0), with ``default_outputs()`` below.
+GOLDEN = Path(__file__).parent / "data" / "transformer_defaults_float64.pt"
+GOLDEN_BINS = 24
+#: float64 reruns of one computation differ by rounding only (~1e-15 relative; BLAS kernels may change the order
+#: of sums between CPUs); an option leaking into the default path changes outputs by orders of magnitude more.
+GOLDEN_TOL = 1e-10
+
+
+def default_outputs() -> dict[str, torch.Tensor]:
+    """GT / GEN forward, the GEN prior, a sampled loss and seeded generation of every variant, default options."""
+    out = {}
+    for name, ablation in VARIANTS:
+        model = tiny(name, ablation, x_dim=GOLDEN_BINS).double().eval()
+        power = spectrogram(2, 7, bins=GOLDEN_BINS).double()
+        key = f"{name}-{ablation}"
+        with torch.no_grad():
+            out[f"{key}/gt"] = model(power, past="gt", sample=False).logvar
+            gen = model(power, past="gen", sample=False)
+            out[f"{key}/gen"], out[f"{key}/gen_prior"] = gen.logvar, gen.z_mean_p
+            torch.manual_seed(1)
+            out[f"{key}/loss"] = model.train().loss(power, beta=0.5).loss.reshape(1)
+        model.eval()
+        out[f"{key}/generate"] = model.generate(2, 6, generator=torch.Generator().manual_seed(5))
+    return out
+
+
+def test_default_options_give_the_previous_outputs():
+    golden = torch.load(GOLDEN, weights_only=True)
+    ours = default_outputs()
+    assert set(ours) == set(golden)
+    errs = {k: float(((ours[k] - golden[k]).abs() / (golden[k].abs() + 1.0)).max()) for k in golden}
+    worst = max(errs, key=errs.get)
+    print(f"largest relative difference to the previous code: {errs[worst]:.2e} ({worst})")
+    assert errs[worst] < GOLDEN_TOL, worst
+
+
+# ---- the norm_first and past_encoder options -----------------------------------------------------------
+
+OPTIONS = {
+    "pre-norm": {"norm_first": True},
+    "rnn-past": {"past_encoder": "rnn"},
+    "both": {"norm_first": True, "past_encoder": "rnn"},
+}
+OPTION_VARIANTS = [(m, a, o) for m, a in VARIANTS for o in OPTIONS]
+OPTION_IDS = [f"{m}-{a}-{o}" for m, a, o in OPTION_VARIANTS]
+#: float64 against float64 (step path vs parallel pass): rounding only, ~1e-15 relative; a wrong wiring shows
+#: differences of order 1e-2 and more.
+F64_TOL = 1e-10
+
+
+def optioned(name: str, ablation: str, option: str, seed: int = 0, **overrides):
+    return tiny(name, ablation, seed, **{**OPTIONS[option], **overrides})
+
+
+@pytest.mark.parametrize(("name", "ablation", "option"), OPTION_VARIANTS, ids=OPTION_IDS)
+def test_options_step_path_fed_the_true_past_equals_parallel(name, ablation, option):
+    """Teacher-forced cached decoding == the causal parallel pass, held against a float64 run of the same model.
+
+    float64: step path and parallel pass agree to rounding.  float32: the step path is as close to the float64 result
+    as the float32 parallel pass is (within 10x its measured rounding error)."""
+    model64 = optioned(name, ablation, option).double().eval()
+    model32 = optioned(name, ablation, option).eval()
+    b, t = 3, 11
+    power = spectrogram(b, t).double()
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(b, t, TINY["z_dim"], generator=g, dtype=torch.float64)
+    w = torch.randn(b, TINY["w_dim"], generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        full64 = model64.decode(z, w, power)
+        full32 = model32.decode(z.float(), w.float(), power.float())
+    keys = ("logvar", "prior_mean", "prior_logvar")
+    step64 = model64.decode_stepwise(w, t, z=z, past=power)
+    step32 = model32.decode_stepwise(w.float(), t, z=z.float(), past=power.float())
+    for key, ref, par32 in zip(keys, full64, full32, strict=True):
+        err64, err_par32, err_step32 = (
+            max_err(step64[key], ref),
+            max_err(par32.double(), ref),
+            max_err(step32[key].double(), ref),
+        )
+        print(f"{model64.variant} {option} {key}: f64 step {err64:.1e}; f32 par {err_par32:.1e} step {err_step32:.1e}")
+        assert err64 < F64_TOL, key
+        assert err_step32 <= 10 * err_par32, key
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_decoder_body_options_chunked_steps_equal_parallel(ablation, option):
+    """Chunks of several positions per step (the LSTM runs them one by one), float64."""
+    torch.manual_seed(0)
+    body = DecoderBody(7, 10, 16, 4, 3, 24, "tanh", 0.0, **ABLATIONS[ablation], **OPTIONS[option]).double().eval()
+    latent, speech = torch.randn(2, 12, 7, dtype=torch.float64), torch.randn(2, 12, 10, dtype=torch.float64)
+    with torch.no_grad():
+        full = body(latent, speech)
+        cache = body.new_cache(2, 12, dtype=torch.float64, device="cpu")
+        out, pos = [], 0
+        for n in (1, 4, 2, 5):
+            out.append(body.step(latent[:, pos : pos + n], speech[:, pos : pos + n], cache))
+            pos += n
+    err = max_err(torch.cat(out, 1), full)
+    print(f"{ablation} {option}: chunked step vs parallel {err:.2e}")
+    assert err < F64_TOL
+    assert (body.past_rnn is not None) == (cache.memory.rnn_state is not None)
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_options_train_mode_and_shared_memory_step_paths(option):
+    """LigHT-DVAE in eval() shares the memory (and the LSTM state) between its two passes, in train() mode (dropout
+    0) it does not: both equal the parallel pass."""
+    b, t = 2, 8
+    power = spectrogram(b, t)
+    g = torch.Generator().manual_seed(4)
+    z, w = torch.randn(b, t, TINY["z_dim"], generator=g), torch.randn(b, TINY["w_dim"], generator=g)
+    for mode in ("eval", "train"):
+        model = optioned("light-dvae", "plain", option).double()
+        getattr(model, mode)()
+        steps = model.decode_stepwise(w.double(), t, z=z.double(), past=power.double())
+        with torch.no_grad():
+            logvar, p_mean, p_logvar = model.decode(z.double(), w.double(), power.double())
+        errs = [max_err(steps["logvar"], logvar), max_err(steps["prior_mean"], p_mean)]
+        assert max(errs + [max_err(steps["prior_logvar"], p_logvar)]) < F64_TOL, (mode, errs)
+
+
+@pytest.mark.parametrize(("name", "ablation", "option"), OPTION_VARIANTS, ids=OPTION_IDS)
+def test_options_train_gen_and_generate(name, ablation, option):
+    """Training lowers the loss; GEN (cached loop and its differentiable recomputation) and generation run."""
+    model = optioned(name, ablation, option)
+    power = spectrogram(4, 12)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        before = model.loss(power, beta=1e-2, sample=False).loss.item()
+    for _ in range(15):
+        opt.zero_grad()
+        terms = model.loss(power, beta=1e-2)
+        terms.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = model.loss(power, beta=1e-2, sample=False).loss.item()
+    assert after < before, (before, after)
+    model.eval()
+    with torch.no_grad():
+        loop = model(power[:2, :9], past="gen", sample=False)
+        # GEN = the parallel pass fed the decoder's own past exp(logvar)
+        own_past = model.decode(loop.z, loop.w, torch.exp(loop.logvar))
+    assert torch.isfinite(loop.logvar).all()
+    assert max_err(own_past[0], loop.logvar) < TOL and max_err(own_past[1], loop.z_mean_p) < TOL
+    graded = model(power[:2, :9], past="gen", sample=False)
+    assert max_err(graded.logvar, loop.logvar) < TOL
+    graded.logvar.sum().backward()
+    out = model.generate(2, 7, generator=torch.Generator().manual_seed(5))
+    assert out.shape == (2, 7, 513) and torch.isfinite(out).all() and (out > 0).all()
+    torch.testing.assert_close(out, model.generate(2, 7, generator=torch.Generator().manual_seed(5)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_options_swap_w(name):
+    from lightdvae.generation import exchange_w
+
+    model = optioned(name, "plain", "both").eval()
+    a, b = spectrogram(1, 9, seed=3)[0], spectrogram(1, 6, seed=4)[0]
+    for past in ("gen", "gt"):
+        out = exchange_w(model, a, b, past=past)
+        assert all(torch.isfinite(out[k]).all() for k in out)
+        resynth = model.resynthesize(a[None], past=past, sample=False)[0]
+        assert max_err(out["a_with_w_of_a"].log(), resynth.log()) < TOL
+        assert out["a_with_w_of_b"].shape == a.shape
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("name", MODELS)
+def test_a_saved_run_with_an_option_reloads_with_it(name, option, tmp_path):
+    from lightdvae.runs import load_run, read_config, save_model
+
+    model = optioned(name, "inv-s", option).eval()
+    save_model(tmp_path / "run", model)
+    assert {k: read_config(tmp_path / "run")["config"][k] for k in OPTIONS[option]} == OPTIONS[option]
+    loaded = load_run(tmp_path / "run")
+    assert all(getattr(loaded.config, k) == v for k, v in OPTIONS[option].items())
+    power = spectrogram(2, 6)
+    torch.testing.assert_close(
+        loaded.resynthesize(power, past="gen", sample=False), model.resynthesize(power, past="gen", sample=False)
+    )
+
+
+def test_options_parameters_and_the_default_checkpoint():
+    """Pre-norm adds one LayerNorm per stack; the RNN past one LSTM(d, d) per decoder body; the default config
+    builds the modules (and state_dict keys) of the shipped LigHT-DVAE checkpoint."""
+    from lightdvae.models import pretrained
+
+    d = 128
+    lstm = 4 * (2 * d * d + 2 * d)
+    for name, bodies in (("hit-dvae", 2), ("light-dvae", 1)):
+        base = build(name).num_parameters()
+        counts = {o: build(name, **OPTIONS[o]).num_parameters() - base for o in OPTIONS}
+        print(f"{name}: default {base:,}, added " + ", ".join(f"{o} {n:+,}" for o, n in counts.items()))
+        assert counts == {
+            "pre-norm": (2 + bodies) * 2 * d,
+            "rnn-past": bodies * lstm,
+            "both": (2 + bodies) * 2 * d + bodies * lstm,
+        }
+    shipped = pretrained("light-dvae")  # loads its state_dict strictly into the default modules
+    assert (shipped.config.norm_first, shipped.config.past_encoder) == (False, "linear")
+    assert set(shipped.state_dict()) == set(build("light-dvae").state_dict())
+
+
+def test_option_values_are_checked_and_settable_from_the_cli(tmp_path, capsys):
+    from lightdvae.cli import build_parser, main
+    from lightdvae.cli.train import config_from_args
+
+    with pytest.raises(ValueError, match="past_encoder must be one of linear, rnn"):
+        build("light-dvae", past_encoder="gru")
+    with pytest.raises(ValueError, match="norm_first must be true or false"):
+        build("hit-dvae", norm_first="yes")
+    base = ["train", "--model", "light-dvae", "--out", str(tmp_path / "run")]
+    args = build_parser().parse_args([*base, "--set", "norm_first=true", "--set", "past_encoder=rnn"])
+    assert config_from_args(args).model_config == {"norm_first": True, "past_encoder": "rnn"}
+    for bad, message in (("past_encoder=gru", "past_encoder must be one of"), ("norm_first=1", "norm_first must be")):
+        assert main([*base, "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

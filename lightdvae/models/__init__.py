@@ -1,7 +1,9 @@
 """Model zoo: ``build(name, **config)`` and ``names()``.
 
 Names: ``vae``, ``dkf``, ``rvae``, ``rvae-causal``, ``srnn``, ``hit-dvae``, ``light-dvae``.
-The transformer models take ``inv_s=True`` (Inv-s) and ``no_residual=True`` (Inv-s-NR).
+The transformer models take ``inv_s=True`` (Inv-s) and ``no_residual=True`` (Inv-s-NR), and the options
+``norm_first=True`` (pre-norm layers) and ``past_encoder="rnn"`` (an LSTM over the past speech); see
+:mod:`lightdvae.models.transformer`.  A run's label (:func:`model_label`) does not show these two options.
 """
 
 from __future__ import annotations

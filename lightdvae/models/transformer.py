@@ -17,7 +17,7 @@ Input features: every network sees speech as ``log(power + feature_eps)`` (``fea
 513-vector per frame, through a Linear embedding.  The start frame ``s_0`` of the shifted past is the
 zero feature vector.
 
-Networks (all transformer layers post-norm: sublayer -> dropout -> add -> LayerNorm; sinusoidal positions):
+Networks (transformer layers post-norm by default: sublayer -> dropout -> add -> LayerNorm; sinusoidal positions):
 
 - w encoder: Linear(513 -> d) + PE, ``enc_layers`` encoder layers, mean over time, Linear(d -> 2 w_dim).
 - z encoder: Linear(513 + w_dim -> d) of ``[s_t ; w]`` + PE, ``enc_layers`` layers, Linear(d -> 2 z_dim) per t.
@@ -43,6 +43,22 @@ model           parameters  ratio to HiT
 HiT-DVAE        2,996,705   1
 LigHT-DVAE      2,397,537   0.800
 ==============  ==========  ============
+
+Two options, both off by default (a config saved without them loads as before, with the same modules and outputs):
+
+- ``norm_first=True``: pre-norm layers (LayerNorm -> sublayer -> dropout -> add) in both encoders and every
+  decoder body, each stack ending with a LayerNorm (+256 parameters per stack at d_model 128: HiT-DVAE
+  2,997,729, LigHT-DVAE 2,398,305).  Pre-norm transformers train without the learning-rate warm-up post-norm
+  ones need (issue #15's recipe study).
+- ``past_encoder="rnn"``: each decoder body carries the shifted past speech s_{0:T-1} through a one-layer
+  unidirectional LSTM(d_model -> d_model) over its Linear embedding (no positional encoding) before it becomes the
+  keys/values of the cross-attention (the query stream under Inv-s): the published LigHT-DVAE's "output-to-hidden"
+  RNN.  An LSTM rather than a GRU: every recurrent network of the DVAE family in this package (SRNN's h_t, RVAE,
+  DKF's inference) is an LSTM, as in the DVAE review's code the paper builds on, so the option changes one thing
+  (where the past goes), not also the cell type; a GRU would save a quarter of its weights.  It costs
+  4 (2 d^2 + 2 d) parameters per body (HiT-DVAE 3,260,897, LigHT-DVAE 2,529,633).  The step path carries its
+  state in the decoder cache, so GEN and generation cost one LSTM cell per frame for it.  Both options combine
+  with each other and with Inv-s / Inv-s-NR (under Inv-s the LSTM's output is the query/residual stream).
 
 Past speech at test time (``forward(power, past=...)``; w and z are inferred from the true ``s_{1:T}`` in both):
 
@@ -75,7 +91,7 @@ import torch
 from torch import Tensor, nn
 
 from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, activation, check_past, reparameterize
-from lightdvae.models.transformer_layers import DecoderBody, Encoder
+from lightdvae.models.transformer_layers import PAST_ENCODERS, DecoderBody, Encoder
 
 __all__ = ["HiTDVAE", "HiTDVAEConfig", "LigHTDVAE", "LigHTDVAEConfig", "TransformerDVAEConfig"]
 
@@ -89,6 +105,11 @@ class TransformerDVAEConfig(ModelConfig):
     enc_layers: layers of each encoder (w and z).  dec_layers: layers of each decoder body.
     activation: of the feed-forward blocks.  dropout: embeddings, sublayer outputs, feed-forward (train mode).
     inv_s: Inv-s ablation.  no_residual: Inv-s-NR (needs inv_s).  feature_eps: features are log(power + eps).
+    norm_first: pre-norm layers (LayerNorm before each sublayer, residual after, a final LayerNorm per stack) in
+    both encoders and the decoder bodies; ``False`` (default) is post-norm.
+    past_encoder: how the shifted past speech s_{0:T-1} enters each decoder body: ``"linear"`` (default, a Linear
+    embedding plus positions) or ``"rnn"`` (an LSTM over the Linear embedding, as the published LigHT-DVAE's
+    output-to-hidden connections).  Both options are off by default; configs saved without them load as default.
     """
 
     activation: str = "relu"
@@ -102,6 +123,8 @@ class TransformerDVAEConfig(ModelConfig):
     inv_s: bool = False
     no_residual: bool = False
     feature_eps: float = 1e-8
+    norm_first: bool = False
+    past_encoder: str = "linear"
 
     def __post_init__(self) -> None:
         for name in ("x_dim", "z_dim", "w_dim", "d_model", "n_heads", "enc_layers", "dec_layers", "ff_dim"):
@@ -115,6 +138,10 @@ class TransformerDVAEConfig(ModelConfig):
         if not self.feature_eps > 0:
             raise ValueError(f"feature_eps must be > 0, got {self.feature_eps}")
         activation(self.activation)  # raises on unknown names
+        if not isinstance(self.norm_first, bool):
+            raise ValueError(f"norm_first must be true or false, got {self.norm_first!r}")
+        if self.past_encoder not in PAST_ENCODERS:
+            raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {self.past_encoder!r}")
         if self.no_residual and not self.inv_s:
             raise ValueError(
                 "no_residual=True is the Inv-s-NR ablation and only exists with inv_s=True "
@@ -143,11 +170,10 @@ class _HierarchicalTransformerDVAE(DVAE):
     def __init__(self, config: TransformerDVAEConfig):
         super().__init__(config)
         c = config
-        self.w_encoder = Encoder(c.x_dim, c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout)
+        sizes = (c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout, c.norm_first)
+        self.w_encoder = Encoder(c.x_dim, *sizes)
         self.w_head = nn.Linear(c.d_model, 2 * c.w_dim)
-        self.z_encoder = Encoder(
-            c.x_dim + c.w_dim, c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout
-        )
+        self.z_encoder = Encoder(c.x_dim + c.w_dim, *sizes)
         self.z_head = nn.Linear(c.d_model, 2 * c.z_dim)
         if self.shared_decoder:
             self.decoder = self._decoder_body()
@@ -170,6 +196,8 @@ class _HierarchicalTransformerDVAE(DVAE):
             c.dropout,
             inv_s=c.inv_s,
             no_residual=c.no_residual,
+            norm_first=c.norm_first,
+            past_encoder=c.past_encoder,
         )
 
     @property

@@ -25,9 +25,18 @@ and speech passes read the same past speech, so the second pass of a frame skips
 embedding and the memory projections.  ``tests/test_models_transformer.py`` holds the step path to
 the parallel pass (1e-5 in float32) for every variant.
 
-Decoder layers are post-norm (sublayer -> dropout -> add -> LayerNorm).  There is no dropout on
+Layers are post-norm (sublayer -> dropout -> add -> LayerNorm) by default; ``norm_first=True`` makes every
+encoder and decoder layer pre-norm (LayerNorm -> sublayer -> dropout -> add) and ends each stack with a
+LayerNorm.  Either way the memory of the cross-attention (the embedded past speech, or the latent stream under
+Inv-s) enters un-normalised, as the embedding (or the past-speech RNN) gives it.  There is no dropout on
 attention probabilities (the cached kernel is inference-only); dropout acts on embeddings, on sublayer
 outputs and inside the feed-forward block, and only in ``train()`` mode.
+
+Past speech stream (``past_encoder``): ``"linear"`` (default) embeds each frame by a Linear plus the
+sinusoidal encoding of its position; ``"rnn"`` runs a one-layer unidirectional LSTM (hidden size ``d_model``)
+over the Linear embedding (no positional encoding: the recurrence carries the order), causal by construction.
+The step path carries the LSTM state ``(h, c)`` in :class:`MemoryKV` (shared with the memory keys/values), and
+runs it on the packed weights with ``torch.lstm_cell``, one position at a time.
 """
 
 from __future__ import annotations
@@ -96,7 +105,9 @@ class StepWeights:
     ``(qkv_w, qkv_b, self_out_w, self_out_b, cross_q_w, cross_q_b, cross_out_w, cross_out_b, ff1_w, ff1_b,
     ff2_w, ff2_b, norm1_w, norm1_b, norm2_w, norm2_b, norm3_w, norm3_b, eps)`` with the query/key/value
     projections of the self-attention in one ``(d, 3 d)`` matrix.  A copy taken when the cache is made: a cache
-    is only valid for the weights it was made with (as are the keys/values it holds).
+    is only valid for the weights it was made with (as are the keys/values it holds).  With ``past_encoder="rnn"``
+    ``speech_b`` holds the bias alone (no positions) and ``rnn`` the LSTM's weights as ``torch.lstm_cell`` takes
+    them; ``final_norm``: see :class:`DecoderBody` (``norm_first``).
     """
 
     owner: int  # id() of the body the weights come from
@@ -109,6 +120,9 @@ class StepWeights:
     layers: list[tuple]
     activation: Callable[[Tensor], Tensor]  # in place: torch.relu_ or torch.tanh_
     dropout: float
+    norm_first: bool = False
+    final_norm: tuple | None = None  # (weight, bias, eps) of the stack's last LayerNorm (pre-norm only)
+    rnn: tuple | None = None  # (w_ih, w_hh, b_ih, b_hh) of the past-speech LSTM (past_encoder="rnn" only)
 
 
 @dataclass
@@ -119,11 +133,14 @@ class MemoryKV:
     ``rows``: per layer, the ``(keys, values)`` ``(batch, heads, n, head_dim)`` of the positions computed last;
     ``end``: one past the last of those positions.  Shared by two :class:`DecoderCache` of one body when both
     are fed the same memory at every position (``DecoderBody.new_cache(share_memory_with=...)``).
+    ``rnn_state``: with ``past_encoder="rnn"``, the LSTM's ``(h, c)``, each ``(batch, d_model)``, after the last
+    speech position fed (``None`` before the first: zeros).
     """
 
     caches: list[KVCache]
     rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     end: int = 0
+    rnn_state: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -218,10 +235,14 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-norm transformer encoder layer: x = LN(x + SA(x)); x = LN(x + FF(x)); not causal."""
+    """Transformer encoder layer, not causal; (B, T, d) -> (B, T, d).
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, act: str, dropout: float):
+    Post-norm (default): x = LN(x + SA(x)); x = LN(x + FF(x)).  ``norm_first``: x = x + SA(LN(x)); x = x + FF(LN(x)).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, act: str, dropout: float, norm_first: bool = False):
         super().__init__()
+        self.norm_first = norm_first
         self.attn = MultiHeadAttention(d_model, n_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ff_dim, act, dropout)
@@ -229,28 +250,47 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.norm_first:
+            h = self.norm1(x)
+            x = x + self.drop(self.attn(h, h, causal=False))
+            return x + self.drop(self.ff(self.norm2(x)))
         x = self.norm1(x + self.drop(self.attn(x, x, causal=False)))
         return self.norm2(x + self.drop(self.ff(x)))
 
 
 class Encoder(nn.Module):
-    """Linear embedding of the input + sinusoidal positions -> dropout -> encoder layers.
+    """Linear embedding of the input + sinusoidal positions -> dropout -> encoder layers (-> LayerNorm when
+    ``norm_first``: pre-norm layers leave their output un-normalised).
 
     forward: (B, T, in_dim) -> (B, T, d_model).
     """
 
-    def __init__(self, in_dim: int, d_model: int, n_heads: int, n_layers: int, ff_dim: int, act: str, dropout: float):
+    def __init__(
+        self,
+        in_dim: int,
+        d_model: int,
+        n_heads: int,
+        n_layers: int,
+        ff_dim: int,
+        act: str,
+        dropout: float,
+        norm_first: bool = False,
+    ):
         super().__init__()
         self.embed = nn.Linear(in_dim, d_model)
         self.drop = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, ff_dim, act, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, ff_dim, act, dropout, norm_first) for _ in range(n_layers)
+        )
+        # only pre-norm stacks have it: post-norm checkpoints keep their state_dict keys
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else None
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.embed(x)
         h = self.drop(h + sinusoidal_encoding(0, h.shape[1], h.shape[2], dtype=h.dtype, device=h.device))
         for layer in self.layers:
             h = layer(h)
-        return h
+        return h if self.final_norm is None else self.final_norm(h)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,16 +299,28 @@ class Encoder(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Post-norm decoder layer: causal self-attention, causal cross-attention to a memory, feed-forward.
+    """Decoder layer: causal self-attention, causal cross-attention to a memory, feed-forward.
+
+    Post-norm (default): each sublayer's output -> dropout -> add -> LayerNorm.  ``norm_first``: LayerNorm of the
+    stream -> sublayer -> dropout -> add (the memory is not normalised).
 
     ``residual=False`` (Inv-s-NR) drops the ``x +`` of both attention sublayers, so what the query stream
     carried in does not pass them: it can only steer the attention weights.  The feed-forward sublayer keeps
     its residual (at that point the stream holds only what cross-attention returned from the memory).
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, act: str, dropout: float, residual: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ff_dim: int,
+        act: str,
+        dropout: float,
+        residual: bool = True,
+        norm_first: bool = False,
+    ):
         super().__init__()
-        self.residual = residual
+        self.residual, self.norm_first = residual, norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MultiHeadAttention(d_model, n_heads)
@@ -282,6 +334,13 @@ class DecoderLayer(nn.Module):
 
         The step path (:meth:`DecoderBody.step_rows`) computes the same function on packed weights.
         """
+        if self.norm_first:
+            h = self.norm1(x)
+            a = self.drop(self.self_attn(h, h, causal=True))
+            x = x + a if self.residual else a
+            c = self.drop(self.cross_attn(self.norm2(x), memory, causal=True))
+            x = x + c if self.residual else c
+            return x + self.drop(self.ff(self.norm3(x)))
         a = self.drop(self.self_attn(x, x, causal=True))
         x = self.norm1(x + a if self.residual else a)
         c = self.drop(self.cross_attn(x, memory, causal=True))
@@ -299,10 +358,13 @@ class DecoderBody(nn.Module):
     - normal (``inv_s=False``): the query/residual stream is the embedded latent, the memory of the
       cross-attention is the embedded speech;
     - ``inv_s=True``: the roles swap (query stream = speech, memory = latent);
-    - ``no_residual=True``: decoder layers without the residual of the attention sublayers.
+    - ``no_residual=True``: decoder layers without the residual of the attention sublayers;
+    - ``norm_first=True``: pre-norm decoder layers and a final LayerNorm (``final_norm``) on the output;
+    - ``past_encoder="rnn"``: the speech stream is ``LSTM(Linear(speech))`` (``past_rnn``, no positions) instead
+      of ``Linear(speech) + PE``; dropout then acts on the LSTM's output.
 
-    Both attentions are causal, so the output at ``i`` depends on ``latent[:, :i+1]`` and ``speech[:, :i+1]``
-    only.  Output: (B, T, d_model).
+    Both attentions are causal (and so is the LSTM), so the output at ``i`` depends on ``latent[:, :i+1]`` and
+    ``speech[:, :i+1]`` only.  Output: (B, T, d_model).
     """
 
     def __init__(
@@ -317,16 +379,24 @@ class DecoderBody(nn.Module):
         dropout: float,
         inv_s: bool = False,
         no_residual: bool = False,
+        norm_first: bool = False,
+        past_encoder: str = "linear",
     ):
         super().__init__()
-        self.inv_s, self.residual = inv_s, not no_residual
+        if past_encoder not in PAST_ENCODERS:
+            raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {past_encoder!r}")
+        self.inv_s, self.residual, self.norm_first = inv_s, not no_residual, norm_first
         self.d_model, self.n_heads = d_model, n_heads
         self.latent_embed = nn.Linear(latent_dim, d_model)
         self.speech_embed = nn.Linear(x_dim, d_model)
+        # only created when used, so that checkpoints of the default configuration keep their state_dict keys
+        self.past_rnn = nn.LSTM(d_model, d_model, batch_first=True) if past_encoder == "rnn" else None
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(d_model, n_heads, ff_dim, act, dropout, residual=not no_residual) for _ in range(n_layers)
+            DecoderLayer(d_model, n_heads, ff_dim, act, dropout, residual=not no_residual, norm_first=norm_first)
+            for _ in range(n_layers)
         )
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else None
         self._pe_table: Tensor | None = None  # positional table cache (not a parameter, not saved)
 
     def _positions(self, start: int, length: int, like: Tensor) -> Tensor:
@@ -343,7 +413,10 @@ class DecoderBody(nn.Module):
     def _streams(self, latent: Tensor, speech: Tensor, start: int) -> tuple[Tensor, Tensor]:
         lat, sp = self.latent_embed(latent), self.speech_embed(speech)
         pe = self._positions(start, lat.shape[1], lat)
-        lat, sp = self.drop(lat + pe), self.drop(sp + pe)
+        if self.past_rnn is None:
+            lat, sp = self.drop(lat + pe), self.drop(sp + pe)
+        else:
+            lat, sp = self.drop(lat + pe), self.drop(self.past_rnn(sp)[0])
         return (sp, lat) if self.inv_s else (lat, sp)  # (query stream, memory)
 
     def forward(self, latent: Tensor, speech: Tensor) -> Tensor:
@@ -353,7 +426,7 @@ class DecoderBody(nn.Module):
         x, memory = self._streams(latent, speech, 0)
         for layer in self.layers:
             x = layer(x, memory)
-        return x
+        return x if self.final_norm is None else self.final_norm(x)
 
     def new_cache(
         self, batch: int, max_len: int, *, dtype: torch.dtype, device, share_memory_with: DecoderCache | None = None
@@ -434,17 +507,26 @@ class DecoderBody(nn.Module):
         if act is None:
             raise NotImplementedError(f"no step path for the activation {self.layers[0].ff.net[1]}")
         memory_proj = [proj for layer in self.layers for proj in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        rnn, speech_b = None, self.speech_embed.bias.detach() + pe
+        if self.past_rnn is not None:  # no positions on the speech embedding; the LSTM weights as lstm_cell takes them
+            r = self.past_rnn
+            rnn = tuple(p.detach() for p in (r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0))
+            speech_b = self.speech_embed.bias.detach().expand(max_len, -1).contiguous()
+        fn = self.final_norm
         return StepWeights(
             owner=id(self),
             latent_w=t(self.latent_embed.weight),
             latent_b=self.latent_embed.bias.detach() + pe,
             speech_w=t(self.speech_embed.weight),
-            speech_b=self.speech_embed.bias.detach() + pe,
+            speech_b=speech_b,
             memory_w=t(torch.cat([proj.weight for proj in memory_proj])),
             memory_b=torch.cat([proj.bias for proj in memory_proj]).detach(),
             layers=layers,
             activation=act,
             dropout=self.drop.p,
+            norm_first=self.norm_first,
+            final_norm=None if fn is None else (fn.weight.detach(), fn.bias.detach(), fn.eps),
+            rnn=rnn,
         )
 
     def step(self, latent: Tensor, speech: Tensor | None, cache: DecoderCache) -> Tensor:
@@ -479,10 +561,10 @@ class DecoderBody(nn.Module):
         end = p + n
         if end > cache.max_len:
             raise ValueError(f"decoder cache holds {cache.max_len} positions; cannot decode up to {end}")
-        wts, attend, mem = cache.weights, cache.attend, cache.memory
+        wts, mem = cache.weights, cache.memory
         b = latent.shape[0] // n
-        d, heads = self.d_model, self.n_heads
-        hd = d // heads
+        heads = self.n_heads
+        hd = self.d_model // heads
         drop = wts.dropout if self.training else 0.0
 
         x = torch.addmm(_rows(wts.latent_b, p, n, b), latent, wts.latent_w)
@@ -497,6 +579,8 @@ class DecoderBody(nn.Module):
             kv_rows = mem.rows
         else:
             sp = torch.addmm(_rows(wts.speech_b, p, n, b), speech, wts.speech_w)
+            if wts.rnn is not None:
+                sp = _lstm_rows(sp, wts.rnn, mem, b, n)
             if drop:
                 sp = F.dropout(sp, drop)
             if self.inv_s:
@@ -505,36 +589,93 @@ class DecoderBody(nn.Module):
             kv_rows = [layer_kv.unbind(0) for layer_kv in kv.permute(2, 3, 0, 4, 1, 5).unbind(0)]
             mem.rows, mem.end = kv_rows, end
 
-        shape, act, residual = (d,), wts.activation, self.residual
-        for lw, lc, (k_mem, v_mem) in zip(wts.layers, cache.layers, kv_rows, strict=True):
-            (qkv_w, qkv_b, so_w, so_b, cq_w, cq_b, co_w, co_b, f1_w, f1_b, f2_w, f2_b) = lw[:12]
-            (n1_w, n1_b, n2_w, n2_b, n3_w, n3_b, eps) = lw[12:]
-            # causal self-attention over the query stream
-            q, k, v = torch.addmm(qkv_b, x, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-            kvc = lc.self_kv
-            a = torch.addmm(so_b, _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d), so_w)
-            if drop:
-                a = F.dropout(a, drop)
-            x = torch.layer_norm(a.add_(x) if residual else a, shape, n1_w, n1_b, eps)
-            kvc.length = end
-            # causal cross-attention to the memory
-            q = torch.addmm(cq_b, x, cq_w).view(b, n, heads, hd).transpose(1, 2)
-            kvc = lc.cross_kv
-            c = torch.addmm(co_b, _merge(attend(q, kvc.k, kvc.v, k_mem, v_mem, p, None, True), b, n, d), co_w)
-            if drop:
-                c = F.dropout(c, drop)
-            x = torch.layer_norm(c.add_(x) if residual else c, shape, n2_w, n2_b, eps)
-            kvc.length = end
-            # feed-forward
-            h = act(torch.addmm(f1_b, x, f1_w))
-            if drop:
-                h = F.dropout(h, drop)
-            f = torch.addmm(f2_b, h, f2_w)
-            if drop:
-                f = F.dropout(f, drop)
-            x = torch.layer_norm(f.add_(x), shape, n3_w, n3_b, eps)
+        for lw, lc, kv_mem in zip(wts.layers, cache.layers, kv_rows, strict=True):
+            x = _layer_step(x, lw, lc, kv_mem, cache.attend, p, b, n, drop, self.residual, wts)
+        if wts.final_norm is not None:
+            x = torch.layer_norm(x, (self.d_model,), *wts.final_norm)
         cache.position = end
         return x
+
+
+#: The values of ``past_encoder``: how the past speech enters the decoder (see :class:`DecoderBody`).
+PAST_ENCODERS = ("linear", "rnn")
+
+
+def _layer_step(
+    x: Tensor,
+    lw: tuple,
+    lc: LayerCache,
+    kv_mem: tuple[Tensor, Tensor],
+    attend: Callable[..., Tensor],
+    p: int,
+    b: int,
+    n: int,
+    drop: float,
+    residual: bool,
+    wts: StepWeights,
+) -> Tensor:
+    """One decoder layer of :meth:`DecoderBody.step_rows` on packed weights: rows x (B * n, d) -> (B * n, d).
+
+    ``lw``: the layer's tuple of :class:`StepWeights`; ``kv_mem``: the memory keys/values of the new positions
+    (B, H, n, hd); ``p``: first new position.  Post-norm or pre-norm after ``wts.norm_first``: the same function
+    as :meth:`DecoderLayer.forward`.  The self- and cross-attention caches grow by n.
+    """
+    (qkv_w, qkv_b, so_w, so_b, cq_w, cq_b, co_w, co_b, f1_w, f1_b, f2_w, f2_b) = lw[:12]
+    (n1_w, n1_b, n2_w, n2_b, n3_w, n3_b, eps) = lw[12:]
+    d = x.shape[1]
+    shape, heads, pre = (d,), lc.self_kv.k.shape[1], wts.norm_first
+    hd = d // heads
+    # causal self-attention over the query stream
+    h = torch.layer_norm(x, shape, n1_w, n1_b, eps) if pre else x
+    q, k, v = torch.addmm(qkv_b, h, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    kvc = lc.self_kv
+    a = torch.addmm(so_b, _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d), so_w)
+    if drop:
+        a = F.dropout(a, drop)
+    x = a.add_(x) if residual else a
+    if not pre:
+        x = torch.layer_norm(x, shape, n1_w, n1_b, eps)
+    kvc.length = p + n
+    # causal cross-attention to the memory
+    h = torch.layer_norm(x, shape, n2_w, n2_b, eps) if pre else x
+    q = torch.addmm(cq_b, h, cq_w).view(b, n, heads, hd).transpose(1, 2)
+    kvc = lc.cross_kv
+    c = torch.addmm(co_b, _merge(attend(q, kvc.k, kvc.v, *kv_mem, p, None, True), b, n, d), co_w)
+    if drop:
+        c = F.dropout(c, drop)
+    x = c.add_(x) if residual else c
+    if not pre:
+        x = torch.layer_norm(x, shape, n2_w, n2_b, eps)
+    kvc.length = p + n
+    # feed-forward
+    h = wts.activation(torch.addmm(f1_b, torch.layer_norm(x, shape, n3_w, n3_b, eps) if pre else x, f1_w))
+    if drop:
+        h = F.dropout(h, drop)
+    f = torch.addmm(f2_b, h, f2_w)
+    if drop:
+        f = F.dropout(f, drop)
+    x = f.add_(x)
+    return x if pre else torch.layer_norm(x, shape, n3_w, n3_b, eps)
+
+
+def _lstm_rows(sp: Tensor, rnn: tuple, mem: MemoryKV, b: int, n: int) -> Tensor:
+    """The past-speech LSTM over the next n positions: embedded rows (B * n, d) ordered (batch, time) -> its
+    outputs h, same layout, starting from (and updating) ``mem.rnn_state``."""
+    state = mem.rnn_state
+    if state is None:
+        zeros = sp.new_zeros(b, rnn[1].shape[1])
+        state = (zeros, zeros)
+    if n == 1:
+        state = torch.lstm_cell(sp, state, *rnn)
+        out = state[0]
+    else:
+        rows, outs = sp.view(b, n, -1), []
+        for j in range(n):
+            state = torch.lstm_cell(rows[:, j], state, *rnn)
+            outs.append(state[0])
+        out = torch.stack(outs, 1).reshape(b * n, -1)
+    mem.rnn_state = state
+    return out
 
 
 _INPLACE_ACTIVATIONS: dict[type, Callable[[Tensor], Tensor]] = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
