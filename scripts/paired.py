@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from lightdvae.evaluate import PER_FILE, read_per_file
-from lightdvae.experiments.paper_findings import paired
+from lightdvae.report.findings import paired
 
 
 def scores(path: str, metric: str) -> dict[str, float]:

@@ -1,16 +1,16 @@
-"""Experiments (lightdvae.experiments, ``lightdvae demo`` / ``lightdvae reproduce``): budget -> schedule, the
-paper's findings on known per-file numbers, and a whole tiny experiment end to end with its resumption."""
+"""Experiments (lightdvae.experiments, ``lightdvae demo`` / ``lightdvae reproduce``): budget -> schedule, a whole
+tiny experiment end to end with its resumption, and its report (the one of ``lightdvae report``) with the shipped
+priors beside the trained models (the findings and the training table on known numbers: tests/test_report.py)."""
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import write_corpus
 
 from lightdvae import experiments as X
 from lightdvae.cli import main
-from lightdvae.experiments import paper_findings, stages, writeup
+from lightdvae.experiments import stages
 
 SR = 16000
 TINY = {
@@ -62,54 +62,6 @@ def test_schedule_scales_with_the_budget():
     assert (s["ss_start"], s["ss_end"]) == (round(105 / 6), round(105 / 2))
     tiny = X.schedule_for_budget(X.ENTRIES["dkf"], minutes=0.01, steps_per_epoch=50, val_steps=6, step_seconds=0.1)
     assert tiny["epochs"] == 2 and tiny["kl_warmup_epochs"] == 1 and "ss_start" not in tiny
-
-
-def _fake_per_file(values: dict):
-    def per_file(out, key, past):
-        v = values.get((key, past))
-        return {} if v is None else {f"f{i}": float(x) for i, x in enumerate(v)}
-
-    return per_file
-
-
-def test_findings_verdicts_from_paired_differences(monkeypatch, tmp_path):
-    rng = np.random.default_rng(0)
-    base = 8 + rng.standard_normal(20)
-    noise = lambda s: 0.1 * rng.standard_normal(20)  # noqa: E731
-    values = {
-        ("dkf", "gen"): base,
-        ("srnn-tf", "gen"): base - 6 + noise(0),
-        ("srnn-tf", "gt"): base + 1 + noise(1),
-        ("srnn-ss", "gen"): base + 0.5 + noise(2),
-        ("srnn-ss", "gt"): base + 0.7 + noise(3),
-        ("hit-dvae", "gen"): base + 2 + noise(4),
-        ("hit-dvae", "gt"): base + 2.1 + noise(5),
-        ("light-dvae", "gen"): base + 2.2 + noise(6),
-        ("light-dvae", "gt"): base + 2.3 + noise(7),
-        ("hit-inv-s", "gen"): base - 5 + noise(8),
-        ("hit-inv-s", "gt"): base + 2 + noise(9),
-        ("hit-inv-s-nr", "gen"): base - 2 + noise(10),
-        ("hit-inv-s-nr", "gt"): base - 4 + noise(11),  # GEN and GT 2 dB apart: not "the same"
-    }
-    monkeypatch.setattr(paper_findings, "per_file", _fake_per_file(values))
-    keys = ["dkf", "srnn-tf", "srnn-ss", "hit-dvae", "light-dvae", "hit-inv-s", "hit-inv-s-nr"]
-    res = {r["finding"]: r for r in X.findings(tmp_path, keys)}
-    verdict = {k: r["verdict"] for k, r in res.items()}
-    assert verdict["The transformer DVAEs (HiT-DVAE, LigHT-DVAE) lead on SI-SDR (GEN)"] == "holds"
-    assert verdict["SRNN (TF) collapses in GEN while SRNN (SS) does not"] == "holds"
-    assert verdict["HiT-Inv-s collapses in GEN but not in GT"] == "holds"
-    assert verdict["HiT-Inv-s-NR scores the same in GEN and GT"] == "does not hold"
-    assert verdict["LigHT-Inv-s collapses in GEN but not in GT"] == "not tested"
-    assert verdict["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"] == "holds"
-    assert "0.80" in res["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"]["evidence"]
-    # the baselines ahead: the first finding does not hold; a difference lost in the noise is not resolved
-    values[("dkf", "gen")] = base + 3
-    assert X.findings(tmp_path, keys)[0]["verdict"] == "does not hold"
-    values[("dkf", "gen")] = base + 2.2 + 2 * rng.standard_normal(20)
-    assert X.findings(tmp_path, keys)[0]["verdict"] in ("not resolved", "holds", "does not hold")
-    values[("srnn-ss", "gen")] = base - 6
-    srnn = [r for r in X.findings(tmp_path, keys) if r["finding"].startswith("SRNN")][0]
-    assert srnn["verdict"] == "does not hold" and "SRNN (SS) GEN - GT" in srnn["evidence"]
 
 
 @pytest.fixture
@@ -190,8 +142,24 @@ def test_learning_rate_per_model_and_override():
     assert all(X.ENTRIES[k].lr == X.BASELINE_LR for k in ("vae", "dkf", "rvae", "srnn-tf", "srnn-ss"))
     forced = X.ExperimentConfig(out="x", models=("vae", "light-dvae"), lr=5e-4).validate()
     assert {forced.lr_of(k) for k in forced.models} == {5e-4}
-    assert writeup.lr_text(forced) == "lr 0.0005" and "1e-3" not in writeup.lr_text(cfg)
-    assert writeup.lr_text(cfg) == "lr per model, in the table: 0.001 for VAE, 0.0003 for LigHT-DVAE, HiT-Inv-s"
+    # the report's training section says which rate each model trained at (from each run's config.json)
+    from lightdvae.report.runs_section import lr_text
+
+    def runs(c):
+        return [
+            {
+                "dir": Path(k),
+                "meta": {
+                    "model": X.ENTRIES[k].model,
+                    "config": X.ENTRIES[k].model_config,
+                    "training": {"lr": c.lr_of(k)},
+                },
+            }
+            for k in c.models
+        ]
+
+    assert lr_text(runs(forced)) == "lr 0.0005" and "1e-3" not in lr_text(runs(cfg))
+    assert lr_text(runs(cfg)) == "lr per model, in the table: 0.001 for VAE, 0.0003 for LigHT-DVAE, HiT-Inv-s"
     for bad in (0.0, -1e-3, float("nan"), float("inf"), True, "1e-3"):
         with pytest.raises(X.ExperimentError, match="lr must be"):
             X.ExperimentConfig(out="x", models=("vae",), lr=bad).validate()
@@ -229,7 +197,18 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
     base = dict(models=("dkf",), cost=False)
     trained = _experiment(corpus, tmp_path / "first", models=("dkf", "light-dvae"), cost=False)
     first = X.run_experiment(trained, say=lambda s: None)
-    assert "(shipped)" not in Path(first["report"]).read_text()
+    first_report = Path(first["report"]).read_text()
+    assert "(shipped)" not in first_report
+    # the trained LigHT-DVAE's w exchange, computed by the report into its run folder
+    assert "## The w exchange" in first_report and "swap-w-light-dvae.png" in first_report
+    assert list((tmp_path / "first" / "runs" / "light-dvae" / "swap_w").glob("*/swap_w.json"))
+    # `lightdvae report` on the experiment folder shows what the demo's report shows
+    site = tmp_path / "site" / "report.md"
+    assert main(["report", str(tmp_path / "first"), "--out", str(site)]) == 0
+    again = site.read_text()
+    for heading in ("## Training", "## The paper's findings", "## Generation", "## The w exchange", "## Cost"):
+        assert heading in first_report and heading in again, heading
+    assert (site.parent / "figures" / "swap-w-light-dvae.png").is_file()
     # the trained models become shipped priors of this corpus (cards like the package's own)
     folder = tmp_path / "weights"
     card = {"command": "lightdvae train --model dkf ...", "epochs": 3, "best_epoch": 2, "train_minutes": 0.1}
@@ -254,20 +233,10 @@ def test_demo_report_shows_shipped_priors_beside_the_trained_models(corpus, tmp_
     swap = json.loads((tmp_path / "demo" / "shipped" / "tiny-light" / "swap_w" / "swap_w.json").read_text())
     assert swap["kind"] == "lightdvae-swap-w" and "a_with_w_of_b" in swap["check"]
     assert "## The w exchange" in report and "global traits** (a with w of b: w transfer" in report
-    assert "swap-w-tiny-light.png" in report
+    assert "swap-w-shipped-tiny-light.png" in report
     # resumed: the shipped priors are not evaluated again
     monkeypatch.setattr("lightdvae.evaluate.evaluate_run", lambda *a, **k: pytest.fail("evaluated again"))
     X.run_experiment(cfg, say=lambda s: None)
-
-
-def test_training_table_flags_a_short_training():
-    cfg = X.ExperimentConfig(out="x", models=("dkf",)).validate()
-    info = {"training": "time_limit", "schedule": {"epochs": 30, "kl_warmup_epochs": 9}, "best_val_loss": 2.0}
-    rows = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 5)]
-    row = writeup._training_row(cfg, "dkf", info, rows)
-    assert "KL warm-up not completed (0.44)" in row and "4 of ~30 planned epochs" in row
-    full = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 31)]
-    assert "short training" not in writeup._training_row(cfg, "dkf", info, full)
 
 
 def test_threads_follow_the_cores_other_processes_leave_idle(monkeypatch):

@@ -246,3 +246,208 @@ def test_a_best_score_at_the_floor_of_its_scale_is_not_bold():
     assert best_mean(rows, "si_sdr") == -2.5  # SI-SDR has no floor
     rows[1]["metrics"]["pesq_wb"] = stats(1.6)
     assert best_mean(rows, "pesq_wb") == 1.6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the demo's report shows, from run folders: training, findings, generation, the w exchange, cost
+# ----------------------------------------------------------------------------------------------------------------
+TINY_DKF = dict(x_dims=[16], rnn_dim=8, z_to_g_dims=[], posterior_dims=[8], decoder_dims=[16])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Two tiny runs trained 2 epochs by ``lightdvae train`` on a tiny corpus of two test speakers (a LigHT-DVAE
+    and a DKF); the DKF sampled by ``lightdvae generate``, the LigHT-DVAE not."""
+    import torch
+    from helpers import TINY_LIGHT, write_corpus
+
+    root = tmp_path_factory.mktemp("reportruns")
+    files = [(s, u) for s, n in (("train", 3), ("val", 1), ("test", 4)) for u in range(n)]
+    corpus = write_corpus(root / "tiny", [(s, f"spk{u % 2}", u, 0.8 + 0.1 * (u % 3)) for s, u in files])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    common = ["--data", str(corpus), "--epochs", "2", "--batch-size", "2", "--seq-len", "20", "--device", "cpu"]
+    try:
+        for name, model, config in (("light", "light-dvae", TINY_LIGHT), ("dkf", "dkf", TINY_DKF)):
+            sets = [a for k, v in config.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+            argv = ["train", "--model", model, "--out", str(root / "runs" / name), *common, *sets, "--quiet"]
+            assert main(argv) == 0
+        gen = ["generate", str(root / "runs" / "dkf"), "--n", "2", "--frames", "20", "--no-fdsd", "--quiet"]
+        assert main([*gen, "--griffin-lim-iters", "4", "--batch-size", "2", "--figures", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root / "runs"
+
+
+@pytest.mark.usefixtures("private_dirs")
+def test_report_of_trained_runs_shows_training_samples_w_exchange_and_cost(trained, tmp_path):
+    out = tmp_path / "site" / "report.md"
+    # read-only: the w exchange the LigHT-DVAE lacks is a command line, with two test files of two speakers
+    assert main(["report", str(trained), "--out", str(out), "--read-only"]) == 0
+    text = out.read_text()
+    assert not list((trained / "light").glob("swap_w/*/swap_w.json"))
+    line = next(ln for ln in text.splitlines() if "no w exchange yet" in ln)
+    assert f"`lightdvae swap-w {trained / 'light'} " in line and "spk0" in line and "spk1" in line
+
+    assert main(["report", str(trained), "--out", str(out)]) == 0
+    text = out.read_text()
+    print(text)
+    rows = table_rows(text, "## Training")
+    assert [r[0] for r in rows] == ["DKF", "LigHT-DVAE"]  # the paper's order
+    assert [r[5] for r in rows] == ["2 (2)", "2 (2)"] and all(r[-1].startswith("finished") for r in rows)
+    assert "batch 2 segments of 20 frames" in text and "lr 0.001" in text and "early stopping" in text
+    # generation: the DKF's samples (figure copied beside the report), the LigHT-DVAE's command
+    assert "![DKF samples](figures/generation-dkf.png)" in text
+    assert (out.parent / "figures" / "generation-dkf.png").stat().st_size > 5_000
+    assert f"LigHT-DVAE: not sampled yet: `lightdvae generate {trained / 'light'}`" in text
+    # the w exchange, computed by the report into the run folder, in one line with its figure
+    section = text[text.index("## The w exchange") : text.index("## Cost")]
+    assert re.search(
+        r"\*\*w (carries|partly carries|does not carry) global traits\*\* \(a with w of b: w transfer", section
+    )
+    assert "utt0.wav, utt1.wav" in section and "(figures/swap-w-light.png)" in section
+    assert (out.parent / "figures" / "swap-w-light.png").is_file()
+    swap = json.loads(next((trained / "light").glob("swap_w/*/swap_w.json")).read_text())
+    assert swap["kind"] == "lightdvae-swap-w"
+    # cost: recorded times per run, and one line on the native-vs-reference timings this folder lacks
+    cost = table_rows(text, "## Cost")
+    assert [r[0] for r in cost] == ["DKF", "LigHT-DVAE"] and all(float(r[3]) >= 0 for r in cost)
+    assert cost[0][5] != "" and cost[1][5] == ""  # prior sampling time: only the DKF was sampled
+    assert "Native vs reference ops not measured here" in text
+    assert "_Not tested: no evaluation among the given folders; `lightdvae eval RUN --past gen`" in text
+    # nothing is found twice, and a second report reuses the exchange
+    assert main(["report", str(trained), str(trained / "light"), "--out", str(out)]) == 0
+    assert len(list((trained / "light").glob("swap_w/*/swap_w.json"))) == 1
+    assert out.read_text().count("![DKF samples]") == 1
+
+
+def test_report_never_fails_on_a_piece_it_cannot_compute(trained, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "moved"
+    shutil.copytree(trained / "light", run, ignore=shutil.ignore_patterns("swap_w"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["spec"] = str(tmp_path / "gone")  # its corpus is not here any more
+    config["training"]["data"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(config))
+    text = write_report([run])
+    line = next(ln for ln in text.splitlines() if "LigHT-DVAE:" in ln and "swap-w" in ln)
+    assert f"`lightdvae swap-w {run} A.wav B.wav`" in line
+    assert "## Training" in text and "## Cost" in text
+
+
+def test_findings_verdicts_from_paired_differences():
+    from lightdvae.models import build
+    from lightdvae.report.findings import Scores, findings
+
+    rng = np.random.default_rng(0)
+    base = 8 + rng.standard_normal(20)
+    noise = lambda s: 0.1 * rng.standard_normal(20)  # noqa: E731
+    values = {
+        ("DKF", "gen"): base,
+        ("SRNN (TF)", "gen"): base - 6 + noise(0),
+        ("SRNN (TF)", "gt"): base + 1 + noise(1),
+        ("SRNN (SS)", "gen"): base + 0.5 + noise(2),
+        ("SRNN (SS)", "gt"): base + 0.7 + noise(3),
+        ("HiT-DVAE", "gen"): base + 2 + noise(4),
+        ("HiT-DVAE", "gt"): base + 2.1 + noise(5),
+        ("LigHT-DVAE", "gen"): base + 2.2 + noise(6),
+        ("LigHT-DVAE", "gt"): base + 2.3 + noise(7),
+        ("HiT-Inv-s", "gen"): base - 5 + noise(8),
+        ("HiT-Inv-s", "gt"): base + 2 + noise(9),
+        ("HiT-Inv-s-NR", "gen"): base - 2 + noise(10),
+        ("HiT-Inv-s-NR", "gt"): base - 4 + noise(11),  # GEN and GT 2 dB apart: not "the same"
+    }
+    sizes = {"HiT-DVAE": build("hit-dvae").num_parameters(), "LigHT-DVAE": build("light-dvae").num_parameters()}
+
+    def check():
+        per = {
+            p: {k: {f"f{i}": float(x) for i, x in enumerate(v)} for (k, q), v in values.items() if q == p}
+            for p in ("gen", "gt")
+        }
+        return {r["finding"]: r for r in findings(Scores(per["gen"], per["gt"], sizes))}
+
+    res = check()
+    verdict = {k: r["verdict"] for k, r in res.items()}
+    assert verdict["The transformer DVAEs (HiT-DVAE, LigHT-DVAE) lead on SI-SDR (GEN)"] == "holds"
+    assert verdict["SRNN (TF) collapses in GEN while SRNN (SS) does not"] == "holds"
+    assert verdict["HiT-Inv-s collapses in GEN but not in GT"] == "holds"
+    assert verdict["HiT-Inv-s-NR scores the same in GEN and GT"] == "does not hold"
+    assert verdict["LigHT-Inv-s collapses in GEN but not in GT"] == "not tested"
+    assert verdict["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"] == "holds"
+    assert "0.80" in res["LigHT-DVAE matches HiT-DVAE with about 20 % fewer parameters"]["evidence"]
+    # the baselines ahead: the first finding does not hold; a difference lost in the noise is not resolved
+    lead = "The transformer DVAEs (HiT-DVAE, LigHT-DVAE) lead on SI-SDR (GEN)"
+    values[("DKF", "gen")] = base + 3
+    assert check()[lead]["verdict"] == "does not hold"
+    values[("SRNN (SS)", "gen")] = base - 6
+    srnn = check()["SRNN (TF) collapses in GEN while SRNN (SS) does not"]
+    assert srnn["verdict"] == "does not hold" and "SRNN (SS) GEN - GT" in srnn["evidence"]
+
+
+def test_findings_keep_shipped_priors_apart_and_leave_out_models_with_several_runs(tmp_path):
+    import csv
+
+    from lightdvae.evaluate import CSV_COLUMNS
+    from lightdvae.report.findings import findings_section
+
+    rng = np.random.default_rng(1)
+    base = 5 + rng.standard_normal(8)
+
+    def evaluated(run: str, label: str, name: str, past: str, shift: float) -> dict:
+        folder = tmp_path / run / past
+        folder.mkdir(parents=True)
+        with (folder / "per_file.csv").open("w", newline="") as f:  # the columns `lightdvae eval` writes
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
+            w.writeheader()
+            w.writerows(
+                {"index": i, "name": f"f{i}", "seconds": 1, "frames": 60, "si_sdr": x + shift}
+                for i, x in enumerate(base)
+            )
+        s = summary(run, name, label, past, float(np.mean(base) + shift))
+        return {
+            **s,
+            "run_dir": f"pretrained:{run}" if "shipped" in label else s["run_dir"],
+            "_path": str(folder / "summary.json"),
+        }
+
+    evals = [
+        evaluated("l", "LigHT-DVAE", "light-dvae", "gen", -4.0),  # a few minutes of training: behind the VAE
+        evaluated("v", "VAE", "vae", "gen", 0.0),
+        evaluated("ls", "LigHT-DVAE (shipped)", "light-dvae", "gen", 2.0),  # converged: ahead
+        evaluated("vs", "VAE (shipped)", "vae", "gen", 0.0),
+        evaluated("d1", "DKF", "dkf", "gen", 1.0),
+        evaluated("d2", "DKF", "dkf", "gen", 5.0),
+    ]
+    text = "\n".join(findings_section(("tiny", "", "test"), evals))
+    runs = table_rows(text, "| finding")
+    shipped = table_rows(text, "The shipped priors")
+    lead = "The transformer DVAEs (HiT-DVAE, LigHT-DVAE) lead on SI-SDR (GEN)"
+    assert runs[0][0] == lead and runs[0][1] == "**does not hold**" and "best baseline VAE" in runs[0][2]
+    assert shipped[0][0] == lead and shipped[0][1] == "**holds**"
+    assert "left out (several runs of one model; report one experiment at a time): DKF" in text
+
+
+def test_training_table_flags_a_short_training():
+    from lightdvae.report.runs_section import training_row
+
+    meta = {"model": "dkf", "config": {}, "parameters": 10, "training": {"lr": 1e-3, "epochs": 30}}
+    status = {"state": "time_limit", "best_epoch": 4, "best_val_loss": 2.0}
+    rows = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 5)]
+    row = training_row({"dir": Path("dkf"), "meta": meta, "log": rows, "status": status})
+    assert "KL warm-up not completed (0.44)" in row[-1] and "4 of ~30 planned epochs" in row[-1]
+    full = [{"epoch": e, "seconds": 1.0, "kl_warm": min(1.0, e / 9)} for e in range(1, 31)]
+    assert "short training" not in training_row({"dir": Path("dkf"), "meta": meta, "log": full, "status": status})[-1]
+    stopped = {**status, "state": "early_stopped"}  # early stopping ends a run early on purpose
+    few = [{"epoch": e, "seconds": 1.0, "kl_warm": 1.0} for e in range(1, 5)]
+    assert "short" not in training_row({"dir": Path("dkf"), "meta": meta, "log": few, "status": stopped})[-1]
+
+
+def test_a_column_at_the_floor_of_its_scale_is_said_to_be_so(tmp_path):
+    write(tmp_path / "a" / "e", summary("a", "dkf", "DKF", "gen", -3.0, pesq_wb=1.05))
+    write(tmp_path / "b" / "e", summary("b", "vae", "VAE", "gen", -2.5, pesq_wb=1.07))
+    text = write_report([tmp_path])
+    rows = {r[0]: r for r in table_rows(text, "### Analysis-resynthesis")}
+    assert rows["VAE"][5].startswith("**-2.50**")  # SI-SDR has no floor
+    assert "**" not in rows["VAE"][6] + rows["DKF"][6]  # PESQ-WB 1.05 / 1.07: nobody is best at the floor
+    assert "Nothing bold in PESQ-WB: the best mean is at the floor of the scale" in text

@@ -7,7 +7,7 @@ An experiment folder ``OUT`` holds::
     experiment.json        settings, each model's schedule, what is done, wall time per stage (written atomically)
     runs/<key>/            one training run per model (``lightdvae train`` layout, with its eval/ and generate/ folders)
     cost.json              training step and generation time per model, native vs reference ops, same process
-    report/README.md       the tables (analysis-resynthesis, GEN/GT structure study, FDSD), findings, cost, figures
+    report/README.md       `lightdvae report` of the folder: tables, training, findings, samples, w exchange, cost
 
 Stages, each resumable (an interrupted experiment continues where it stopped when the same command is run again):
 
@@ -25,7 +25,8 @@ Stages, each resumable (an interrupted experiment continues where it stopped whe
 4. generation from the prior with Griffin-Lim, and FDSD against the test split with its real-vs-real floor;
 5. cost: one process measures each model's training step and generation time with the native ops and with the
    pure-PyTorch references (``LIGHTDVAE_BACKEND``), so the ratios come from one run on one machine;
-6. the report, with the findings of the paper checked (:func:`findings`) when their models are present.
+6. the report (:func:`lightdvae.report.write_report`, the one ``lightdvae report OUT`` writes too), with the
+   findings of the paper checked (:mod:`lightdvae.report.findings`) when their models are present.
 
 Submodules:
 
@@ -36,8 +37,10 @@ Submodules:
 * :mod:`~lightdvae.experiments.state`: the folder's layout and ``experiment.json`` (refuse, resume, overwrite);
 * :mod:`~lightdvae.experiments.corpus`: what is needed before training (packages, espeak-ng, the corpus);
 * :mod:`~lightdvae.experiments.stages`: training, evaluation, generation and cost of every model;
-* :mod:`~lightdvae.experiments.paper_findings`: the paper's findings checked on paired per-file differences;
-* :mod:`~lightdvae.experiments.writeup`: the report folder's README;
+* :mod:`~lightdvae.experiments.shipped`: the shipped priors evaluated, sampled and their w exchanged beside the
+  experiment's models;
+* :mod:`~lightdvae.experiments.writeup`: the report folder's README (:mod:`lightdvae.report` with the
+  experiment's notes);
 * :mod:`~lightdvae.experiments.run`: :func:`run_experiment`, the stages in order.
 """
 
@@ -56,7 +59,6 @@ from lightdvae.experiments.entries import (
     Entry,
     parse_models,
 )
-from lightdvae.experiments.paper_findings import COLLAPSE_DB, SAME_DB, findings
 from lightdvae.experiments.run import run_experiment
 from lightdvae.experiments.state import COST_FILE, FORMAT_VERSION, KIND, REPORT_DIR, STATE_FILE
 
@@ -69,15 +71,12 @@ __all__ = [
     "ExperimentError",
     "run_experiment",
     "schedule_for_budget",
-    "findings",
     "ensure_espeak",
     "parse_models",
     "BASELINE_LR",
     "TRANSFORMER_LR",
     "WARMUP_FRACTION",
     "SS_FRACTIONS",
-    "COLLAPSE_DB",
-    "SAME_DB",
     "KIND",
     "FORMAT_VERSION",
     "STATE_FILE",

@@ -50,7 +50,7 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, install_espea
     state.data["device"] = str(device)
 
     with state.stage("corpus"):
-        corpus = prepare_corpus(cfg, install_espeak, say, progress)
+        prepare_corpus(cfg, install_espeak, say, progress)
     ctx = stages.Context(cfg, state, out, device, say, progress)
     todo = [("training", stages.train_all), ("evaluation", stages.evaluate_all), ("generation", stages.generate_all)]
     if shipped_priors(cfg):
@@ -65,7 +65,7 @@ def _run_locked(cfg: ExperimentConfig, out: Path, overwrite: bool, install_espea
         state.data["done"].append(name)
         state.save()
     with state.stage("report"):
-        path = write_report(cfg, state, out, corpus)
+        path = write_report(cfg, state, out)
     summary = console_summary(path.read_text())
     if summary:
         say(summary)

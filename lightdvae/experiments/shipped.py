@@ -20,7 +20,7 @@ from lightdvae.models import HAS_W, SEES_PAST_SPEECH
 if TYPE_CHECKING:
     from lightdvae.experiments.stages import Context
 
-__all__ = ["SHIPPED_DIR", "shipped_priors", "shipped_dir", "evaluate_shipped", "exchange_pair"]
+__all__ = ["SHIPPED_DIR", "shipped_priors", "shipped_dir", "evaluate_shipped"]
 
 
 def shipped_priors(cfg: ExperimentConfig) -> list[str]:
@@ -44,7 +44,7 @@ def evaluate_shipped(ctx: Context) -> None:
     sample size) every shipped prior of the experiment, and exchange the w of two test speakers with those that
     have one (HiT/LigHT-DVAE); each step is skipped once done for the same weights."""
     from lightdvae.evaluate import evaluate_run
-    from lightdvae.generation import generate_run, swap_w
+    from lightdvae.generation import exchange_pair, generate_run, swap_w
     from lightdvae.models.pretrained import pretrained_card
 
     cfg = ctx.cfg
@@ -96,15 +96,3 @@ def evaluate_shipped(ctx: Context) -> None:
                 swap_w(spec, *pair, out=folder / "swap_w", device=ctx.device, overwrite=True)
                 info["swap_w"] = str((folder / "swap_w").resolve())
                 ctx.state.save()
-
-
-def exchange_pair(spec: str) -> tuple[Path, Path] | None:
-    """Two test utterances of two speakers for the w exchange: the first file (by name) of the first two test
-    speakers (by name) of the corpus ``spec``; None when its test split has fewer than two speakers."""
-    from lightdvae.data import resolve_corpus
-
-    first: dict[str, Path] = {}
-    for item in sorted(resolve_corpus(spec, build=False).splits.get("test", []), key=lambda a: str(a.path)):
-        first.setdefault(item.speaker, Path(item.path))
-    speakers = sorted(first)
-    return (first[speakers[0]], first[speakers[1]]) if len(speakers) >= 2 else None

@@ -20,6 +20,7 @@ from lightdvae.experiments.budget import SS_FRACTIONS, WARMUP_FRACTION, schedule
 from lightdvae.experiments.config import ExperimentConfig
 from lightdvae.experiments.entries import ENTRIES, Entry
 from lightdvae.experiments.state import COST_FILE, ExperimentState, run_dir
+from lightdvae.report import COST_KIND
 from lightdvae.runs import checkpoint_path, read_config, read_log, read_status
 from lightdvae.runtime import backend_scope, idle_cores, sync, thread_scope
 
@@ -281,7 +282,7 @@ def cost_all(ctx: Context) -> None:
     from lightdvae import _ext
 
     cfg, path = ctx.cfg, ctx.out / COST_FILE
-    cost = read_json(path) or {}
+    cost = {k: v for k, v in (read_json(path) or {}).items() if not k.startswith("_") and k != "kind"}
     backends = ["ref", "native"] if _ext.HAS_NATIVE else ["ref"]
     for key in cfg.models:
         if key in cost or not trained(ctx, key):
@@ -295,7 +296,7 @@ def cost_all(ctx: Context) -> None:
             "device": str(ctx.device),
             "threads": torch.get_num_threads(),
         }
-        write_json(path, {**cost, "_about": about})
+        write_json(path, {**cost, "kind": COST_KIND, "_about": about})
 
 
 def _cost_row(ctx: Context, key: str, backends: list[str]) -> dict:

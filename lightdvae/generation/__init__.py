@@ -21,7 +21,8 @@ Submodules:
   rule, the summary in the manifest and :func:`fdsd_line`.
 - :mod:`~lightdvae.generation.realset`: the real set (the corpus split) with one-line errors.
 - :mod:`~lightdvae.generation.figures`: ``generation.png`` and ``real_vs_generated.png``.
-- :mod:`~lightdvae.generation.exchange`: :func:`exchange_w`, :func:`swap_w` and its check.
+- :mod:`~lightdvae.generation.exchange`: :func:`exchange_w`, :func:`swap_w` and its check, read in one line by
+  :func:`exchange_verdict`; :func:`exchange_pair`: two test utterances of two speakers of a corpus.
 - :mod:`~lightdvae.generation.common`: file names, defaults and limits, the integer check, the figure helper.
 """
 
@@ -53,7 +54,7 @@ from lightdvae.generation.common import (
     SWAP_KIND,
     WAV_DIR,
 )
-from lightdvae.generation.exchange import W_MODELS, exchange_w, swap_w
+from lightdvae.generation.exchange import W_MODELS, exchange_pair, exchange_verdict, exchange_w, swap_w
 from lightdvae.generation.fdsd import fdsd_line
 from lightdvae.generation.manifest import read_manifest
 from lightdvae.generation.prior import default_out_dir, generate_model, generate_run
@@ -66,6 +67,8 @@ __all__ = [
     "default_out_dir",
     "swap_w",
     "exchange_w",
+    "exchange_verdict",
+    "exchange_pair",
     "read_manifest",
     "fdsd_line",
     "GENERATION_KIND",

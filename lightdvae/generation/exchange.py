@@ -53,6 +53,37 @@ CHECK_DESCRIPTION = (
 )
 
 
+def exchange_verdict(check: dict) -> str:
+    """One line (Markdown) on whether w carries global traits, from the ``check`` of a ``swap_w.json``: both
+    exchanged outputs have their w moved toward the donor's (beyond the own-w resynthesis) and their spectrum
+    too (:data:`CHECK_DESCRIPTION`), one of them, or neither."""
+    moved, parts = [], []
+    for name in ("a_with_w_of_b", "b_with_w_of_a"):
+        c = check.get(name) or {}
+        w_moved = (c.get("w_transfer") or 0.0) > (c.get("own_w_transfer") or 0.0)
+        moved.append(w_moved and (c.get("ltas_db_toward_donor") or 0.0) > 0)
+        if all(isinstance(c.get(k), float) for k in ("w_transfer", "own_w_transfer", "ltas_db_toward_donor")):
+            parts.append(
+                f"{name.replace('_', ' ')}: w transfer {c['w_transfer']:.2f} (own-w {c['own_w_transfer']:.2f}), "
+                f"spectrum {c['ltas_db_toward_donor']:+.2f} dB toward the donor"
+            )
+    verdict = "carries" if all(moved) else "partly carries" if any(moved) else "does not carry"
+    return f"**w {verdict} global traits** ({', '.join(parts)})."
+
+
+def exchange_pair(spec: str) -> tuple[Path, Path] | None:
+    """Two test utterances of two speakers for a w exchange: the first file (by name) of the first two test
+    speakers (by name) of the corpus ``spec`` (not built when missing); None when its test split has fewer than
+    two speakers."""
+    from lightdvae.data import resolve_corpus
+
+    first: dict[str, Path] = {}
+    for item in sorted(resolve_corpus(spec, build=False).splits.get("test", []), key=lambda a: str(a.path)):
+        first.setdefault(item.speaker, Path(item.path))
+    speakers = sorted(first)
+    return (first[speakers[0]], first[speakers[1]]) if len(speakers) >= 2 else None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # On tensors
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from lightdvae.report.results import run_key
 from lightdvae.report.tables import (
     DECIMALS,
     arrow,
+    at_floor,
     best_mean,
     mean_ci,
     metric_columns,
@@ -93,6 +94,13 @@ def analysis_section(key, summaries: list[dict]) -> list[str]:
         table(header, body, align),
         "",
     ]
+    floored = [LABELS[m] for m in metrics if at_floor(rows, m)]
+    if floored:
+        lines += [
+            f"Nothing bold in {', '.join(floored)}: the best mean is at the floor of the scale (PESQ's lowest "
+            "MOS-LQO, ESTOI ~0), where every model is.",
+            "",
+        ]
     pesq = [m for m in metrics if m in PESQ_VARIANTS]
     if pesq:
         lines += ["PESQ variants: " + "; ".join(f"{LABELS[m]} = {PESQ_VARIANTS[m]}" for m in pesq) + ".", ""]

@@ -25,6 +25,7 @@ __all__ = [
     "table",
     "metric_columns",
     "best_mean",
+    "at_floor",
     "SCALE_FLOORS",
     "arrow",
 ]
@@ -101,9 +102,8 @@ def metric_columns(summaries: list[dict]) -> list[str]:
     return [c for c in COLUMNS if c in present]
 
 
-def best_mean(rows: list[dict], metric: str) -> float | None:
-    """The best mean of ``metric`` over ``rows``: None (nothing to bold) with fewer than two finite means, or when
-    the best is at the floor of the metric's scale (:data:`SCALE_FLOORS`)."""
+def _best(rows: list[dict], metric: str) -> float | None:
+    """The best finite mean of ``metric`` over ``rows``; None with fewer than two."""
     means = [
         (r.get("metrics") or {}).get(metric, {}).get("mean")
         for r in rows
@@ -112,9 +112,21 @@ def best_mean(rows: list[dict], metric: str) -> float | None:
     means = [m for m in means if isinstance(m, (int, float)) and math.isfinite(m)]
     if len(means) < 2:
         return None
-    best = max(means) if HIGHER_IS_BETTER.get(metric, True) else min(means)
+    return max(means) if HIGHER_IS_BETTER.get(metric, True) else min(means)
+
+
+def at_floor(rows: list[dict], metric: str) -> bool:
+    """Whether the best mean of ``metric`` over ``rows`` (two or more) is at the floor of its scale
+    (:data:`SCALE_FLOORS`): every model is there, none is best."""
+    best = _best(rows, metric)
     floor, margin = SCALE_FLOORS.get(metric, (-math.inf, 0.0))
-    return None if best < floor + margin else best
+    return best is not None and best < floor + margin
+
+
+def best_mean(rows: list[dict], metric: str) -> float | None:
+    """The best mean of ``metric`` over ``rows``: None (nothing to bold) with fewer than two finite means, or when
+    the best is at the floor of the metric's scale (:func:`at_floor`)."""
+    return None if at_floor(rows, metric) else _best(rows, metric)
 
 
 def arrow(metric: str) -> str:
