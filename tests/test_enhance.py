@@ -176,7 +176,7 @@ def test_a_time_budget_stops_early():
 # It enhances
 # ---------------------------------------------------------------------------------------------------------------
 def _shipped_vae():
-    from lightdvae.models.pretrained import PretrainedError, pretrained
+    from lightdvae.models.shipped import PretrainedError, pretrained
 
     try:
         return pretrained("vae")

@@ -8,7 +8,7 @@ from helpers import make_run
 
 from lightdvae.errors import UserError
 from lightdvae.models import pretrained, pretrained_card, pretrained_names
-from lightdvae.models.pretrained import PretrainedError
+from lightdvae.models.shipped import PretrainedError
 from lightdvae.runs import export_pretrained, load_run
 
 
@@ -93,3 +93,14 @@ def test_info_lists_the_shipped_priors(shipped, capsys):
     assert main(["info"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("pretrained_priors"))
     assert "tiny-light (LigHT-DVAE, 1 epochs" in line and "tiny-vae (VAE" in line
+
+
+def test_the_loader_stays_a_function_after_its_module_is_imported():
+    """``lightdvae.models.pretrained`` is the loader function; importing the module that implements it (as the
+    report and the run opener do) must not replace it with a module (it did when the module was named so)."""
+    import importlib
+
+    importlib.import_module("lightdvae.models.shipped")
+    from lightdvae.models import pretrained
+
+    assert callable(pretrained) and pretrained.__module__ == "lightdvae.models"

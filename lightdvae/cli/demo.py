@@ -80,7 +80,7 @@ def config_from_args(
 
 def run(args) -> int:
     from lightdvae.experiments import parse_models, run_experiment
-    from lightdvae.models.pretrained import pretrained_names
+    from lightdvae.models.shipped import pretrained_names
 
     models = parse_models(args.models)
     weights = {"light-dvae": 2.0} if "light-dvae" in models and len(models) > 1 else {}

@@ -1,5 +1,5 @@
 """The shipped priors beside an experiment's own models: the package's converged priors (``pretrained:NAME``,
-:mod:`lightdvae.models.pretrained`) evaluated and sampled on the experiment's test split, so that one report
+:mod:`lightdvae.models.shipped`) evaluated and sampled on the experiment's test split, so that one report
 shows what the models do when trained to convergence next to what a few minutes of training give.
 
 They are trained on the built-in corpus (their cards say so), so they are compared only on that corpus, as it is
@@ -27,7 +27,7 @@ def shipped_priors(cfg: ExperimentConfig) -> list[str]:
     """The shipped priors this experiment shows: those of ``cfg.shipped`` that are installed and were trained on
     the experiment's corpus spec (``builtin`` for the package's own, as built by default); none on a resized
     built-in corpus, whose test split may hold their training data."""
-    from lightdvae.models.pretrained import pretrained_card, pretrained_names
+    from lightdvae.models.shipped import pretrained_card, pretrained_names
 
     if not cfg.shipped or cfg.corpus_minutes is not None:
         return []
@@ -45,7 +45,7 @@ def evaluate_shipped(ctx: Context) -> None:
     have one (HiT/LigHT-DVAE); each step is skipped once done for the same weights."""
     from lightdvae.evaluate import evaluate_run
     from lightdvae.generation import exchange_pair, generate_run, swap_w
-    from lightdvae.models.pretrained import pretrained_card
+    from lightdvae.models.shipped import pretrained_card
 
     cfg = ctx.cfg
     done = ctx.state.data.setdefault("shipped", {})

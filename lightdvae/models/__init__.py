@@ -103,24 +103,24 @@ def build(name: str, **config) -> DVAE:
 
 def pretrained(name: str, device="cpu", dtype=None) -> DVAE:
     """A shipped pretrained prior of the built-in corpus, float32 in eval mode (see
-    :mod:`lightdvae.models.pretrained`; ``pretrained_names()`` lists them)."""
+    :mod:`lightdvae.models.shipped`; ``pretrained_names()`` lists them)."""
     import torch
 
-    from lightdvae.models.pretrained import pretrained as _load
+    from lightdvae.models.shipped import pretrained as _load
 
     return _load(name, device=device, dtype=dtype or torch.float32)
 
 
 def pretrained_names() -> list[str]:
     """The names of the shipped pretrained priors."""
-    from lightdvae.models.pretrained import pretrained_names as _names
+    from lightdvae.models.shipped import pretrained_names as _names
 
     return _names()
 
 
 def pretrained_card(name: str) -> dict:
     """The card of a shipped prior: the command that reproduces it, epochs, wall time, scores, digest."""
-    from lightdvae.models.pretrained import pretrained_card as _card
+    from lightdvae.models.shipped import pretrained_card as _card
 
     return _card(name)
 

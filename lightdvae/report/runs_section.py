@@ -184,7 +184,7 @@ def training_row(run: dict, label: str | None = None) -> list[str]:
 def shipped_section(evals: Sequence[dict]) -> list[str]:
     """``## Shipped priors``: which rows are the package's converged priors (``pretrained:NAME``) and their cards
     (how they were trained); nothing when no evaluation is of one."""
-    from lightdvae.models.pretrained import PretrainedError, pretrained_card
+    from lightdvae.models.shipped import PretrainedError, pretrained_card
 
     names = sorted(
         {

@@ -52,7 +52,7 @@ def open_run(
 ) -> OpenRun:
     """Open a run for inference: the model (eval mode, on ``device``), its checkpoint and the run's description.
 
-    ``run_dir`` may also name a shipped pretrained prior, ``pretrained:NAME`` (:mod:`lightdvae.models.pretrained`):
+    ``run_dir`` may also name a shipped pretrained prior, ``pretrained:NAME`` (:mod:`lightdvae.models.shipped`):
     its results then go to ``./pretrained-NAME/`` (the package folder is not written into).
 
     Every failure a user can cause (no such folder, no such checkpoint, an unreadable file) raises ``error``
@@ -108,7 +108,7 @@ PRETRAINED_PREFIX = "pretrained:"
 
 def _open_pretrained(name: str, which: str, device, error: type) -> OpenRun:
     """A shipped prior opened like a run (``which`` must be ``best``: a prior has only its final weights)."""
-    from lightdvae.models.pretrained import PretrainedError, pretrained, pretrained_card, weights_dir
+    from lightdvae.models.shipped import PretrainedError, pretrained, pretrained_card, weights_dir
 
     if which != "best":
         raise error(f"a pretrained prior has only its best weights; drop --checkpoint {which}")
