@@ -246,9 +246,8 @@ def _is_one(grad: Tensor) -> bool:
 def _scaled(saved: Tensor, grad: Tensor, reduction: int) -> Tensor:
     """The gradient an op's forward saved (for an upstream gradient of 1) times the actual upstream gradient."""
     if reduction != 0 and _is_one(grad):
-        # Returned as it is: the forward's buffer becomes the input's gradient, no extra pass.  The buffer is
-        # saved for backward, so modifying that gradient in place before another backward through the same
-        # graph (retain_graph) raises autograd's error on modified saved tensors.
+        # Returned as it is: autograd's AccumulateGrad takes the forward's buffer over as the input's gradient (no
+        # extra pass), or copies it where the graph is retained (the buffer is still referenced).
         return saved
     return saved * grad
 
