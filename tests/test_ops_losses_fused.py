@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import requires_native
+from helpers import requires_cuda, requires_native
 from test_ops_losses import make_is_inputs, make_kl_inputs
 
 from lightdvae.errors import BackendError
@@ -250,3 +250,31 @@ def test_aten_cpu_capability_lowers_the_choice(capability):
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "LIGHTDVAE_QUIET_FALLBACK": "1"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == capability
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the same contract (skipped without a GPU)
+# ---------------------------------------------------------------------------------------------
+
+
+@requires_cuda
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cuda_fused_ops_agree_with_the_cpu(reduction):
+    code = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    power, logvar = make_is_inputs((17, 2, 1134), torch.float64)
+    cpu = torch.ops.lightdvae.is_divergence_with_grad(power, logvar, 1e-8, code)
+    gpu = torch.ops.lightdvae.is_divergence_with_grad(power.cuda(), logvar.cuda(), 1e-8, code)
+    for a, b in zip(gpu, cpu, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12 * max(b.abs().max().item(), 1.0))
+    kl_in = make_kl_inputs((17, 151), torch.float64)
+    cpu = torch.ops.lightdvae.gaussian_kl_with_grad(*kl_in, code)
+    gpu = torch.ops.lightdvae.gaussian_kl_with_grad(*(t.cuda() for t in kl_in), code)
+    for a, b in zip(gpu, cpu, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12 * max(b.abs().max().item(), 1.0))
+    torch.library.opcheck(
+        torch.ops.lightdvae.is_divergence_with_grad.default, (power.cuda(), logvar.cuda(), 1e-8, code)
+    )
+    torch.library.opcheck(torch.ops.lightdvae.gaussian_kl_with_grad.default, (*(t.cuda() for t in kl_in), code))
+    p = (power[:2, :1, :9] + 0.05).cuda().requires_grad_(True)
+    lv = logvar[:2, :1, :9].cuda().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda a, b: is_divergence(a, b, reduction), (p, lv))
