@@ -278,3 +278,31 @@ def test_cuda_fused_ops_agree_with_the_cpu(reduction):
     p = (power[:2, :1, :9] + 0.05).cuda().requires_grad_(True)
     lv = logvar[:2, :1, :9].cuda().requires_grad_(True)
     assert torch.autograd.gradgradcheck(lambda a, b: is_divergence(a, b, reduction), (p, lv))
+
+
+@requires_native
+def test_backward_runs_no_pass_over_the_inputs():
+    """With an upstream gradient of 1 the backward hands the forward's gradient over: no kernel of the inputs' size runs
+    (no zeros for the gradient output's gradient, no scaling); with another upstream gradient, one multiply."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.big = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            views = ("aten.detach.default", "aten.alias.default", "aten.view.default")
+            leaves = torch.utils._pytree.tree_leaves(out)
+            if str(func) not in views and any(isinstance(t, torch.Tensor) and t.numel() > 1 for t in leaves):
+                self.big.append(str(func))
+            return out
+
+    power, logvar = make_is_inputs((4, 50, 513), torch.float32)
+    for grad_out, expected in ((torch.tensor(1.0), []), (torch.tensor(0.5), ["aten.mul.Tensor"])):
+        lv = leaf(logvar)
+        loss = is_divergence(power, lv)
+        with Record() as record:
+            loss.backward(grad_out)
+        assert record.big == expected

@@ -339,10 +339,13 @@ if _ext.HAS_NATIVE and hasattr(torch.ops.lightdvae, "is_divergence_with_grad"): 
     def _is_wg_setup_context(ctx, inputs, output):
         power, logvar, eps, reduction = inputs
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros of the input's size for the gradient output's (unused) gradient
         ctx.save_for_backward(power, logvar, output[1])
         ctx.eps, ctx.reduction = eps, reduction
 
     def _is_wg_backward(ctx, grad, _grad_of_saved_gradient):
+        if grad is None:  # an undefined upstream gradient (grads are not materialised): no gradient
+            return None, None, None, None
         power, logvar, grad_logvar_saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # create_graph: a differentiable backward, through the reference's formula
@@ -363,10 +366,13 @@ if _ext.HAS_NATIVE and hasattr(torch.ops.lightdvae, "is_divergence_with_grad"): 
     def _kl_wg_setup_context(ctx, inputs, output):
         mu_q, logvar_q, mu_p, logvar_p, reduction = inputs
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(mu_q, logvar_q, mu_p, logvar_p, *output[1:])
         ctx.reduction = reduction
 
     def _kl_wg_backward(ctx, grad, *_grads_of_saved_gradients):
+        if grad is None:  # an undefined upstream gradient (grads are not materialised): no gradient
+            return None, None, None, None, None
         saved = ctx.saved_tensors
         inputs, grads = saved[:4], saved[4:]
         needs = [n and t is not None for n, t in zip(ctx.needs_input_grad[:4], inputs, strict=True)]
