@@ -2,8 +2,9 @@
 //
 // loss_kernels_cpu.h holds the block functions as always-inline bodies; loss_isa_cpu.cpp compiles
 // them once per instruction set (GCC or Clang on x86-64: AVX-512 = x86-64-v4 with 512-bit vectors,
-// AVX2 = x86-64-v3, and the baseline; elsewhere the baseline only) and the drivers in
-// losses_cpu.cpp call them through the tables below.  The set in use is the best one both the CPU
+// AVX2 = x86-64-v3, and the baseline; elsewhere the baseline only; the AVX-512 float IS loops are
+// hand-vectorised, fast_math_avx512.h) and the drivers in losses_cpu.cpp call them through the
+// tables below.  The set in use is the best one both the CPU
 // and ATen's capability allow (so ATEN_CPU_CAPABILITY=avx2 / default lowers it, as it does for
 // ATen's kernels); set_loss_cpu_isa changes it for tests and benchmarks.
 #pragma once

@@ -9,6 +9,7 @@
 #include <atomic>
 
 #include "common.h"
+#include "losses/fast_math_avx512.h"
 #include "losses/loss_kernels_cpu.h"
 
 namespace lightdvae {
@@ -31,6 +32,22 @@ namespace cpu {
 #define LDV_ISA_NS avx512
 #define LDV_ISA_TARGET __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
 #include "losses/loss_blocks_isa.inc"
+
+// The IS loops of float blocks in the fast domain run the hand-vectorised AVX-512 loop (fast_math_avx512.h).
+namespace avx512 {
+template <>
+LDV_ISA_TARGET float is_sum<float>(ISTerm<float> op, const float* s, const float* lv, int64_t b, int64_t e) {
+  if (!is_block_fast(op, s, lv, b, e, false)) return is_sum_loop<float, false>(op, s, lv, b, e);
+  return avx512_math::is_loop<false, false>(op, s, lv, 0.0f, nullptr, nullptr, b, e);
+}
+template <>
+LDV_ISA_TARGET float is_fused<float>(ISTerm<float> op, const float* s, const float* lv, float scale, float* out,
+                                     float* g_lv, int64_t b, int64_t e) {
+  if (!is_block_fast(op, s, lv, b, e, false)) return is_fused_loop<float, false>(op, s, lv, scale, out, g_lv, b, e);
+  return out != nullptr ? avx512_math::is_loop<true, true>(op, s, lv, scale, out, g_lv, b, e)
+                        : avx512_math::is_loop<false, true>(op, s, lv, scale, out, g_lv, b, e);
+}
+}  // namespace avx512
 #undef LDV_ISA_NS
 #undef LDV_ISA_TARGET
 #endif

@@ -110,7 +110,8 @@ at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& 
     const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.defined() ? g.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = grad_logvar.mutable_data_ptr<scalar_t>();
-    cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.grad(term, sp, lvp, gp, static_cast<scalar_t>(scale), out, b, e); });
+    const auto sc = static_cast<scalar_t>(scale);
+    cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.grad(term, sp, lvp, gp, sc, out, b, e); });
   });
   return grad_logvar;
 }
@@ -243,7 +244,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_
       if (reduction == kNone) {
         result = at::empty_like(mq);
         scalar_t* out = result.mutable_data_ptr<scalar_t>();
-        cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.fused(mqp, lqp, mpp, lpp, sc, out, o_mq, o_lq, o_mp, o_lp, b, e); });
+        cpu::chunked_map(n, [&](int64_t b, int64_t e) {
+          k.fused(mqp, lqp, mpp, lpp, sc, out, o_mq, o_lq, o_mp, o_lp, b, e);
+        });
       } else {
         const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) {
           return k.fused(mqp, lqp, mpp, lpp, sc, nullptr, o_mq, o_lq, o_mp, o_lp, b, e);
