@@ -20,6 +20,16 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def(
       "gaussian_kl_backward(Tensor grad, Tensor mu_q, Tensor logvar_q, Tensor? mu_p, Tensor? logvar_p, "
       "int reduction) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Forward and backward in one pass (used when the inputs require grad): the loss and its gradients for a
+  // gradient of 1 on the output (for reduction none: the per-element derivatives); the backward scales them.
+  m.def("is_divergence_with_grad(Tensor power, Tensor logvar, float eps, int reduction) -> (Tensor, Tensor)");
+  m.def(
+      "gaussian_kl_with_grad(Tensor mu_q, Tensor logvar_q, Tensor? mu_p, Tensor? logvar_p, int reduction) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The instruction set of the CPU loss kernels (csrc/losses/loss_isa.h): returns the one in use after setting
+  // `isa` ("avx512", "avx2", "default", "auto") when given; loss_cpu_isas lists those this CPU runs, best first.
+  m.def("loss_cpu_isa(str? isa=None) -> str");
+  m.def("loss_cpu_isas() -> str[]");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

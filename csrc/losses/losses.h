@@ -19,10 +19,15 @@ void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& input,
 at::Tensor is_divergence_cpu(const at::Tensor& power, const at::Tensor& logvar, double eps, int64_t reduction);
 at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& power, const at::Tensor& logvar,
                                       double eps, int64_t reduction);
+std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cpu(const at::Tensor& power, const at::Tensor& logvar,
+                                                               double eps, int64_t reduction);
 at::Tensor gaussian_kl_cpu(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
                            const std::optional<at::Tensor>& logvar_p, int64_t reduction);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_cpu(
     const at::Tensor& grad, const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
+    const std::optional<at::Tensor>& logvar_p, int64_t reduction);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_with_grad_cpu(
+    const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
     const std::optional<at::Tensor>& logvar_p, int64_t reduction);
 
 }  // namespace lightdvae

@@ -1,12 +1,15 @@
-// CPU kernels of the fused Itakura-Saito and Gaussian KL losses.
+// CPU kernels of the fused Itakura-Saito and Gaussian KL losses: the drivers (checks, allocation,
+// the parallel loop over blocks) around the block functions of the instruction set in use (loss_isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 
+#include "losses/loss_isa.h"
 #include "losses/loss_kernels_cpu.h"
 #include "losses/losses.h"
 #include "losses/losses_math.h"
@@ -72,14 +75,15 @@ at::Tensor is_divergence_cpu(const at::Tensor& power, const at::Tensor& logvar, 
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "is_divergence_cpu", [&] {
     const ISTerm<scalar_t> term{static_cast<scalar_t>(eps)};
+    const auto& k = cpu::is_kernels<scalar_t>(cpu::current_isa());
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
     if (reduction == kNone) {
       result = at::empty_like(s);
       scalar_t* out = result.mutable_data_ptr<scalar_t>();
-      cpu::chunked_map(n, [&](int64_t b, int64_t e) { cpu::is_block_value(term, sp, lvp, out, b, e); });
+      cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.value(term, sp, lvp, out, b, e); });
     } else {
-      const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) { return cpu::is_block_sum(term, sp, lvp, b, e); });
+      const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) { return k.sum(term, sp, lvp, b, e); });
       result = reduced_result(s, total, n, reduction);
     }
   });
@@ -101,15 +105,48 @@ at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const double scale = reduction == kNone ? 1.0 : upstream_scalar(grad, n, reduction);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "is_divergence_backward_cpu", [&] {
     const ISTerm<scalar_t> term{static_cast<scalar_t>(eps)};
+    const auto& k = cpu::is_kernels<scalar_t>(cpu::current_isa());
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.defined() ? g.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = grad_logvar.mutable_data_ptr<scalar_t>();
-    cpu::chunked_map(n, [&](int64_t b, int64_t e) {
-      cpu::is_block_grad(term, sp, lvp, gp, static_cast<scalar_t>(scale), out, b, e);
-    });
+    const auto sc = static_cast<scalar_t>(scale);
+    cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.grad(term, sp, lvp, gp, sc, out, b, e); });
   });
   return grad_logvar;
+}
+
+std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cpu(const at::Tensor& power, const at::Tensor& logvar,
+                                                               double eps, int64_t reduction) {
+  constexpr const char* op = "lightdvae::is_divergence_with_grad";
+  check_reduction(op, reduction);
+  check_floating(op, power, "power", /*allow_half=*/false);
+  check_same_as(op, power, "power", logvar, "logvar");
+  TORCH_CHECK(power.device().is_cpu(), op, ": CPU kernel called with tensors on ", power.device());
+  const at::Tensor s = power.contiguous();
+  const at::Tensor lv = logvar.contiguous();
+  const int64_t n = s.numel();
+  at::Tensor result;
+  at::Tensor grad_logvar = at::empty_like(s);
+  const double scale = reduction == kMean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "is_divergence_with_grad_cpu", [&] {
+    const ISTerm<scalar_t> term{static_cast<scalar_t>(eps)};
+    const auto& k = cpu::is_kernels<scalar_t>(cpu::current_isa());
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
+    scalar_t* gp = grad_logvar.mutable_data_ptr<scalar_t>();
+    const auto sc = static_cast<scalar_t>(scale);
+    if (reduction == kNone) {
+      result = at::empty_like(s);
+      scalar_t* out = result.mutable_data_ptr<scalar_t>();
+      cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.fused(term, sp, lvp, sc, out, gp, b, e); });
+    } else {
+      const double total =
+          cpu::chunked_sum(n, [&](int64_t b, int64_t e) { return k.fused(term, sp, lvp, sc, nullptr, gp, b, e); });
+      result = reduced_result(s, total, n, reduction);
+    }
+  });
+  return {result, grad_logvar};
 }
 
 at::Tensor gaussian_kl_cpu(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
@@ -128,17 +165,13 @@ at::Tensor gaussian_kl_cpu(const at::Tensor& mu_q, const at::Tensor& logvar_q, c
     const scalar_t* mpp = ptr_or_null<scalar_t>(mp);
     const scalar_t* lpp = ptr_or_null<scalar_t>(lp);
     with_kl_flags(mp.defined(), lp.defined(), [&](auto has_mp, auto has_lp) {
-      constexpr bool kMp = decltype(has_mp)::value, kLp = decltype(has_lp)::value;
+      const auto& k = cpu::kl_kernels<scalar_t, decltype(has_mp)::value, decltype(has_lp)::value>(cpu::current_isa());
       if (reduction == kNone) {
         result = at::empty_like(mq);
         scalar_t* out = result.mutable_data_ptr<scalar_t>();
-        cpu::chunked_map(n, [&](int64_t b, int64_t e) {
-          cpu::kl_block_value<scalar_t, kMp, kLp>(mqp, lqp, mpp, lpp, out, b, e);
-        });
+        cpu::chunked_map(n, [&](int64_t b, int64_t e) { k.value(mqp, lqp, mpp, lpp, out, b, e); });
       } else {
-        const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) {
-          return cpu::kl_block_sum<scalar_t, kMp, kLp>(mqp, lqp, mpp, lpp, b, e);
-        });
+        const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) { return k.sum(mqp, lqp, mpp, lpp, b, e); });
         result = reduced_result(mq, total, n, reduction);
       }
     });
@@ -173,17 +206,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_
     scalar_t* o_lp = lp.defined() ? g_lp.mutable_data_ptr<scalar_t>() : nullptr;
     const auto sc = static_cast<scalar_t>(scale);
     with_kl_flags(mp.defined(), lp.defined(), [&](auto has_mp, auto has_lp) {
-      constexpr bool kMp = decltype(has_mp)::value, kLp = decltype(has_lp)::value;
-      cpu::chunked_map(n, [&](int64_t b, int64_t e) {
-        if (gp != nullptr) {
-          cpu::kl_block_grad<scalar_t, kMp, kLp, true>(mqp, lqp, mpp, lpp, gp, sc, o_mq, o_lq, o_mp, o_lp, b, e);
-        } else {
-          cpu::kl_block_grad<scalar_t, kMp, kLp, false>(mqp, lqp, mpp, lpp, gp, sc, o_mq, o_lq, o_mp, o_lp, b, e);
-        }
-      });
+      const auto& k = cpu::kl_kernels<scalar_t, decltype(has_mp)::value, decltype(has_lp)::value>(cpu::current_isa());
+      const auto fn = gp != nullptr ? k.grad_per_element : k.grad_scalar;
+      cpu::chunked_map(n, [&](int64_t b, int64_t e) { fn(mqp, lqp, mpp, lpp, gp, sc, o_mq, o_lq, o_mp, o_lp, b, e); });
     });
   });
   return {g_mq, g_lq, g_mp, g_lp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_with_grad_cpu(
+    const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
+    const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
+  constexpr const char* op = "lightdvae::gaussian_kl_with_grad";
+  check_reduction(op, reduction);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
+  TORCH_CHECK(mu_q.device().is_cpu(), op, ": CPU kernel called with tensors on ", mu_q.device());
+  const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
+  const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
+  const int64_t n = mq.numel();
+  at::Tensor result;
+  at::Tensor g_mq = at::empty_like(mq), g_lq = at::empty_like(mq);
+  at::Tensor g_mp = mp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  at::Tensor g_lp = lp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  const double scale = reduction == kMean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES(mq.scalar_type(), "gaussian_kl_with_grad_cpu", [&] {
+    const scalar_t* mqp = mq.const_data_ptr<scalar_t>();
+    const scalar_t* lqp = lq.const_data_ptr<scalar_t>();
+    const scalar_t* mpp = ptr_or_null<scalar_t>(mp);
+    const scalar_t* lpp = ptr_or_null<scalar_t>(lp);
+    scalar_t* o_mq = g_mq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_lq = g_lq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_mp = mp.defined() ? g_mp.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_lp = lp.defined() ? g_lp.mutable_data_ptr<scalar_t>() : nullptr;
+    const auto sc = static_cast<scalar_t>(scale);
+    with_kl_flags(mp.defined(), lp.defined(), [&](auto has_mp, auto has_lp) {
+      const auto& k = cpu::kl_kernels<scalar_t, decltype(has_mp)::value, decltype(has_lp)::value>(cpu::current_isa());
+      if (reduction == kNone) {
+        result = at::empty_like(mq);
+        scalar_t* out = result.mutable_data_ptr<scalar_t>();
+        cpu::chunked_map(n, [&](int64_t b, int64_t e) {
+          k.fused(mqp, lqp, mpp, lpp, sc, out, o_mq, o_lq, o_mp, o_lp, b, e);
+        });
+      } else {
+        const double total = cpu::chunked_sum(n, [&](int64_t b, int64_t e) {
+          return k.fused(mqp, lqp, mpp, lpp, sc, nullptr, o_mq, o_lq, o_mp, o_lp, b, e);
+        });
+        result = reduced_result(mq, total, n, reduction);
+      }
+    });
+  });
+  return {result, g_mq, g_lq, g_mp, g_lp};
 }
 
 TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
@@ -191,6 +263,8 @@ TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
   m.impl("is_divergence_backward", &is_divergence_backward_cpu);
   m.impl("gaussian_kl", &gaussian_kl_cpu);
   m.impl("gaussian_kl_backward", &gaussian_kl_backward_cpu);
+  m.impl("is_divergence_with_grad", &is_divergence_with_grad_cpu);
+  m.impl("gaussian_kl_with_grad", &gaussian_kl_with_grad_cpu);
 }
 
 }  // namespace lightdvae

@@ -2,8 +2,9 @@
 //
 // One reduction kernel (grid-stride, 16-byte vector loads, float32 accumulation for half and
 // bfloat16, warp-shuffle block sums into one partial per block, then a one-block finish: two
-// launches, deterministic, no atomics) and one element-wise map kernel used by the unreduced
-// forward and by both backwards.  The per-element math is losses_math.h, shared with the CPU.
+// launches, deterministic, no atomics), its twin that also writes the gradients (the forward of
+// the *_with_grad ops, reduced), and one element-wise map kernel used by the unreduced forwards
+// and by both backwards.  The per-element math is losses_math.h, shared with the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -103,6 +104,40 @@ struct KLGrad {
   }
 };
 
+// The fused forward+backward: value_grad returns the value and writes the M gradients (scaled by g);
+// map writes the value then the gradients (the unreduced output).
+template <typename acc_t>
+struct ISValueGrad {
+  static constexpr int K = 2, M = 1;
+  ISTerm<acc_t> term;
+  __device__ acc_t value_grad(const acc_t* x, acc_t g, acc_t* r) const { return term.value_grad(g, x[0], x[1], r[0]); }
+};
+
+template <typename acc_t>
+struct ISValueThenGrad {
+  static constexpr int K = 2, M = 2;
+  ISTerm<acc_t> term;
+  __device__ void map(const acc_t* x, acc_t g, acc_t* r) const { r[0] = term.value_grad(g, x[0], x[1], r[1]); }
+};
+
+template <typename acc_t>
+struct KLValueGrad {
+  static constexpr int K = 4, M = 4;
+  KLTerm<acc_t> term;
+  __device__ acc_t value_grad(const acc_t* x, acc_t g, acc_t* r) const {
+    return term.value_grad(g, x[0], x[1], x[2], x[3], r[0], r[1], r[2], r[3]);
+  }
+};
+
+template <typename acc_t>
+struct KLValueThenGrad {
+  static constexpr int K = 4, M = 5;
+  KLTerm<acc_t> term;
+  __device__ void map(const acc_t* x, acc_t g, acc_t* r) const {
+    r[0] = term.value_grad(g, x[0], x[1], x[2], x[3], r[1], r[2], r[3], r[4]);
+  }
+};
+
 // ---- kernels -------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t, typename Op, int VEC>
@@ -131,6 +166,40 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < Op::K; ++k) e[k] = x[k][0];
     acc += op.value(e);
   }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// sum_kernel that also stores op.value_grad's gradients (scaled by `scale`) into `out` (null pointers skipped).
+template <typename scalar_t, typename acc_t, typename Op, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    sum_grad_kernel(Op op, Inputs<scalar_t, Op::K> in, acc_t scale, Inputs<scalar_t, Op::M> out, int64_t n,
+                    acc_t* __restrict__ partial) {
+  acc_t acc = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t packs = n / VEC;
+  auto run = [&](auto vec, int64_t index) {
+    constexpr int V = decltype(vec)::value;
+    acc_t x[Op::K][V];
+    load(in, index, x);
+    Pack<scalar_t, V> r[Op::M];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      acc_t e[Op::K], res[Op::M];
+#pragma unroll
+      for (int k = 0; k < Op::K; ++k) e[k] = x[k][j];
+      acc += op.value_grad(e, scale, res);
+#pragma unroll
+      for (int m = 0; m < Op::M; ++m) r[m].v[j] = static_cast<scalar_t>(res[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < Op::M; ++m) {
+      if (out.p[m] != nullptr) reinterpret_cast<Pack<scalar_t, V>*>(const_cast<scalar_t*>(out.p[m]))[index] = r[m];
+    }
+  };
+  for (int64_t p = first; p < packs; p += stride) run(std::integral_constant<int, VEC>{}, p);
+  for (int64_t i = packs * VEC + first; i < n; i += stride) run(std::integral_constant<int, 1>{}, i);
   acc = block_sum(acc);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
@@ -221,6 +290,38 @@ at::Tensor launch_sum(const Op& op, const Inputs<scalar_t, Op::K>& in, const at:
                                                                   out.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+// The reduced output of a fused forward+backward: like launch_sum, and op.value_grad's gradients (for an upstream
+// gradient of 1: scaled by 1/n for a mean) written into `out`.
+template <typename scalar_t, typename Op>
+at::Tensor launch_sum_grad(const Op& op, const Inputs<scalar_t, Op::K>& in, const Inputs<scalar_t, Op::M>& out,
+                           const at::Tensor& like, int64_t n, int64_t reduction) {
+  using acc_t = typename AccType<scalar_t>::type;
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  at::Tensor result = at::empty({}, like.options());
+  if (n == 0) {
+    return result.fill_(reduction == kMean ? std::numeric_limits<double>::quiet_NaN() : 0.0);
+  }
+  Inputs<scalar_t, Op::K + Op::M> all{};
+  for (int k = 0; k < Op::K; ++k) all.p[k] = in.p[k];
+  for (int m = 0; m < Op::M; ++m) all.p[Op::K + m] = out.p[m];
+  const bool vec = aligned16(all);
+  const int blocks = grid_for(vec ? (n + VEC - 1) / VEC : n);
+  const at::Tensor partial = at::empty({blocks}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const acc_t scale = reduction == kMean ? acc_t(1) / static_cast<acc_t>(n) : acc_t(1);
+  acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
+  if (vec) {
+    sum_grad_kernel<scalar_t, acc_t, Op, VEC><<<blocks, kThreads, 0, stream>>>(op, in, scale, out, n, partial_ptr);
+  } else {
+    sum_grad_kernel<scalar_t, acc_t, Op, 1><<<blocks, kThreads, 0, stream>>>(op, in, scale, out, n, partial_ptr);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  finish_kernel<scalar_t, acc_t><<<1, kFinishThreads, 0, stream>>>(partial.const_data_ptr<acc_t>(), blocks, scale,
+                                                                  result.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return result;
 }
 
 // grad: per-element (same size as the inputs) when per_element, else a 0-dim device tensor.
@@ -332,6 +433,34 @@ at::Tensor is_divergence_backward_cuda(const at::Tensor& grad, const at::Tensor&
   return grad_logvar;
 }
 
+std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cuda(const at::Tensor& power, const at::Tensor& logvar,
+                                                                double eps, int64_t reduction) {
+  constexpr const char* op = "lightdvae::is_divergence_with_grad";
+  check_reduction(op, reduction);
+  check_floating(op, power, "power", /*allow_half=*/true);
+  check_cuda(op, power);
+  check_same_as(op, power, "power", logvar, "logvar");
+  const c10::cuda::CUDAGuard guard(power.device());
+  const at::Tensor s = power.contiguous(), lv = logvar.contiguous();
+  const int64_t n = s.numel();
+  at::Tensor result;
+  at::Tensor grad_logvar = at::empty_like(s);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "is_divergence_with_grad_cuda", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const ISTerm<acc_t> term{static_cast<acc_t>(eps)};
+    const Inputs<scalar_t, 2> in{{s.const_data_ptr<scalar_t>(), lv.const_data_ptr<scalar_t>()}};
+    scalar_t* g = grad_logvar.mutable_data_ptr<scalar_t>();
+    if (reduction == kNone) {
+      result = at::empty_like(s);
+      launch_map<scalar_t>(ISValueThenGrad<acc_t>{term}, in, nullptr, false, 1.0,
+                           Inputs<scalar_t, 2>{{result.mutable_data_ptr<scalar_t>(), g}}, n);
+    } else {
+      result = launch_sum_grad<scalar_t>(ISValueGrad<acc_t>{term}, in, Inputs<scalar_t, 1>{{g}}, s, n, reduction);
+    }
+  });
+  return {result, grad_logvar};
+}
+
 at::Tensor gaussian_kl_cuda(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
                             const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl";
@@ -385,11 +514,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_
   return {g_mq, g_lq, g_mp, g_lp};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_with_grad_cuda(
+    const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
+    const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
+  constexpr const char* op = "lightdvae::gaussian_kl_with_grad";
+  check_reduction(op, reduction);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p);
+  const c10::cuda::CUDAGuard guard(mu_q.device());
+  const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
+  const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
+  const int64_t n = mq.numel();
+  at::Tensor result;
+  at::Tensor g_mq = at::empty_like(mq), g_lq = at::empty_like(mq);
+  at::Tensor g_mp = mp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  at::Tensor g_lp = lp.defined() ? at::empty_like(mq) : mq.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mq.scalar_type(), "gaussian_kl_with_grad_cuda", [&] {
+    using acc_t = typename AccType<scalar_t>::type;
+    const Inputs<scalar_t, 4> in{{mq.const_data_ptr<scalar_t>(), lq.const_data_ptr<scalar_t>(),
+                                  ptr_or_null<scalar_t>(mp), ptr_or_null<scalar_t>(lp)}};
+    scalar_t* o_mq = g_mq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_lq = g_lq.mutable_data_ptr<scalar_t>();
+    scalar_t* o_mp = mp.defined() ? g_mp.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o_lp = lp.defined() ? g_lp.mutable_data_ptr<scalar_t>() : nullptr;
+    if (reduction == kNone) {
+      result = at::empty_like(mq);
+      launch_map<scalar_t>(KLValueThenGrad<acc_t>{}, in, nullptr, false, 1.0,
+                           Inputs<scalar_t, 5>{{result.mutable_data_ptr<scalar_t>(), o_mq, o_lq, o_mp, o_lp}}, n);
+    } else {
+      result = launch_sum_grad<scalar_t>(KLValueGrad<acc_t>{}, in, Inputs<scalar_t, 4>{{o_mq, o_lq, o_mp, o_lp}}, mq,
+                                         n, reduction);
+    }
+  });
+  return {result, g_mq, g_lq, g_mp, g_lp};
+}
+
 TORCH_LIBRARY_IMPL(lightdvae, CUDA, m) {
   m.impl("is_divergence", &is_divergence_cuda);
   m.impl("is_divergence_backward", &is_divergence_backward_cuda);
   m.impl("gaussian_kl", &gaussian_kl_cuda);
   m.impl("gaussian_kl_backward", &gaussian_kl_backward_cuda);
+  m.impl("is_divergence_with_grad", &is_divergence_with_grad_cuda);
+  m.impl("gaussian_kl_with_grad", &gaussian_kl_with_grad_cuda);
 }
 
 }  // namespace lightdvae
