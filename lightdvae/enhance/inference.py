@@ -16,10 +16,11 @@ How a family runs its copies (:func:`engine_for`):
 - :class:`HierarchicalEngine` (HiT-DVAE, LigHT-DVAE): ``vmap`` of the w and z encoders; their self-attention is
   not causal and w pools over time, so padding is not neutral: the batch must hold utterances of one length
   (:func:`lightdvae.enhance.api.enhance_batch` buckets them by length).
-- :class:`RecurrentEngine` (DKF, RVAE, SRNN, the default): their encoders' LSTMs and MLPs and the sequential
-  posterior written out with batched matrix products over the copies, one loop over frames for the whole batch
-  (:mod:`lightdvae.enhance.recurrent`); the decoders and priors are the models' own methods.  Padding is
-  neutral (backward LSTMs run over each utterance's own reversed frames), so utterances of any lengths batch.
+- :class:`RecurrentEngine` (DKF, RVAE, SRNN, the default; :mod:`lightdvae.enhance.recurrent`): the speech
+  encoders are the models' own ``encode_speech``, run for each utterance with its copy on its own frames (native
+  LSTMs; a backward LSTM starts at the utterance's last frame); the sequential posterior is one loop over frames
+  for the whole batch, its layers batched products with each utterance's own weights; the decoders and priors
+  are the models' own methods.  Padding is neutral, so utterances of any lengths batch.
 - :class:`SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``): the reference path.  Each utterance
   runs alone (a batch of one) through ``torch.func.functional_call`` of the model's own
   ``forward(power, past="gen", eps=...)`` (the native or Python sampling loops).
@@ -159,7 +160,7 @@ class InferenceEngine:
             losses = recon + beta * kl
             grads = self.gradients(losses.sum(), params)
         for p, g in zip(params, grads, strict=True):
-            p.grad = g.contiguous()  # the fused CPU Adam reads a strided gradient as if it were dense (torch 2.14)
+            p.grad = g.contiguous()  # fused CPU Adam misreads a strided gradient (seen in torch 2.14)
         self.optimizer.step()
         return losses.detach()
 
