@@ -253,6 +253,27 @@ def test_the_batched_recurrent_engine_is_the_models_own_forward(name, config):
             torch.testing.assert_close(g[i], g_1[0], **TIGHT, msg=lambda m, key=key: f"{key}: {m}")
 
 
+def test_a_step_reuses_the_speech_features_of_the_sample_before_it():
+    """``encode_speech`` has no noise: a step right after a sample at the same weights reuses its features (and
+    their graph); after an Adam step they are computed again."""
+    model, engine, power, _ = _recurrent_case("rvae", FAMILIES["rvae"], torch.float64)
+    lengths, calls = [9, 14, 6], []
+    real = model.encode_speech
+    model.encode_speech = lambda *args: calls.append(1) or real(*args)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    mask = torch.arange(power.shape[1])[None] < torch.tensor(lengths)[:, None]
+    gain, noise = torch.ones(mask.shape, dtype=power.dtype), torch.full_like(power, 0.1)
+    counts = []
+    for action in ("step", "sample", "step", "step", "sample", "sample", "step"):
+        calls.clear()
+        if action == "step":
+            engine.step(power, lengths, mask, gain, noise, 1.0, gens)
+        else:
+            engine.sample(power, lengths, gens)
+        counts.append(len(calls))
+    assert counts == [3, 3, 0, 3, 3, 3, 0], counts
+
+
 @pytest.mark.parametrize("name", ["dkf", "rvae", "srnn"])
 def test_the_batched_engine_in_float32_is_as_accurate_as_the_models_own_forward(name, monkeypatch):
     """Against the float64 model's own forward, the batched engine's float32 error is within a small multiple of

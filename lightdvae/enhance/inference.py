@@ -252,18 +252,32 @@ class SequentialEngine(InferenceEngine):
 
 class RecurrentEngine(InferenceEngine):
     """DKF, RVAE, SRNN, many utterances at once: the inference networks of the copies run together
-    (:func:`lightdvae.enhance.recurrent.posterior_pass`), the decoder and prior through the model's own methods."""
+    (:func:`lightdvae.enhance.recurrent.posterior_pass`), the decoder and prior through the model's own methods.
+
+    The speech features (``encode_speech``: no noise, so the same numbers until Adam moves the copies) of a pass
+    without gradients are computed with their autograd graph and kept; the next :meth:`step`, at the same weights,
+    uses them instead of encoding again (one encoder pass less per EM iteration)."""
 
     def __init__(self, model: DVAE, batch: int, lr: float):
         super().__init__(model, batch, lr)
         self._tape: recurrent.Tape | None = None
         self._frozen_cache: tuple[Tensor, Tensor] | None = None  # SRNN: (power, h from the true past)
         self._copies: list[dict[str, Tensor]] = []
+        self._updates = 0  # Adam steps taken: the version of the copies
+        self._encoded: dict[tuple, Tensor] = {}  # features of the last pass without gradients, with their graph
 
     def _call(self, method: str, *args, copy: int | None = None):
         """The model's ``method`` with its frozen weights, or with utterance ``copy``'s inference copy."""
         if copy is not None:
-            return self.call(method, self._copies[copy], *args)
+            if method != "encode_speech":
+                return self.call(method, self._copies[copy], *args)
+            key = (copy, self._updates, *((a.data_ptr(), tuple(a.shape)) for a in args))
+            if torch.is_grad_enabled():
+                kept = self._encoded.pop(key, None)
+                return kept if kept is not None else self.call(method, self._copies[copy], *args)
+            with torch.enable_grad():
+                self._encoded[key] = self.call(method, self._copies[copy], *args)
+            return self._encoded[key].detach()
         if method == "deterministic_h":  # depends on the mixture and frozen weights only: once per EM run
             if self._frozen_cache is None or self._frozen_cache[0] is not args[0]:
                 self._frozen_cache = (args[0], self.call(method, self.frozen, *args))
@@ -272,7 +286,10 @@ class RecurrentEngine(InferenceEngine):
 
     def posterior_pass(self, power, lengths, generators, grad):
         params = self.stacked if grad else _detached(self.stacked)
-        rows = {n: p.unbind(0) for n, p in params.items()}  # one backward node per leaf, not one per utterance
+        if not grad:
+            self._encoded.clear()
+        with torch.enable_grad():  # the encoders' copies keep their graph in either pass (see the class docstring)
+            rows = {n: p.unbind(0) for n, p in self.stacked.items()}  # one backward node per leaf, not per utterance
         self._copies = [{n: r[i] for n, r in rows.items()} for i in range(power.shape[0])]
         self._tape = recurrent.Tape() if grad else None
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
@@ -285,6 +302,12 @@ class RecurrentEngine(InferenceEngine):
     def gradients(self, loss, params):
         tape, self._tape = self._tape, None
         return tape.gradients(loss, params)
+
+    def step(self, *args, **kwargs) -> Tensor:
+        losses = super().step(*args, **kwargs)
+        self._updates += 1
+        self._encoded.clear()
+        return losses
 
 
 def _detached(params: dict[str, Tensor]) -> dict[str, Tensor]:
