@@ -122,6 +122,14 @@ def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _loop_mlp(params: Params, prefix: str, mlp: nn.Module, frames: int, tape: Tape | None) -> list[LoopLinear]:
+    """The Linear layers of the :class:`~lightdvae.models.layers.MLP` ``prefix`` as loop layers."""
+    return [
+        LoopLinear([params[f"{prefix}.layers.{k}.weight"]], params[f"{prefix}.layers.{k}.bias"], frames, tape)
+        for k in range(len(mlp.layers))
+    ]
+
+
 def _posterior_layers(
     params: Params, mlp: nn.Module, features: Tensor | None, frames: int, tape: Tape | None
 ) -> list[LoopLinear]:
@@ -172,10 +180,7 @@ def _dkf(model, params, power, eps, lengths, tape, call):
     act = torch.tanh if c.activation == "tanh" else torch.relu
     feats = features(call, lengths, "encode_speech", power)
     frames, terms = power.shape[1], 3.0 if c.rnn_bidirectional else 2.0
-    z_to_g = [
-        LoopLinear([params[f"z_to_g.layers.{k}.weight"]], params[f"z_to_g.layers.{k}.bias"], frames, tape)
-        for k in range(len(model.z_to_g.layers))
-    ]
+    z_to_g = _loop_mlp(params, "z_to_g", model.z_to_g, frames, tape)
     heads = _posterior_layers(params, model.posterior_mlp, None, frames, tape)
     gx = feats.unsqueeze(2).unbind(1)
 
@@ -194,10 +199,7 @@ def _rvae(model, params, power, eps, lengths, tape, call):
     act = torch.tanh if c.activation == "tanh" else torch.relu
     feats = features(call, lengths, "encode_speech", power)
     frames = power.shape[1]
-    z_embed = [
-        LoopLinear([params[f"z_embed.layers.{k}.weight"]], params[f"z_embed.layers.{k}.bias"], frames, tape)
-        for k in range(len(model.z_embed.layers))
-    ]
+    z_embed = _loop_mlp(params, "z_embed", model.z_embed, frames, tape)
     cells = [
         LoopLinear(
             [params[f"rnn_z.weight_ih_l{k}"], params[f"rnn_z.weight_hh_l{k}"]],
