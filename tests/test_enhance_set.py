@@ -109,6 +109,20 @@ def test_an_interrupted_run_resumes_with_the_same_numbers(built, run, tmp_path, 
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_a_recurrent_prior_enhances_files_of_different_lengths_together(built, tmp_path):
+    """SRNN (like DKF and RVAE) batches utterances of any lengths (1.0 s and 1.3 s here): batches of 4 give each file
+    the numbers it gets alone (float32: to float rounding)."""
+    srnn = make_run(tmp_path / "srnn", "srnn", h_dims=[32], rnn_h_dim=16, g_dims=[32], rnn_g_dim=16, decoder_dims=[32])
+    together = enhance_set(srnn, f"noisy:{built}", out=tmp_path / "together", figures=0, **FAST)
+    rows = read_set_rows(tmp_path / "together" / "per_file.csv")
+    assert [r["batch"] for r in rows] == [4] * 12 and len({r["audio_s"] for r in rows}) == 2
+    alone = enhance_set(srnn, f"noisy:{built}", out=tmp_path / "alone", figures=0, **{**FAST, "batch_size": 1})
+    assert together["files"]["enhanced"] == alone["files"]["enhanced"] == 12
+    a, b = _numbers(tmp_path / "together"), _numbers(tmp_path / "alone")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_a_folder_of_other_settings_is_refused_unless_overwrite(built, run, tmp_path):
     out = tmp_path / "out"
     enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **FAST)

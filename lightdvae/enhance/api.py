@@ -5,9 +5,10 @@ Front end (SPEC section 2): the 16 kHz mixture is divided by its peak, its STFT 
 sine window; the estimate is the Wiener filter applied to ``X`` (so with the noisy phase), inverted by the
 protocol's iSTFT and multiplied back by the peak.
 
-Batching (:mod:`lightdvae.enhance.inference`): a VAE batches utterances of any lengths (padding is neutral);
-HiT-DVAE and LigHT-DVAE batch utterances of equal lengths (buckets by frame count); DKF, RVAE and SRNN enhance one
-utterance at a time.  In every case utterance ``i`` of a call draws all its random numbers from its own stream,
+Batching (:mod:`lightdvae.enhance.inference`): a VAE, DKF, RVAE and SRNN batch utterances of any lengths (padding
+is neutral); HiT-DVAE and LigHT-DVAE batch utterances of equal lengths (buckets by frame count).  With
+``one_at_a_time=True`` every utterance runs alone (DKF, RVAE and SRNN through the model's own ``forward``: the
+reference path).  In every case utterance ``i`` of a call draws all its random numbers from its own stream,
 seeded by ``(seed, indices[i])``, and has its own noise model and its own copy of the inference network with its
 own Adam state: it gets the result it gets alone with the same seed and index (to float rounding).
 """
@@ -57,14 +58,16 @@ def _checked_wave(wave, where: str) -> tuple[Tensor, float]:
     return wave, peak
 
 
-def batches(model: DVAE, lengths: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
+def batches(
+    model: DVAE, lengths: Sequence[int], batch_size: int | None = None, one_at_a_time: bool = False
+) -> list[list[int]]:
     """The utterances (indices into ``lengths``, frame counts) that one EM run enhances together, in order of first
-    appearance: all of them for a frame-wise model, equal lengths for HiT/LigHT-DVAE, one each for the others;
-    at most ``batch_size`` per run."""
-    engine = engine_class(model)
+    appearance: all of them for the VAE, DKF, RVAE and SRNN, equal lengths for HiT/LigHT-DVAE, one each with
+    ``one_at_a_time``; at most ``batch_size`` per run."""
+    engine = engine_class(model, one_at_a_time)
     groups: dict[object, list[int]] = {}
     for i, n in enumerate(lengths):
-        key = i if not engine.batched else (None if engine.padding_neutral else int(n))
+        key = i if one_at_a_time or not engine.batched else (None if engine.padding_neutral else int(n))
         groups.setdefault(key, []).append(i)
     size = batch_size or len(lengths)
     return [members[k : k + size] for members in groups.values() for k in range(0, len(members), size)]
@@ -101,6 +104,7 @@ def enhance_batch(
     device: str | torch.device | None = None,
     indices: Sequence[int] | None = None,
     batch_size: int | None = None,
+    one_at_a_time: bool = False,
     **options,
 ) -> list[EnhanceResult]:
     """Enhance many noisy utterances with ``model`` as the clean-speech prior; one :class:`EnhanceResult` each.
@@ -113,6 +117,8 @@ def enhance_batch(
         indices: each utterance's index in its data set (default ``0 .. n-1``): with the seed it picks the
             utterance's random stream, so an utterance gets the same result in any batch.
         batch_size: at most this many utterances per EM run (None: no limit).
+        one_at_a_time: enhance each utterance alone; DKF, RVAE and SRNN then run the model's own ``forward`` (the
+            reference path the batched engine is checked against; slower).
         **options: EM options that replace those of ``settings`` (``iterations=300, seed=1``; the names of
             :class:`EnhanceSettings`).
 
@@ -132,12 +138,13 @@ def enhance_batch(
     results: list[EnhanceResult | None] = [None] * len(waves)
     specs = [stft((w / peak).to(param.device, param.dtype)) for w, peak in waves]
     with _eval_mode(model):
-        for group in batches(model, [s.shape[0] for s in specs], batch_size):
-            _enhance_group(model, group, specs, waves, indices, settings, results)
+        for group in batches(model, [s.shape[0] for s in specs], batch_size, one_at_a_time):
+            engine = engine_for(model, len(group), settings.lr, one_at_a_time)
+            _enhance_group(engine, group, specs, waves, indices, settings, results)
     return results
 
 
-def _enhance_group(model, group, specs, waves, indices, settings, results) -> None:
+def _enhance_group(engine, group, specs, waves, indices, settings, results) -> None:
     """One EM run over the utterances ``group`` (indices into ``specs``); fills their ``results``."""
     device = specs[group[0]].device
     lengths = [specs[i].shape[0] for i in group]
@@ -146,7 +153,7 @@ def _enhance_group(model, group, specs, waves, indices, settings, results) -> No
         spec[row, : lengths[row]] = specs[i]
     power = torch.view_as_real(spec).square().sum(-1)
     gens = [torch.Generator(device).manual_seed(stream_seed(settings.seed, indices[i])) for i in group]
-    out = run_vem(engine_for(model, len(group), settings.lr), power, lengths, gens, settings)
+    out = run_vem(engine, power, lengths, gens, settings)
     for row, i in enumerate(group):
         n = lengths[row]
         wave, peak = waves[i]
@@ -170,11 +177,13 @@ def enhance(
     *,
     device: str | torch.device | None = None,
     index: int = 0,
+    one_at_a_time: bool = False,
     **options,
 ) -> EnhanceResult:
     """Enhance one noisy 16 kHz mono waveform ``(samples,)`` with ``model`` as the clean-speech prior.
 
-    The arguments are those of :func:`enhance_batch` (``index``: the utterance's index for its random stream).
+    The arguments are those of :func:`enhance_batch` (``index``: the utterance's index for its random stream;
+    ``one_at_a_time``: DKF, RVAE and SRNN through the model's own ``forward``, the reference path).
     Example::
 
         from lightdvae.models import pretrained
@@ -183,4 +192,6 @@ def enhance(
         settings = EnhanceSettings(iterations=300, beta=0.01)    # or built once, and passed as it is
         result = enhance(pretrained("vae"), noisy, settings)
     """
-    return enhance_batch(model, [noisy_waveform], settings, device=device, indices=[index], **options)[0]
+    return enhance_batch(
+        model, [noisy_waveform], settings, device=device, indices=[index], one_at_a_time=one_at_a_time, **options
+    )[0]

@@ -1,8 +1,8 @@
 """Enhancement of a whole noisy test set (``lightdvae enhance RUN --data SPEC``): :func:`enhance_set`.
 
 Every file of the set (or its first ``max_files``) is enhanced with :func:`~lightdvae.enhance.enhance_batch`,
-up to ``batch_size`` utterances per EM run where the model batches them (a VAE any, HiT/LigHT-DVAE those of one
-length, the others one at a time); the enhanced waveform goes to ``audio/<name>.wav`` and the first ``figures``
+up to ``batch_size`` utterances per EM run (the VAE, DKF, RVAE and SRNN any, HiT/LigHT-DVAE those of one
+length); the enhanced waveform goes to ``audio/<name>.wav`` and the first ``figures``
 files get a spectrogram figure (noisy / enhanced / clean).  SI-SDR, PESQ (WB and NB) and ESTOI of the input and
 of the output against the clean reference are measured in the evaluation's metric worker pool
 (:class:`lightdvae.evaluate.workers.MetricPool`; PESQ itself runs crash-isolated) while the model goes on; each

@@ -16,9 +16,14 @@ How a family runs its copies (:func:`engine_for`):
 - :class:`HierarchicalEngine` (HiT-DVAE, LigHT-DVAE): ``vmap`` of the w and z encoders; their self-attention is
   not causal and w pools over time, so padding is not neutral: the batch must hold utterances of one length
   (:func:`lightdvae.enhance.api.enhance_batch` buckets them by length).
-- :class:`SequentialEngine` (DKF, RVAE, SRNN): their posteriors run in native sampling loops and their encoders
-  hold LSTMs, neither of which ``vmap`` batches; each utterance runs alone (a batch of one), through
-  ``torch.func.functional_call`` of the model's own ``forward(power, past="gen", eps=...)``.
+- :class:`RecurrentEngine` (DKF, RVAE, SRNN, the default; :mod:`lightdvae.enhance.recurrent`): the speech
+  encoders are the models' own ``encode_speech``, run for each utterance with its copy on its own frames (native
+  LSTMs; a backward LSTM starts at the utterance's last frame); the sequential posterior is one loop over frames
+  for the whole batch, its layers batched products with each utterance's own weights; the decoders and priors
+  are the models' own methods.  Padding is neutral, so utterances of any lengths batch.
+- :class:`SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``): the reference path.  Each utterance
+  runs alone (a batch of one) through ``torch.func.functional_call`` of the model's own
+  ``forward(power, past="gen", eps=...)`` (the native or Python sampling loops).
 
 Every random draw of utterance ``i`` (the reparameterisation noise) comes from its own generator, so an utterance
 gets the same numbers in any batch.
@@ -33,13 +38,25 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from lightdvae.enhance import recurrent
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
+from lightdvae.models.dkf import DKF
+from lightdvae.models.rvae import RVAE
+from lightdvae.models.srnn import SRNN
 from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
 from lightdvae.models.vae import VAE
 from lightdvae.ops import gaussian_kl, is_divergence
 
-__all__ = ["InferenceEngine", "FramewiseEngine", "HierarchicalEngine", "SequentialEngine", "engine_for"]
+__all__ = [
+    "InferenceEngine",
+    "FramewiseEngine",
+    "HierarchicalEngine",
+    "RecurrentEngine",
+    "SequentialEngine",
+    "engine_class",
+    "engine_for",
+]
 
 
 class _Method(nn.Module):
@@ -100,7 +117,8 @@ class InferenceEngine:
         self.stacked = {
             n: own[n].detach().unsqueeze(0).repeat(batch, *([1] * own[n].dim())).requires_grad_() for n in self.names
         }
-        self.optimizer = torch.optim.Adam(list(self.stacked.values()), lr=lr)
+        fused = next(iter(self.stacked.values())).device.type in ("cpu", "cuda")  # one pass over the copies
+        self.optimizer = torch.optim.Adam(list(self.stacked.values()), lr=lr, fused=fused or None)
         self._methods: dict[str, _Method] = {}
 
     def call(self, method: str, params: dict[str, Tensor], *args, **kwargs):
@@ -140,11 +158,15 @@ class InferenceEngine:
             log_vx = torch.log(torch.addcmul(noise, gain[..., None], torch.exp(logvar)))
             recon = (is_divergence(power, log_vx, reduction="none") * mask[..., None]).sum((1, 2))
             losses = recon + beta * kl
-            grads = torch.autograd.grad(losses.sum(), params)
+            grads = self.gradients(losses.sum(), params)
         for p, g in zip(params, grads, strict=True):
-            p.grad = g
+            p.grad = g.contiguous()  # fused CPU Adam misreads a strided gradient (seen in torch 2.14)
         self.optimizer.step()
         return losses.detach()
+
+    def gradients(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """``d loss / d params`` for the last :meth:`posterior_pass` with gradients."""
+        return list(torch.autograd.grad(loss, params))
 
     @torch.no_grad()
     def sample(self, power: Tensor, lengths: list[int], generators: list[torch.Generator]) -> Tensor:
@@ -228,20 +250,83 @@ class SequentialEngine(InferenceEngine):
         return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
 
 
+class RecurrentEngine(InferenceEngine):
+    """DKF, RVAE, SRNN, many utterances at once: the inference networks of the copies run together
+    (:func:`lightdvae.enhance.recurrent.posterior_pass`), the decoder and prior through the model's own methods.
+
+    The speech features (``encode_speech``: no noise, so the same numbers until Adam moves the copies) of a pass
+    without gradients are computed with their autograd graph and kept; the next :meth:`step`, at the same weights,
+    uses them instead of encoding again (one encoder pass less per EM iteration)."""
+
+    def __init__(self, model: DVAE, batch: int, lr: float):
+        super().__init__(model, batch, lr)
+        self._tape: recurrent.Tape | None = None
+        self._frozen_cache: tuple[Tensor, Tensor] | None = None  # SRNN: (power, h from the true past)
+        self._copies: list[dict[str, Tensor]] = []
+        self._updates = 0  # Adam steps taken: the version of the copies
+        self._encoded: dict[tuple, Tensor] = {}  # features of the last pass without gradients, with their graph
+
+    def _call(self, method: str, *args, copy: int | None = None):
+        """The model's ``method`` with its frozen weights, or with utterance ``copy``'s inference copy."""
+        if copy is not None:
+            if method != "encode_speech":
+                return self.call(method, self._copies[copy], *args)
+            key = (copy, self._updates, *((a.data_ptr(), tuple(a.shape)) for a in args))
+            if torch.is_grad_enabled():
+                kept = self._encoded.pop(key, None)
+                return kept if kept is not None else self.call(method, self._copies[copy], *args)
+            with torch.enable_grad():
+                self._encoded[key] = self.call(method, self._copies[copy], *args)
+            return self._encoded[key].detach()
+        if method == "deterministic_h":  # depends on the mixture and frozen weights only: once per EM run
+            if self._frozen_cache is None or self._frozen_cache[0] is not args[0]:
+                self._frozen_cache = (args[0], self.call(method, self.frozen, *args))
+            return self._frozen_cache[1]
+        return self.call(method, self.frozen, *args)
+
+    def posterior_pass(self, power, lengths, generators, grad):
+        params = self.stacked if grad else _detached(self.stacked)
+        if not grad:
+            self._encoded.clear()
+        with torch.enable_grad():  # the encoders' copies keep their graph in either pass (see the class docstring)
+            rows = {n: p.unbind(0) for n, p in self.stacked.items()}  # one backward node per leaf, not per utterance
+        self._copies = [{n: r[i] for n, r in rows.items()} for i in range(power.shape[0])]
+        self._tape = recurrent.Tape() if grad else None
+        eps = draw(generators, lengths, (self.model.config.z_dim,), power)
+        logvar, (mean, logvar_q, mean_p, logvar_p) = recurrent.posterior_pass(
+            self.model, params, power, eps, lengths, self._tape, self._call
+        )
+        self._copies = []
+        return logvar, _masked_kl(mean, logvar_q, mean_p, logvar_p, lengths) if grad else None
+
+    def gradients(self, loss, params):
+        tape, self._tape = self._tape, None
+        return tape.gradients(loss, params)
+
+    def step(self, *args, **kwargs) -> Tensor:
+        losses = super().step(*args, **kwargs)
+        self._updates += 1
+        self._encoded.clear()
+        return losses
+
+
 def _detached(params: dict[str, Tensor]) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in params.items()}
 
 
-def engine_class(model: DVAE) -> type[InferenceEngine]:
-    """The engine of a model's family (see the module docstring)."""
+def engine_class(model: DVAE, one_at_a_time: bool = False) -> type[InferenceEngine]:
+    """The engine of a model's family (see the module docstring); ``one_at_a_time``: DKF, RVAE and SRNN run each
+    utterance alone through the model's own ``forward`` (the reference path)."""
     if isinstance(model, VAE):
         return FramewiseEngine
     if isinstance(model, (HiTDVAE, LigHTDVAE)):
         return HierarchicalEngine
+    if isinstance(model, (DKF, RVAE, SRNN)) and not one_at_a_time:
+        return RecurrentEngine
     return SequentialEngine
 
 
-def engine_for(model: DVAE, batch: int, lr: float) -> InferenceEngine:
+def engine_for(model: DVAE, batch: int, lr: float, one_at_a_time: bool = False) -> InferenceEngine:
     """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
-    utterances."""
-    return engine_class(model)(model, batch, lr)
+    utterances (see :func:`engine_class` for ``one_at_a_time``)."""
+    return engine_class(model, one_at_a_time)(model, batch, lr)
