@@ -70,19 +70,10 @@ at::Tensor defined_or_empty(const std::optional<at::Tensor>& t) { return t.has_v
 
 Tensors3 dkf_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
                        at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
-  constexpr const char* op = "lightdvae::dkf_posterior";
-  check_sequence(op, gx_in, "gx");
-  check_activation(op, activation);
-  TORCH_CHECK(g_terms > 0, op, ": g_terms must be positive, got ", g_terms);
-  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), g_dim = gx_in.size(2);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim, gx_in);
-  const int64_t z_dim = check_heads(op, heads_w, "heads", hidden, gx_in);
-  TORCH_CHECK(check_linears(op, z_to_g, "z_to_g", z_dim, gx_in) == g_dim, op,
-              ": z_to_g must map z_dim = ", z_dim, " features to the width of gx, ", g_dim);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
-  }
+  const int64_t z_dim =
+      check_dkf_posterior("lightdvae::dkf_posterior", gx_in, eps, z_to_g, posterior_mlp, heads_w, g_terms, activation);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1);
   const bool record = any_requires_grad({z_to_g, posterior_mlp, heads_w}, {gx_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor gx = gx_in.contiguous();

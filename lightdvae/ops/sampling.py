@@ -13,6 +13,12 @@ any floating dtype that ATen supports there, and they are differentiable through
 When no input needs a gradient they run without recording one.  (The CUDA path is ATen's kernels
 step by step; there is no fused CUDA kernel for the small recurrent cells.)
 
+In training the posterior loops that have one run as their ``<loop>_bptt`` op instead
+(:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
+by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
+all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU, for
+``dkf_posterior``.  ``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
+
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
 the loops run time-major inside, and the returned sequences are batch-first views of time-major
 storage (the layout the models' Python loops return) unless said otherwise.  Weights are passed as
@@ -50,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightdvae import _ext
+from lightdvae.ops.sampling_bptt import explicit_backward
 
 __all__ = [
     "ACTIVATIONS",
@@ -220,16 +227,19 @@ def dkf_posterior(
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``, dtype and device of ``gx``.
 
-    Differentiable in every tensor argument (the loop runs in training).  Bit-identical to the
-    reference with the same noise.
+    Differentiable in every tensor argument (the loop runs in training; on the CPU with the explicit
+    backward through time of ``dkf_posterior_bptt``).  Bit-identical to the reference with the same
+    noise when nothing requires a gradient, within float rounding otherwise.
     """
     _check_sequence("dkf_posterior", "gx", gx)
     _check_eps("dkf_posterior", eps, gx.shape[0], gx.shape[1])
     code = _activation_code(activation)
     if _use_native("dkf_posterior", gx):
-        out = torch.ops.lightdvae.dkf_posterior(
-            _tm(gx), _tm(eps), list(z_to_g), list(posterior_mlp), list(heads), float(g_terms), code
-        )
+        args = (_tm(gx), _tm(eps), list(z_to_g), list(posterior_mlp), list(heads), float(g_terms), code)
+        if explicit_backward("dkf_posterior", gx, *args[:5]):
+            out = torch.ops.lightdvae.dkf_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.dkf_posterior(*args)
         return tuple(o.transpose(0, 1) for o in out)
     return dkf_posterior_ref(gx, eps, z_to_g, posterior_mlp, heads, g_terms, activation)
 
