@@ -48,6 +48,14 @@ TORCH_LIBRARY(lightdvae, m) {
       "int activation) -> (Tensor grad_gx, Tensor grad_eps, Tensor[] grad_z_to_g, Tensor[] grad_posterior_mlp, "
       "Tensor[] grad_heads)");
   m.def(
+      "rvae_posterior_bptt(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
+      "Tensor[] heads, int activation) -> (Tensor z, Tensor mean, Tensor logvar, Tensor workspace)");
+  m.def(
+      "rvae_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor gx, "
+      "Tensor z, Tensor logvar, Tensor workspace, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
+      "Tensor[] heads, int activation) -> (Tensor grad_gx, Tensor grad_eps, Tensor[] grad_z_embed, "
+      "Tensor[] grad_rnn_z, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
+  m.def(
       "rvae_posterior(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
       "Tensor[] heads, int activation, bool exact_lstm) -> (Tensor z, Tensor mean, Tensor logvar)");
   m.def(

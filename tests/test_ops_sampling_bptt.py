@@ -18,8 +18,8 @@ from lightdvae.models import build
 from lightdvae.ops import sampling
 from lightdvae.ops.sampling_bptt import explicit_backward
 
-BPTT_LOOPS = ["dkf_posterior"]
-MODELS = {"dkf_posterior": "dkf"}
+BPTT_LOOPS = ["dkf_posterior", "rvae_posterior"]
+MODELS = {"dkf_posterior": "dkf", "rvae_posterior": "rvae"}
 
 pytestmark = requires_native
 
@@ -141,21 +141,32 @@ def test_bptt_gradcheck(native, monkeypatch, loop, deterministic):
     assert torch.autograd.gradcheck(fn, tuple(flat), eps=1e-6, atol=1e-7)
 
 
+def _bptt_args(loop, args, opts):
+    """Arguments of torch.ops.lightdvae.<loop>_bptt (the composite op's, without exact_lstm)."""
+    op_args = _op_args(loop, args, opts)
+    return op_args[:-1] if loop == "rvae_posterior" else op_args
+
+
+def _backward_args(loop, grads, op_args, outs):
+    """Arguments of torch.ops.lightdvae.<loop>_bptt_backward."""
+    saved = (op_args[0], outs[0]) if loop == "rvae_posterior" else (outs[0],)  # (gx,) z
+    return (*grads, op_args[1], *saved, outs[2], outs[3], *op_args[2:])
+
+
 @pytest.mark.parametrize("loop", BPTT_LOOPS)
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_bptt_opcheck(loop, requires_grad):
     args, opts = make_case(loop, 2, 3, torch.float32)
     if requires_grad:
         args = _leaves(args)
-    op_args = _op_args(loop, args, opts)
     forward = getattr(torch.ops.lightdvae, f"{loop}_bptt").default
-    torch.library.opcheck(forward, op_args)
+    torch.library.opcheck(forward, _bptt_args(loop, args, opts))
     # the backward op runs inside autograd's backward, on tensors that record nothing (it has no double backward)
-    op_args = _op_args(loop, make_case(loop, 2, 3, torch.float32)[0], opts)
+    op_args = _bptt_args(loop, make_case(loop, 2, 3, torch.float32)[0], opts)
     outs = forward(*op_args)
     grads = [torch.randn_like(o) for o in outs[:3]]
     backward = getattr(torch.ops.lightdvae, f"{loop}_bptt_backward").default
-    torch.library.opcheck(backward, (*grads, op_args[1], outs[0], outs[2], outs[3], *op_args[2:]))
+    torch.library.opcheck(backward, _backward_args(loop, grads, op_args, outs))
 
 
 def test_bptt_checks_name_the_argument():
@@ -203,9 +214,43 @@ def test_training_step_matches_python_loop(monkeypatch, loop):
         loss.backward()
         return [loss.detach()] + [p.grad for p in model.parameters()]
 
+    used = []
+
+    def spy(op, *inputs):
+        used.append(explicit_backward(op, *inputs))
+        return used[-1]
+
+    monkeypatch.setattr(sampling, "explicit_backward", spy)
     got = step("native", "bptt")
+    assert used == [True], "the model's training step did not run the explicit backward"
     for backend, loop_backward in (("native", "composite"), ("ref", "bptt")):
         want = step(backend, loop_backward)
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             scale = b.abs().max().item() or 1.0
             report_close(f"{backend}/{loop_backward} tensor {i}", a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("posterior", ["mlp", "none"])
+@pytest.mark.parametrize("embed", ["mlp", "none"])
+def test_rvae_bptt_layouts(native, monkeypatch, layers, posterior, embed):
+    """Multi-layer z LSTMs, no posterior MLP (the heads read [gx_t ; g^z_t]: RVAE's published layout) and no z
+    embedding (the LSTM reads z_{t-1}), in float64 against the Python loop."""
+    g = torch.Generator().manual_seed(5)
+    args, opts = make_case("rvae_posterior", 3, 40, torch.float64, layers=layers)
+    gx, eps, z_embed, rnn_z, posterior_mlp, heads = args
+    width = rnn_z[0].shape[1]
+    if embed == "none":
+        z_embed = []
+        rnn_z = [torch.randn(rnn_z[0].shape[0], eps.shape[2], generator=g, dtype=torch.float64) * 0.4, *rnn_z[1:]]
+        width = eps.shape[2]
+    if posterior == "none":
+        hidden = gx.shape[2] + rnn_z[1].shape[1]
+        posterior_mlp = []
+        heads = [torch.randn(*w.shape[:-1], hidden, generator=g, dtype=w.dtype) if w.dim() == 2 else w for w in heads]
+    assert rnn_z[0].shape[1] == width
+    args = [gx, eps, z_embed, rnn_z, posterior_mlp, heads]
+    outs, grads, weights = _run_with_grads("rvae_posterior", args, opts, "bptt", monkeypatch)
+    want_out, want_grads, _ = _run_with_grads("rvae_posterior", args, opts, "ref", monkeypatch, weights)
+    for i, (a, b) in enumerate(zip(outs + grads, want_out + want_grads, strict=True)):
+        report_close(f"tensor {i}", a, b, rtol=0, atol=1e-12 * (b.abs().max().item() or 1.0))

@@ -84,11 +84,11 @@ inline at::Tensor activation_derivative(const at::Tensor& y, int64_t activation)
   return at::gt(y, 0).to(y.scalar_type());
 }
 
-// One step of a Linear stack (activation after every layer), writing layer i's output into out[i][t];
-// returns the last output (x itself for an empty stack).
+// One step of a Linear stack (activation after every layer) from layer `first` on, writing layer i's output into
+// out[i][t]; returns the last output (x itself for an empty stack).
 inline at::Tensor stack_forward(const std::vector<sampling::Linear>& layers, const Regions& out, int64_t t,
-                                at::Tensor x, int64_t activation) {
-  for (size_t i = 0; i < layers.size(); ++i) {
+                                at::Tensor x, int64_t activation, size_t first = 0) {
+  for (size_t i = first; i < layers.size(); ++i) {
     at::Tensor y = out[i][t];
     at::addmm_out(y, layers[i].b, x, layers[i].wt);
     activate_(y, activation);
@@ -128,6 +128,73 @@ inline std::vector<at::Tensor> stack_grads(const Regions& dpre, const Regions& o
     linear_grads(dpre[i], i == 0 ? x0 : outputs[i - 1], grads);
   }
   return grads;
+}
+
+// ---- the draw and the Gaussian heads, shared by the posterior loops
+
+// z_t = mean_t + exp(logvar_t / 2) * eps_t written into z[t] (the mean without noise); stats[t] is [mean_t | logvar_t].
+inline void draw_into(at::Tensor z_t, const at::Tensor& stats_t, const at::Tensor& eps, int64_t t, at::Tensor& scale) {
+  const int64_t z_dim = z_t.size(1);
+  const at::Tensor mean = stats_t.narrow(1, 0, z_dim);
+  if (!eps.defined()) {
+    z_t.copy_(mean);
+    return;
+  }
+  at::mul_out(scale, stats_t.narrow(1, z_dim, z_dim), 0.5);
+  scale.exp_();
+  at::addcmul_out(z_t, mean, eps[t], scale);
+}
+
+// The Gaussian heads [w_mean, b_mean, w_logvar, b_logvar] as one Linear hidden -> [mean | logvar].
+inline sampling::Linear joint_heads(at::TensorList heads) {
+  return {at::cat({heads[0], heads[2]}, 0).t(), at::cat({heads[1], heads[3]}, 0)};
+}
+
+// Backward of the draw and of the heads at step t: from dz_t (the gradient of z_t, complete) and the output
+// gradients, writes [dmean_t | dlogvar_t] into dstats[t] and returns the gradient of the heads' input.
+// half_noise = exp(logvar / 2) * eps / 2 over all steps (undefined without noise, dlogvar then preset).
+inline at::Tensor heads_backward(const at::Tensor& dstats, const at::Tensor& dz, const at::Tensor& grad_mean,
+                          const at::Tensor& grad_logvar, const at::Tensor& half_noise, const at::Tensor& heads_cat,
+                          int64_t t) {
+  const int64_t z_dim = dz.size(2);
+  const at::Tensor d = dstats[t];
+  at::Tensor dmean = d.narrow(1, 0, z_dim);
+  at::add_out(dmean, dz[t], grad_mean[t]);
+  if (half_noise.defined()) {
+    at::Tensor dlogvar = d.narrow(1, z_dim, z_dim);
+    at::addcmul_out(dlogvar, grad_logvar[t], dz[t], half_noise[t]);
+  }
+  return at::mm(d, heads_cat);
+}
+
+// The output gradients of the heads, [dmean | dlogvar] per step, ready for the loop: dlogvar preset when there is no
+// noise (then z = mean and dlogvar is the output gradient alone).
+inline at::Tensor heads_grad_buffer(const at::Tensor& grad_logvar, bool noise) {
+  const int64_t frames = grad_logvar.size(0), batch = grad_logvar.size(1), z_dim = grad_logvar.size(2);
+  at::Tensor dstats = at::empty({frames, batch, 2 * z_dim}, grad_logvar.options());
+  if (!noise) {
+    dstats.narrow(2, z_dim, z_dim).copy_(grad_logvar);
+  }
+  return dstats;
+}
+
+// Gradients of [w_mean, b_mean, w_logvar, b_logvar] over all steps from dstats and the heads' input h.
+inline std::vector<at::Tensor> heads_grads(const at::Tensor& dstats, const at::Tensor& h) {
+  const int64_t z_dim = dstats.size(2) / 2;
+  std::vector<at::Tensor> grads;
+  linear_grads(dstats.narrow(2, 0, z_dim), h, grads);
+  linear_grads(dstats.narrow(2, z_dim, z_dim), h, grads);
+  return grads;
+}
+
+// (frames, batch, width) -> the same sequence delayed by one frame (frame 0 zero): the inputs z_{t-1} of the loop.
+inline at::Tensor previous(const at::Tensor& z) {
+  at::Tensor out = at::empty_like(z, at::MemoryFormat::Contiguous);
+  out[0].zero_();
+  if (z.size(0) > 1) {
+    out.narrow(0, 1, z.size(0) - 1).copy_(z.narrow(0, 0, z.size(0) - 1));
+  }
+  return out;
 }
 
 }  // namespace lightdvae::bptt

@@ -20,72 +20,14 @@ namespace lightdvae {
 namespace {
 
 using bptt::Regions;
+using bptt::draw_into;
+using bptt::heads_backward;
+using bptt::heads_grad_buffer;
+using bptt::heads_grads;
+using bptt::joint_heads;
+using bptt::previous;
 using Grads5 = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>>;
-
-// z_t = mean_t + exp(logvar_t / 2) * eps_t written into z[t] (the mean without noise); stats[t] is [mean_t | logvar_t].
-void draw_into(at::Tensor z_t, const at::Tensor& stats_t, const at::Tensor& eps, int64_t t, at::Tensor& scale) {
-  const int64_t z_dim = z_t.size(1);
-  const at::Tensor mean = stats_t.narrow(1, 0, z_dim);
-  if (!eps.defined()) {
-    z_t.copy_(mean);
-    return;
-  }
-  at::mul_out(scale, stats_t.narrow(1, z_dim, z_dim), 0.5);
-  scale.exp_();
-  at::addcmul_out(z_t, mean, eps[t], scale);
-}
-
-// The Gaussian heads [w_mean, b_mean, w_logvar, b_logvar] as one Linear hidden -> [mean | logvar].
-sampling::Linear joint_heads(at::TensorList heads) {
-  return {at::cat({heads[0], heads[2]}, 0).t(), at::cat({heads[1], heads[3]}, 0)};
-}
-
-// Backward of the draw and of the heads at step t: from dz_t (the gradient of z_t, complete) and the output
-// gradients, writes [dmean_t | dlogvar_t] into dstats[t] and returns the gradient of the heads' input.
-// half_noise = exp(logvar / 2) * eps / 2 over all steps (undefined without noise, dlogvar then preset).
-at::Tensor heads_backward(const at::Tensor& dstats, const at::Tensor& dz, const at::Tensor& grad_mean,
-                          const at::Tensor& grad_logvar, const at::Tensor& half_noise, const at::Tensor& heads_cat,
-                          int64_t t) {
-  const int64_t z_dim = dz.size(2);
-  const at::Tensor d = dstats[t];
-  at::Tensor dmean = d.narrow(1, 0, z_dim);
-  at::add_out(dmean, dz[t], grad_mean[t]);
-  if (half_noise.defined()) {
-    at::Tensor dlogvar = d.narrow(1, z_dim, z_dim);
-    at::addcmul_out(dlogvar, grad_logvar[t], dz[t], half_noise[t]);
-  }
-  return at::mm(d, heads_cat);
-}
-
-// The output gradients of the heads, [dmean | dlogvar] per step, ready for the loop: dlogvar preset when there is no
-// noise (then z = mean and dlogvar is the output gradient alone).
-at::Tensor heads_grad_buffer(const at::Tensor& grad_logvar, bool noise) {
-  const int64_t frames = grad_logvar.size(0), batch = grad_logvar.size(1), z_dim = grad_logvar.size(2);
-  at::Tensor dstats = at::empty({frames, batch, 2 * z_dim}, grad_logvar.options());
-  if (!noise) {
-    dstats.narrow(2, z_dim, z_dim).copy_(grad_logvar);
-  }
-  return dstats;
-}
-
-// Gradients of [w_mean, b_mean, w_logvar, b_logvar] over all steps from dstats and the heads' input h.
-std::vector<at::Tensor> heads_grads(const at::Tensor& dstats, const at::Tensor& h) {
-  const int64_t z_dim = dstats.size(2) / 2;
-  std::vector<at::Tensor> grads;
-  bptt::linear_grads(dstats.narrow(2, 0, z_dim), h, grads);
-  bptt::linear_grads(dstats.narrow(2, z_dim, z_dim), h, grads);
-  return grads;
-}
-
-// (frames, batch, width) -> the same sequence delayed by one frame (frame 0 zero): the inputs z_{t-1} of the loop.
-at::Tensor previous(const at::Tensor& z) {
-  at::Tensor out = at::zeros_like(z, at::MemoryFormat::Contiguous);
-  if (z.size(0) > 1) {
-    out.narrow(0, 1, z.size(0) - 1).copy_(z.narrow(0, 0, z.size(0) - 1));
-  }
-  return out;
-}
 
 // ------------------------------------------------------------------------------------------ DKF
 

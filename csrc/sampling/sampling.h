@@ -35,6 +35,10 @@ void check_activation(const char* op, int64_t activation);
 int64_t check_dkf_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_to_g,
                             c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads, double g_terms,
                             int64_t activation);
+// Every argument of the RVAE posterior loop (eps may be undefined); returns z_dim.
+int64_t check_rvae_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_embed,
+                             c10::ArrayRef<at::Tensor> rnn_z, c10::ArrayRef<at::Tensor> posterior_mlp,
+                             c10::ArrayRef<at::Tensor> heads, int64_t activation);
 
 // ---- the loops (sampling_loops.cpp)
 

@@ -131,21 +131,10 @@ at::Tensor dkf_prior(const at::Tensor& eps_in, at::TensorList transition, double
 Tensors3 rvae_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_embed,
                         at::TensorList rnn_z, at::TensorList posterior_mlp, at::TensorList heads_w, int64_t activation,
                         bool exact_lstm) {
-  constexpr const char* op = "lightdvae::rvae_posterior";
-  check_sequence(op, gx_in, "gx");
-  check_activation(op, activation);
-  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), gx_dim = gx_in.size(2);
-  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
-              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
-  const int64_t z_dim = heads_w[0].size(0);
-  const int64_t embed_dim = check_linears(op, z_embed, "z_embed", z_dim, gx_in);
-  const int64_t gz_dim = check_lstm(op, rnn_z, "rnn_z", embed_dim, gx_in);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", gx_dim + gz_dim, gx_in);
-  check_heads(op, heads_w, "heads", hidden, gx_in);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
-  }
+  const int64_t z_dim = check_rvae_posterior("lightdvae::rvae_posterior", gx_in, eps, z_embed, rnn_z, posterior_mlp,
+                                             heads_w, activation);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1);
   const bool record = any_requires_grad({z_embed, rnn_z, posterior_mlp, heads_w}, {gx_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor gx = gx_in.contiguous();

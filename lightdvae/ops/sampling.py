@@ -17,7 +17,8 @@ In training the posterior loops that have one run as their ``<loop>_bptt`` op in
 (:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
 by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
 all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU, for
-``dkf_posterior``.  ``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
+``dkf_posterior`` and ``rvae_posterior`` (with ``exact_lstm=False``).
+``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
 
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
 the loops run time-major inside, and the returned sequences are batch-first views of time-major
@@ -340,15 +341,20 @@ def rvae_posterior(
         exact_lstm: step the LSTM with nn.LSTM's own kernel (see the module docstring).
 
     Returns:
-        ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor argument.
+        ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor argument; on
+        the CPU with ``exact_lstm=False``, by the explicit backward through time of ``rvae_posterior_bptt``
+        (the ``gx`` part of the first layer on ``[gx_t ; g^z_t]`` then one GEMM over all frames).
     """
     _check_sequence("rvae_posterior", "gx", gx)
     _check_eps("rvae_posterior", eps, gx.shape[0], gx.shape[1])
     code = _activation_code(activation)
     if _use_native("rvae_posterior", gx):
-        out = torch.ops.lightdvae.rvae_posterior(
-            _tm(gx), _tm(eps), list(z_embed), list(rnn_z), list(posterior_mlp), list(heads), code, bool(exact_lstm)
-        )
+        args = (_tm(gx), _tm(eps), list(z_embed), list(rnn_z), list(posterior_mlp), list(heads), code)
+        # the explicit backward steps the ATen cell
+        if not exact_lstm and explicit_backward("rvae_posterior", gx, *args[:6]):
+            out = torch.ops.lightdvae.rvae_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.rvae_posterior(*args, bool(exact_lstm))
         return tuple(o.transpose(0, 1) for o in out)
     return rvae_posterior_ref(gx, eps, z_embed, rnn_z, posterior_mlp, heads, activation, exact_lstm)
 

@@ -93,3 +93,52 @@ if _ext.HAS_NATIVE and _ext.has_kernel("dkf_posterior_bptt", "cpu"):
         return grad_gx, grad_eps, list(g_zg), list(g_post), list(g_heads), None, None
 
     torch.library.register_autograd("lightdvae::dkf_posterior_bptt", _dkf_bptt_backward, setup_context=_dkf_bptt_setup)
+
+
+if _ext.HAS_NATIVE and _ext.has_kernel("rvae_posterior_bptt", "cpu"):
+
+    @torch.library.register_fake("lightdvae::rvae_posterior_bptt")
+    def _rvae_bptt_fake(gx, eps, z_embed, rnn_z, posterior_mlp, heads, activation):
+        frames, batch, _ = gx.shape
+        z_dim, hidden = heads[0].shape[0], rnn_z[1].shape[1]
+        width = _widths(z_embed) + len(rnn_z) // 4 * 7 * hidden + _widths(posterior_mlp)
+        outs = [gx.new_empty(frames, batch, z_dim) for _ in range(3)]
+        return (*outs, gx.new_empty(frames * batch * width))
+
+    @torch.library.register_fake("lightdvae::rvae_posterior_bptt_backward")
+    def _rvae_bptt_backward_fake(
+        grad_z, grad_mean, grad_logvar, eps, gx, z, logvar, workspace, z_embed, rnn_z, posterior_mlp, heads, activation
+    ):
+        grad_eps = torch.empty_like(z) if eps is not None else z.new_empty(0)
+        return (
+            torch.empty_like(gx, memory_format=torch.contiguous_format),
+            grad_eps,
+            _like_each(z_embed),
+            _like_each(rnn_z),
+            _like_each(posterior_mlp),
+            _like_each(heads),
+        )
+
+    def _rvae_bptt_setup(ctx, inputs, output):
+        gx, eps, z_embed, rnn_z, posterior_mlp, heads, activation = inputs
+        z, _, logvar, workspace = output
+        ctx.mark_non_differentiable(workspace)
+        ctx.save_for_backward(eps, gx, z, logvar, workspace, *z_embed, *rnn_z, *posterior_mlp, *heads)
+        ctx.sizes = (len(z_embed), len(rnn_z), len(posterior_mlp))
+        ctx.activation = activation
+
+    def _rvae_bptt_backward(ctx, grad_z, grad_mean, grad_logvar, _grad_workspace):
+        eps, gx, z, logvar, workspace, *weights = ctx.saved_tensors
+        n_embed, n_rnn, n_post = ctx.sizes
+        z_embed, rnn_z = weights[:n_embed], weights[n_embed : n_embed + n_rnn]
+        posterior_mlp, heads = weights[n_embed + n_rnn : n_embed + n_rnn + n_post], weights[n_embed + n_rnn + n_post :]
+        grad_gx, grad_eps, *grads = torch.ops.lightdvae.rvae_posterior_bptt_backward(
+            grad_z, grad_mean, grad_logvar, eps, gx, z, logvar, workspace, z_embed, rnn_z, posterior_mlp, heads,
+            ctx.activation,
+        )  # fmt: skip
+        grad_eps = grad_eps if eps is not None and ctx.needs_input_grad[1] else None
+        return (grad_gx, grad_eps, *(list(g) for g in grads), None)
+
+    torch.library.register_autograd(
+        "lightdvae::rvae_posterior_bptt", _rvae_bptt_backward, setup_context=_rvae_bptt_setup
+    )
