@@ -56,6 +56,13 @@ TORCH_LIBRARY(lightdvae, m) {
       "Tensor[] heads, int activation) -> (Tensor grad_gx, Tensor grad_eps, Tensor[] grad_z_embed, "
       "Tensor[] grad_rnn_z, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
   m.def(
+      "srnn_posterior_bptt(Tensor g, Tensor? eps, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
+      "-> (Tensor z, Tensor mean, Tensor logvar, Tensor workspace)");
+  m.def(
+      "srnn_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor g, "
+      "Tensor z, Tensor logvar, Tensor workspace, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
+      "-> (Tensor grad_g, Tensor grad_eps, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
+  m.def(
       "rvae_posterior(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
       "Tensor[] heads, int activation, bool exact_lstm) -> (Tensor z, Tensor mean, Tensor logvar)");
   m.def(

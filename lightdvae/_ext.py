@@ -118,7 +118,14 @@ def loop_backward() -> str:
 # DEVICE_OPS have a kernel per device (CPU, CUDA).  COMPOSITE_OPS are CompositeImplicitAutograd ops (the
 # sampling loops: C++ loops of ATen calls), which run wherever ATen does: the computed dispatch
 # table counts their kernel for every device.
-DEVICE_OPS = ("is_divergence", "gaussian_kl", "kv_attention", "dkf_posterior_bptt", "rvae_posterior_bptt")
+DEVICE_OPS = (
+    "is_divergence",
+    "gaussian_kl",
+    "kv_attention",
+    "dkf_posterior_bptt",
+    "rvae_posterior_bptt",
+    "srnn_posterior_bptt",
+)
 COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
 _KERNELS: dict[tuple[str, str], bool] = {}
 

@@ -18,8 +18,8 @@ from lightdvae.models import build
 from lightdvae.ops import sampling
 from lightdvae.ops.sampling_bptt import explicit_backward
 
-BPTT_LOOPS = ["dkf_posterior", "rvae_posterior"]
-MODELS = {"dkf_posterior": "dkf", "rvae_posterior": "rvae"}
+BPTT_LOOPS = ["dkf_posterior", "rvae_posterior", "srnn_posterior"]
+MODELS = {"dkf_posterior": "dkf", "rvae_posterior": "rvae", "srnn_posterior": "srnn"}
 
 pytestmark = requires_native
 
@@ -149,7 +149,7 @@ def _bptt_args(loop, args, opts):
 
 def _backward_args(loop, grads, op_args, outs):
     """Arguments of torch.ops.lightdvae.<loop>_bptt_backward."""
-    saved = (op_args[0], outs[0]) if loop == "rvae_posterior" else (outs[0],)  # (gx,) z
+    saved = (outs[0],) if loop == "dkf_posterior" else (op_args[0], outs[0])  # (features,) z
     return (*grads, op_args[1], *saved, outs[2], outs[3], *op_args[2:])
 
 
@@ -252,5 +252,20 @@ def test_rvae_bptt_layouts(native, monkeypatch, layers, posterior, embed):
     args = [gx, eps, z_embed, rnn_z, posterior_mlp, heads]
     outs, grads, weights = _run_with_grads("rvae_posterior", args, opts, "bptt", monkeypatch)
     want_out, want_grads, _ = _run_with_grads("rvae_posterior", args, opts, "ref", monkeypatch, weights)
+    for i, (a, b) in enumerate(zip(outs + grads, want_out + want_grads, strict=True)):
+        report_close(f"tensor {i}", a, b, rtol=0, atol=1e-12 * (b.abs().max().item() or 1.0))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_srnn_bptt_without_posterior_mlp(native, monkeypatch, deterministic):
+    """No posterior MLP: the heads read [g_t ; z_{t-1}] directly (float64, against the Python loop)."""
+    g = torch.Generator().manual_seed(6)
+    args, opts = make_case("srnn_posterior", 4, 12, torch.float64)  # a linear recurrence: a few frames stay finite
+    features, eps, _, heads = args
+    width = features.shape[2] + eps.shape[2]
+    heads = [torch.randn(*w.shape[:-1], width, generator=g, dtype=w.dtype) * 0.1 if w.dim() == 2 else w for w in heads]
+    args = [features, None if deterministic else eps, [], heads]
+    outs, grads, weights = _run_with_grads("srnn_posterior", args, opts, "bptt", monkeypatch)
+    want_out, want_grads, _ = _run_with_grads("srnn_posterior", args, opts, "ref", monkeypatch, weights)
     for i, (a, b) in enumerate(zip(outs + grads, want_out + want_grads, strict=True)):
         report_close(f"tensor {i}", a, b, rtol=0, atol=1e-12 * (b.abs().max().item() or 1.0))

@@ -39,6 +39,10 @@ int64_t check_dkf_posterior(const char* op, const at::Tensor& gx, const at::Tens
 int64_t check_rvae_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_embed,
                              c10::ArrayRef<at::Tensor> rnn_z, c10::ArrayRef<at::Tensor> posterior_mlp,
                              c10::ArrayRef<at::Tensor> heads, int64_t activation);
+// Every argument of the SRNN posterior loop (eps may be undefined); returns z_dim.
+int64_t check_srnn_posterior(const char* op, const at::Tensor& g, const at::Tensor& eps,
+                             c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads,
+                             int64_t activation);
 
 // ---- the loops (sampling_loops.cpp)
 

@@ -140,4 +140,20 @@ int64_t check_rvae_posterior(const char* op, const at::Tensor& gx, const at::Ten
   return z_dim;
 }
 
+int64_t check_srnn_posterior(const char* op, const at::Tensor& g, const at::Tensor& eps,
+                             c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads,
+                             int64_t activation) {
+  check_sequence(op, g, "g");
+  check_activation(op, activation);
+  TORCH_CHECK(heads.size() == 4 && heads[0].dim() == 2, op,
+              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
+  const int64_t z_dim = heads[0].size(0);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g.size(2) + z_dim, g);
+  check_heads(op, heads, "heads", hidden, g);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", g.size(0), g.size(1), z_dim, g);
+  }
+  return z_dim;
+}
+
 }  // namespace lightdvae

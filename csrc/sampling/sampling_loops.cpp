@@ -162,19 +162,10 @@ Tensors3 rvae_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>
 
 Tensors3 srnn_posterior(const at::Tensor& g_in, const std::optional<at::Tensor>& eps_in, at::TensorList posterior_mlp,
                         at::TensorList heads_w, int64_t activation) {
-  constexpr const char* op = "lightdvae::srnn_posterior";
-  check_sequence(op, g_in, "g");
-  check_activation(op, activation);
-  const int64_t frames = g_in.size(0), batch = g_in.size(1), g_dim = g_in.size(2);
-  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
-              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
-  const int64_t z_dim = heads_w[0].size(0);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim + z_dim, g_in);
-  check_heads(op, heads_w, "heads", hidden, g_in);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, g_in);
-  }
+  const int64_t z_dim =
+      check_srnn_posterior("lightdvae::srnn_posterior", g_in, eps, posterior_mlp, heads_w, activation);
+  const int64_t frames = g_in.size(0), batch = g_in.size(1);
   const bool record = any_requires_grad({posterior_mlp, heads_w}, {g_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor g = g_in.contiguous();

@@ -17,7 +17,7 @@ In training the posterior loops that have one run as their ``<loop>_bptt`` op in
 (:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
 by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
 all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU, for
-``dkf_posterior`` and ``rvae_posterior`` (with ``exact_lstm=False``).
+``dkf_posterior``, ``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``.
 ``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
 
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
@@ -392,13 +392,19 @@ def srnn_posterior(
 
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor
-        argument; bit-identical to the reference with the same noise.
+        argument (on the CPU by the explicit backward through time of ``srnn_posterior_bptt``, the
+        ``g`` part of the first layer on ``[g_t ; z_{t-1}]`` then one GEMM over all frames);
+        bit-identical to the reference with the same noise when nothing requires a gradient.
     """
     _check_sequence("srnn_posterior", "g", g)
     _check_eps("srnn_posterior", eps, g.shape[0], g.shape[1])
     code = _activation_code(activation)
     if _use_native("srnn_posterior", g):
-        out = torch.ops.lightdvae.srnn_posterior(_tm(g), _tm(eps), list(posterior_mlp), list(heads), code)
+        args = (_tm(g), _tm(eps), list(posterior_mlp), list(heads), code)
+        if explicit_backward("srnn_posterior", g, *args[:4]):
+            out = torch.ops.lightdvae.srnn_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.srnn_posterior(*args)
         return tuple(o.transpose(0, 1) for o in out)
     return srnn_posterior_ref(g, eps, posterior_mlp, heads, activation)
 

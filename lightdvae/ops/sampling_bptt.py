@@ -142,3 +142,40 @@ if _ext.HAS_NATIVE and _ext.has_kernel("rvae_posterior_bptt", "cpu"):
     torch.library.register_autograd(
         "lightdvae::rvae_posterior_bptt", _rvae_bptt_backward, setup_context=_rvae_bptt_setup
     )
+
+
+if _ext.HAS_NATIVE and _ext.has_kernel("srnn_posterior_bptt", "cpu"):
+
+    @torch.library.register_fake("lightdvae::srnn_posterior_bptt")
+    def _srnn_bptt_fake(g, eps, posterior_mlp, heads, activation):
+        frames, batch, _ = g.shape
+        outs = [g.new_empty(frames, batch, heads[0].shape[0]) for _ in range(3)]
+        return (*outs, g.new_empty(frames * batch * _widths(posterior_mlp)))
+
+    @torch.library.register_fake("lightdvae::srnn_posterior_bptt_backward")
+    def _srnn_bptt_backward_fake(
+        grad_z, grad_mean, grad_logvar, eps, g, z, logvar, workspace, posterior_mlp, heads, act
+    ):
+        grad_eps = torch.empty_like(z) if eps is not None else z.new_empty(0)
+        grad_g = torch.empty_like(g, memory_format=torch.contiguous_format)
+        return grad_g, grad_eps, _like_each(posterior_mlp), _like_each(heads)
+
+    def _srnn_bptt_setup(ctx, inputs, output):
+        g, eps, posterior_mlp, heads, activation = inputs
+        z, _, logvar, workspace = output
+        ctx.mark_non_differentiable(workspace)
+        ctx.save_for_backward(eps, g, z, logvar, workspace, *posterior_mlp, *heads)
+        ctx.n_posterior, ctx.activation = len(posterior_mlp), activation
+
+    def _srnn_bptt_backward(ctx, grad_z, grad_mean, grad_logvar, _grad_workspace):
+        eps, g, z, logvar, workspace, *weights = ctx.saved_tensors
+        posterior_mlp, heads = weights[: ctx.n_posterior], weights[ctx.n_posterior :]
+        grad_g, grad_eps, g_post, g_heads = torch.ops.lightdvae.srnn_posterior_bptt_backward(
+            grad_z, grad_mean, grad_logvar, eps, g, z, logvar, workspace, posterior_mlp, heads, ctx.activation
+        )
+        grad_eps = grad_eps if eps is not None and ctx.needs_input_grad[1] else None
+        return grad_g, grad_eps, list(g_post), list(g_heads), None
+
+    torch.library.register_autograd(
+        "lightdvae::srnn_posterior_bptt", _srnn_bptt_backward, setup_context=_srnn_bptt_setup
+    )
