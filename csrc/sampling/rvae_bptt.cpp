@@ -134,15 +134,14 @@ struct LstmBackward {
     const at::Tensor& gates = ws.gates(l);
     const int64_t hidden = gates.size(2) / 4;
     auto chunk = [hidden](const at::Tensor& t, int64_t j) { return t.narrow(2, j * hidden, hidden); };
-    at::Tensor slope = at::mul(gates, at::rsub(gates, 1));  // sigmoid' = s (1 - s); the g chunk below
-    chunk(slope, 2).copy_(bptt::activation_derivative(chunk(gates, 2), sampling::kTanh));
+    // sigmoid_backward(a, s) = a s (1 - s), tanh_backward(a, y) = a (1 - y^2): one pass each
     m = at::empty_like(gates);
     at::Tensor m_i = chunk(m, 0), m_f = chunk(m, 1), m_g = chunk(m, 2), m_o = chunk(m, 3);
-    at::mul_out(m_i, chunk(gates, 2), chunk(slope, 0));
-    at::mul_out(m_f, bptt::previous(ws.c(l)), chunk(slope, 1));
-    at::mul_out(m_g, chunk(gates, 0), chunk(slope, 2));
-    at::mul_out(m_o, ws.tanh_c(l), chunk(slope, 3));
-    k = chunk(gates, 3) * bptt::activation_derivative(ws.tanh_c(l), sampling::kTanh);
+    at::sigmoid_backward_out(m_i, chunk(gates, 2), chunk(gates, 0));
+    at::sigmoid_backward_out(m_f, bptt::previous(ws.c(l)), chunk(gates, 1));
+    at::tanh_backward_out(m_g, chunk(gates, 0), chunk(gates, 2));
+    at::sigmoid_backward_out(m_o, ws.tanh_c(l), chunk(gates, 3));
+    k = at::tanh_backward(chunk(gates, 3), ws.tanh_c(l));
     dgates = at::empty_like(gates);
   }
 

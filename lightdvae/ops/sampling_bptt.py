@@ -44,6 +44,12 @@ def _widths(params: Sequence[Tensor]) -> int:
     return sum(params[i].shape[0] for i in range(0, len(params), 2))
 
 
+def _dense(z: Tensor, grads: tuple[Tensor | None, ...]) -> list[Tensor]:
+    """The gradients of z, mean, logvar (each like ``z``), zeros for those that got none (the workspace's is
+    always None: the ops' autograd does not materialise gradients)."""
+    return [torch.zeros_like(z) if g is None else g for g in grads[:3]]
+
+
 def _like_each(params: Sequence[Tensor]) -> list[Tensor]:
     return [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
 
@@ -77,12 +83,14 @@ if _ext.HAS_NATIVE and _ext.has_kernel("dkf_posterior_bptt", "cpu"):
         gx, eps, z_to_g, posterior_mlp, heads, g_terms, activation = inputs
         z, _, logvar, workspace = output
         ctx.mark_non_differentiable(workspace)
+        ctx.set_materialize_grads(False)  # no zeros the size of the workspace for its (absent) gradient
         ctx.save_for_backward(eps, z, logvar, workspace, *z_to_g, *posterior_mlp, *heads)
         ctx.sizes = (len(z_to_g), len(posterior_mlp))
         ctx.g_terms, ctx.activation = g_terms, activation
 
-    def _dkf_bptt_backward(ctx, grad_z, grad_mean, grad_logvar, _grad_workspace):
+    def _dkf_bptt_backward(ctx, *grads):
         eps, z, logvar, workspace, *weights = ctx.saved_tensors
+        grad_z, grad_mean, grad_logvar = _dense(z, grads)
         n_zg, n_post = ctx.sizes
         z_to_g, posterior_mlp, heads = weights[:n_zg], weights[n_zg : n_zg + n_post], weights[n_zg + n_post :]
         grad_gx, grad_eps, g_zg, g_post, g_heads = torch.ops.lightdvae.dkf_posterior_bptt_backward(
@@ -123,12 +131,14 @@ if _ext.HAS_NATIVE and _ext.has_kernel("rvae_posterior_bptt", "cpu"):
         gx, eps, z_embed, rnn_z, posterior_mlp, heads, activation = inputs
         z, _, logvar, workspace = output
         ctx.mark_non_differentiable(workspace)
+        ctx.set_materialize_grads(False)  # no zeros the size of the workspace for its (absent) gradient
         ctx.save_for_backward(eps, gx, z, logvar, workspace, *z_embed, *rnn_z, *posterior_mlp, *heads)
         ctx.sizes = (len(z_embed), len(rnn_z), len(posterior_mlp))
         ctx.activation = activation
 
-    def _rvae_bptt_backward(ctx, grad_z, grad_mean, grad_logvar, _grad_workspace):
+    def _rvae_bptt_backward(ctx, *grads):
         eps, gx, z, logvar, workspace, *weights = ctx.saved_tensors
+        grad_z, grad_mean, grad_logvar = _dense(z, grads)
         n_embed, n_rnn, n_post = ctx.sizes
         z_embed, rnn_z = weights[:n_embed], weights[n_embed : n_embed + n_rnn]
         posterior_mlp, heads = weights[n_embed + n_rnn : n_embed + n_rnn + n_post], weights[n_embed + n_rnn + n_post :]
@@ -164,11 +174,13 @@ if _ext.HAS_NATIVE and _ext.has_kernel("srnn_posterior_bptt", "cpu"):
         g, eps, posterior_mlp, heads, activation = inputs
         z, _, logvar, workspace = output
         ctx.mark_non_differentiable(workspace)
+        ctx.set_materialize_grads(False)  # no zeros the size of the workspace for its (absent) gradient
         ctx.save_for_backward(eps, g, z, logvar, workspace, *posterior_mlp, *heads)
         ctx.n_posterior, ctx.activation = len(posterior_mlp), activation
 
-    def _srnn_bptt_backward(ctx, grad_z, grad_mean, grad_logvar, _grad_workspace):
+    def _srnn_bptt_backward(ctx, *grads):
         eps, g, z, logvar, workspace, *weights = ctx.saved_tensors
+        grad_z, grad_mean, grad_logvar = _dense(z, grads)
         posterior_mlp, heads = weights[: ctx.n_posterior], weights[ctx.n_posterior :]
         grad_g, grad_eps, g_post, g_heads = torch.ops.lightdvae.srnn_posterior_bptt_backward(
             grad_z, grad_mean, grad_logvar, eps, g, z, logvar, workspace, posterior_mlp, heads, ctx.activation
