@@ -196,6 +196,9 @@ def test_loop_backward_setting(monkeypatch):
     assert not explicit_backward("dkf_posterior", x, x.detach(), None, [x.detach()])
     with torch.no_grad():
         assert not explicit_backward("dkf_posterior", x, x)
+    # a device the _bptt ops have no kernel for (they are registered for the CPU): the composite loop runs
+    meta = torch.zeros(1, 1, 1, device="meta", requires_grad=True)
+    assert not explicit_backward("dkf_posterior", meta, meta)
 
 
 @pytest.mark.parametrize("loop", BPTT_LOOPS)

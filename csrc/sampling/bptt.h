@@ -11,8 +11,8 @@
 // frames * batch rows (cuDNN's RNNs do the same).
 //
 // All of it is ATen calls on the device of the inputs, with the loops' arithmetic (sampling/cells.h);
-// it records no autograd graph: lightdvae/ops/sampling.py registers the backward op as the forward
-// op's autograd formula.
+// it records no autograd graph: lightdvae/ops/sampling_bptt.py registers the backward op as the forward
+// op's autograd formula (the backward op itself has none: no double backward).
 #pragma once
 
 #include <ATen/ATen.h>
