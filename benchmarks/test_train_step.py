@@ -5,7 +5,9 @@
 A step is what ``lightdvae.train`` runs per batch (:func:`lightdvae.train.train_step`): forward, the negative
 ELBO (fused Itakura-Saito and KL ops), backward and an Adam update, on a batch of 128 segments x 50 frames x 513
 bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops: ``ref`` (pure PyTorch) or
-``native`` (the extension's kernels; skipped when it is not built).  One group per model (and device).
+``native`` (the extension's kernels; skipped when it is not built); ``native-composite`` is ``native`` with the
+posterior loops differentiated by autograd through the composite loop (``LIGHTDVAE_LOOP_BACKWARD=composite``)
+instead of their explicit backward through time.  One group per model (and device).
 With ``--benchmark-disable`` (a smoke run: one call each, no timing) the batch is cut to 8 segments.
 Where a GPU is visible, ``native-bf16`` adds the native ops with the forward under bf16 autocast (on the GPU only).
 """
@@ -30,7 +32,8 @@ CASES = {
     "hit-dvae": ("hit-dvae", {}),
     "light-dvae": ("light-dvae", {}),
 }
-BACKENDS = ["ref", "native"] + (["native-bf16"] if "cuda" in DEVICES else [])  # bf16 autocast: timed on the GPU only
+# bf16 autocast: timed on the GPU only
+BACKENDS = ["ref", "native-composite", "native"] + (["native-bf16"] if "cuda" in DEVICES else [])
 SMOKE_BATCH = 8
 
 
@@ -42,11 +45,13 @@ def power_cpu():
 
 def _bench(benchmark, describe, monkeypatch, power_cpu, case, backend, device):
     backend, _, precision = backend.partition("-")
+    loop_backward, precision = ("composite", "") if precision == "composite" else ("bptt", precision)
     if precision and device == "cpu":
         pytest.skip(f"{precision} autocast is benchmarked on the GPU only")
     if backend == "native" and not _ext.HAS_NATIVE:
         pytest.skip(f"native extension not built: {_ext.IMPORT_ERROR}")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", backend)
+    monkeypatch.setenv("LIGHTDVAE_LOOP_BACKWARD", loop_backward)
     precision = precision or "fp32"
     name, forward_kwargs = CASES[case]
     torch.manual_seed(0)
@@ -62,6 +67,7 @@ def _bench(benchmark, describe, monkeypatch, power_cpu, case, backend, device):
         parameters=model.num_parameters(),
         forward_kwargs=forward_kwargs,
         precision=precision,
+        loop_backward=loop_backward,
     )
 
     def step():

@@ -46,6 +46,32 @@ TORCH_LIBRARY(lightdvae, m) {
       "dkf_posterior(Tensor gx, Tensor? eps, Tensor[] z_to_g, Tensor[] posterior_mlp, Tensor[] heads, "
       "float g_terms, int activation) -> (Tensor z, Tensor mean, Tensor logvar)");
   m.def("dkf_prior(Tensor eps, Tensor[] transition, float temperature) -> Tensor");
+  // The posterior loops with an explicit backward through time (csrc/sampling/posterior_bptt.cpp): the forward
+  // returns the outputs of the composite loop and a flat workspace of every per-step activation; the backward takes
+  // the output gradients and returns the gradient of every input (grad_eps empty when eps is None).
+  m.def(
+      "dkf_posterior_bptt(Tensor gx, Tensor? eps, Tensor[] z_to_g, Tensor[] posterior_mlp, Tensor[] heads, "
+      "float g_terms, int activation) -> (Tensor z, Tensor mean, Tensor logvar, Tensor workspace)");
+  m.def(
+      "dkf_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor z, "
+      "Tensor logvar, Tensor workspace, Tensor[] z_to_g, Tensor[] posterior_mlp, Tensor[] heads, float g_terms, "
+      "int activation) -> (Tensor grad_gx, Tensor grad_eps, Tensor[] grad_z_to_g, Tensor[] grad_posterior_mlp, "
+      "Tensor[] grad_heads)");
+  m.def(
+      "rvae_posterior_bptt(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
+      "Tensor[] heads, int activation) -> (Tensor z, Tensor mean, Tensor logvar, Tensor workspace)");
+  m.def(
+      "rvae_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor gx, "
+      "Tensor z, Tensor logvar, Tensor workspace, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
+      "Tensor[] heads, int activation) -> (Tensor grad_gx, Tensor grad_eps, Tensor[] grad_z_embed, "
+      "Tensor[] grad_rnn_z, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
+  m.def(
+      "srnn_posterior_bptt(Tensor g, Tensor? eps, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
+      "-> (Tensor z, Tensor mean, Tensor logvar, Tensor workspace)");
+  m.def(
+      "srnn_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor g, "
+      "Tensor z, Tensor logvar, Tensor workspace, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
+      "-> (Tensor grad_g, Tensor grad_eps, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
   m.def(
       "rvae_posterior(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
       "Tensor[] heads, int activation, bool exact_lstm) -> (Tensor z, Tensor mean, Tensor logvar)");

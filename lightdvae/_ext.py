@@ -95,9 +95,27 @@ def backend() -> str:
     return value
 
 
+_LOOP_BACKWARDS = ("bptt", "composite")
+
+
+def loop_backward() -> str:
+    """How the native posterior loops are differentiated, from ``LIGHTDVAE_LOOP_BACKWARD`` (``bptt`` when unset).
+
+    ``bptt``: the loops' explicit backward through time (``<loop>_bptt`` ops, where built for the device);
+    ``composite``: autograd's graph of the composite loop's ATen calls (the behaviour before the explicit backward,
+    kept as its reference and for timing against it).
+    """
+    value = os.environ.get("LIGHTDVAE_LOOP_BACKWARD", "bptt").strip().lower() or "bptt"
+    if value not in _LOOP_BACKWARDS:
+        from lightdvae.errors import BackendError
+
+        raise BackendError(f"LIGHTDVAE_LOOP_BACKWARD={value!r} is not one of {', '.join(_LOOP_BACKWARDS)}")
+    return value
+
+
 # Which ops have which kernels, read once at import: the build does not change while running, and
 # a plain dict lookup keeps the public ops traceable by torch.compile without graph breaks.
-# DEVICE_OPS have a kernel per device (CPU, CUDA).  COMPOSITE_OPS are CompositeImplicitAutograd ops (the
+# DEVICE_OPS have a kernel per device (CPU, CUDA), CPU_OPS one for the CPU only.  COMPOSITE_OPS are CompositeImplicitAutograd ops (the
 # sampling loops: C++ loops of ATen calls), which run wherever ATen does: the computed dispatch
 # table counts their kernel for every device.
 DEVICE_OPS = (
@@ -107,6 +125,9 @@ DEVICE_OPS = (
     "gaussian_kl_with_grad",
     "kv_attention",
 )
+#: CPU_OPS have a CPU kernel only (the posterior loops' explicit backward through time): on CUDA the public
+#: loops run the composite op, differentiated by autograd.
+CPU_OPS = ("dkf_posterior_bptt", "rvae_posterior_bptt", "srnn_posterior_bptt")
 COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
 _KERNELS: dict[tuple[str, str], bool] = {}
 
@@ -124,7 +145,7 @@ def _has_kernel(op: str, key: str, composite: bool) -> bool:
 
 
 if HAS_NATIVE:
-    for _op in DEVICE_OPS + COMPOSITE_OPS:
+    for _op in DEVICE_OPS + CPU_OPS + COMPOSITE_OPS:
         for _device, _key in (("cpu", "CPU"), ("cuda", "CUDA")):
             _KERNELS[(_op, _device)] = _has_kernel(_op, _key, _op in COMPOSITE_OPS)
 

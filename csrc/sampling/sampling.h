@@ -31,6 +31,18 @@ int64_t check_lstm(const char* op, c10::ArrayRef<at::Tensor> weights, const char
 void check_noise(const char* op, const at::Tensor& eps, const char* name, int64_t frames, int64_t batch,
                  int64_t z_dim, const at::Tensor& like);
 void check_activation(const char* op, int64_t activation);
+// Every argument of the DKF posterior loop (eps may be undefined); returns z_dim.
+int64_t check_dkf_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_to_g,
+                            c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads, double g_terms,
+                            int64_t activation);
+// Every argument of the RVAE posterior loop (eps may be undefined); returns z_dim.
+int64_t check_rvae_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_embed,
+                             c10::ArrayRef<at::Tensor> rnn_z, c10::ArrayRef<at::Tensor> posterior_mlp,
+                             c10::ArrayRef<at::Tensor> heads, int64_t activation);
+// Every argument of the SRNN posterior loop (eps may be undefined); returns z_dim.
+int64_t check_srnn_posterior(const char* op, const at::Tensor& g, const at::Tensor& eps,
+                             c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads,
+                             int64_t activation);
 
 // ---- the loops (sampling_loops.cpp)
 

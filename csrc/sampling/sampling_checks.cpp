@@ -105,4 +105,55 @@ void check_activation(const char* op, int64_t activation) {
               ": activation must be 0 (tanh) or 1 (relu), got ", activation);
 }
 
+int64_t check_dkf_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_to_g,
+                            c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads, double g_terms,
+                            int64_t activation) {
+  check_sequence(op, gx, "gx");
+  check_activation(op, activation);
+  TORCH_CHECK(g_terms > 0, op, ": g_terms must be positive, got ", g_terms);
+  const int64_t g_dim = gx.size(2);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim, gx);
+  const int64_t z_dim = check_heads(op, heads, "heads", hidden, gx);
+  TORCH_CHECK(check_linears(op, z_to_g, "z_to_g", z_dim, gx) == g_dim, op, ": z_to_g must map z_dim = ", z_dim,
+              " features to the width of gx, ", g_dim);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", gx.size(0), gx.size(1), z_dim, gx);
+  }
+  return z_dim;
+}
+
+int64_t check_rvae_posterior(const char* op, const at::Tensor& gx, const at::Tensor& eps, c10::ArrayRef<at::Tensor> z_embed,
+                             c10::ArrayRef<at::Tensor> rnn_z, c10::ArrayRef<at::Tensor> posterior_mlp,
+                             c10::ArrayRef<at::Tensor> heads, int64_t activation) {
+  check_sequence(op, gx, "gx");
+  check_activation(op, activation);
+  TORCH_CHECK(heads.size() == 4 && heads[0].dim() == 2, op,
+              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
+  const int64_t z_dim = heads[0].size(0);
+  const int64_t embed_dim = check_linears(op, z_embed, "z_embed", z_dim, gx);
+  const int64_t gz_dim = check_lstm(op, rnn_z, "rnn_z", embed_dim, gx);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", gx.size(2) + gz_dim, gx);
+  check_heads(op, heads, "heads", hidden, gx);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", gx.size(0), gx.size(1), z_dim, gx);
+  }
+  return z_dim;
+}
+
+int64_t check_srnn_posterior(const char* op, const at::Tensor& g, const at::Tensor& eps,
+                             c10::ArrayRef<at::Tensor> posterior_mlp, c10::ArrayRef<at::Tensor> heads,
+                             int64_t activation) {
+  check_sequence(op, g, "g");
+  check_activation(op, activation);
+  TORCH_CHECK(heads.size() == 4 && heads[0].dim() == 2, op,
+              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
+  const int64_t z_dim = heads[0].size(0);
+  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g.size(2) + z_dim, g);
+  check_heads(op, heads, "heads", hidden, g);
+  if (eps.defined()) {
+    check_noise(op, eps, "eps", g.size(0), g.size(1), z_dim, g);
+  }
+  return z_dim;
+}
+
 }  // namespace lightdvae

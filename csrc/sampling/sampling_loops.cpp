@@ -70,19 +70,10 @@ at::Tensor defined_or_empty(const std::optional<at::Tensor>& t) { return t.has_v
 
 Tensors3 dkf_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
                        at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
-  constexpr const char* op = "lightdvae::dkf_posterior";
-  check_sequence(op, gx_in, "gx");
-  check_activation(op, activation);
-  TORCH_CHECK(g_terms > 0, op, ": g_terms must be positive, got ", g_terms);
-  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), g_dim = gx_in.size(2);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim, gx_in);
-  const int64_t z_dim = check_heads(op, heads_w, "heads", hidden, gx_in);
-  TORCH_CHECK(check_linears(op, z_to_g, "z_to_g", z_dim, gx_in) == g_dim, op,
-              ": z_to_g must map z_dim = ", z_dim, " features to the width of gx, ", g_dim);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
-  }
+  const int64_t z_dim =
+      check_dkf_posterior("lightdvae::dkf_posterior", gx_in, eps, z_to_g, posterior_mlp, heads_w, g_terms, activation);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1);
   const bool record = any_requires_grad({z_to_g, posterior_mlp, heads_w}, {gx_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor gx = gx_in.contiguous();
@@ -140,21 +131,10 @@ at::Tensor dkf_prior(const at::Tensor& eps_in, at::TensorList transition, double
 Tensors3 rvae_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_embed,
                         at::TensorList rnn_z, at::TensorList posterior_mlp, at::TensorList heads_w, int64_t activation,
                         bool exact_lstm) {
-  constexpr const char* op = "lightdvae::rvae_posterior";
-  check_sequence(op, gx_in, "gx");
-  check_activation(op, activation);
-  const int64_t frames = gx_in.size(0), batch = gx_in.size(1), gx_dim = gx_in.size(2);
-  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
-              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
-  const int64_t z_dim = heads_w[0].size(0);
-  const int64_t embed_dim = check_linears(op, z_embed, "z_embed", z_dim, gx_in);
-  const int64_t gz_dim = check_lstm(op, rnn_z, "rnn_z", embed_dim, gx_in);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", gx_dim + gz_dim, gx_in);
-  check_heads(op, heads_w, "heads", hidden, gx_in);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, gx_in);
-  }
+  const int64_t z_dim = check_rvae_posterior("lightdvae::rvae_posterior", gx_in, eps, z_embed, rnn_z, posterior_mlp,
+                                             heads_w, activation);
+  const int64_t frames = gx_in.size(0), batch = gx_in.size(1);
   const bool record = any_requires_grad({z_embed, rnn_z, posterior_mlp, heads_w}, {gx_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor gx = gx_in.contiguous();
@@ -182,19 +162,10 @@ Tensors3 rvae_posterior(const at::Tensor& gx_in, const std::optional<at::Tensor>
 
 Tensors3 srnn_posterior(const at::Tensor& g_in, const std::optional<at::Tensor>& eps_in, at::TensorList posterior_mlp,
                         at::TensorList heads_w, int64_t activation) {
-  constexpr const char* op = "lightdvae::srnn_posterior";
-  check_sequence(op, g_in, "g");
-  check_activation(op, activation);
-  const int64_t frames = g_in.size(0), batch = g_in.size(1), g_dim = g_in.size(2);
-  TORCH_CHECK(heads_w.size() == 4 && heads_w[0].dim() == 2, op,
-              ": heads must be [w_mean, b_mean, w_logvar, b_logvar] with 2-D weights");
-  const int64_t z_dim = heads_w[0].size(0);
-  const int64_t hidden = check_linears(op, posterior_mlp, "posterior_mlp", g_dim + z_dim, g_in);
-  check_heads(op, heads_w, "heads", hidden, g_in);
   const at::Tensor eps = defined_or_empty(eps_in);
-  if (eps.defined()) {
-    check_noise(op, eps, "eps", frames, batch, z_dim, g_in);
-  }
+  const int64_t z_dim =
+      check_srnn_posterior("lightdvae::srnn_posterior", g_in, eps, posterior_mlp, heads_w, activation);
+  const int64_t frames = g_in.size(0), batch = g_in.size(1);
   const bool record = any_requires_grad({posterior_mlp, heads_w}, {g_in, eps});
   at::AutoGradMode grad_mode(record);
   const at::Tensor g = g_in.contiguous();

@@ -32,7 +32,7 @@ def collect() -> dict:
     import lightdvae
     from lightdvae import _ext
 
-    ops = _ext.DEVICE_OPS
+    ops = _ext.DEVICE_OPS + _ext.CPU_OPS
     build = _ext.BUILD_INFO
     info = {
         "lightdvae": lightdvae.__version__,

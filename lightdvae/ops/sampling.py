@@ -13,6 +13,13 @@ any floating dtype that ATen supports there, and they are differentiable through
 When no input needs a gradient they run without recording one.  (The CUDA path is ATen's kernels
 step by step; there is no fused CUDA kernel for the small recurrent cells.)
 
+In training the posterior loops that have one run as their ``<loop>_bptt`` op instead
+(:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
+by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
+all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU, for
+``dkf_posterior``, ``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``.
+``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
+
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
 the loops run time-major inside, and the returned sequences are batch-first views of time-major
 storage (the layout the models' Python loops return) unless said otherwise.  Weights are passed as
@@ -50,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightdvae import _ext
+from lightdvae.ops.sampling_bptt import explicit_backward
 
 __all__ = [
     "ACTIVATIONS",
@@ -220,16 +228,19 @@ def dkf_posterior(
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``, dtype and device of ``gx``.
 
-    Differentiable in every tensor argument (the loop runs in training).  Bit-identical to the
-    reference with the same noise.
+    Differentiable in every tensor argument (the loop runs in training; on the CPU with the explicit
+    backward through time of ``dkf_posterior_bptt``).  Bit-identical to the reference with the same
+    noise when nothing requires a gradient, within float rounding otherwise.
     """
     _check_sequence("dkf_posterior", "gx", gx)
     _check_eps("dkf_posterior", eps, gx.shape[0], gx.shape[1])
     code = _activation_code(activation)
     if _use_native("dkf_posterior", gx):
-        out = torch.ops.lightdvae.dkf_posterior(
-            _tm(gx), _tm(eps), list(z_to_g), list(posterior_mlp), list(heads), float(g_terms), code
-        )
+        args = (_tm(gx), _tm(eps), list(z_to_g), list(posterior_mlp), list(heads), float(g_terms), code)
+        if explicit_backward("dkf_posterior", gx, *args[:5]):
+            out = torch.ops.lightdvae.dkf_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.dkf_posterior(*args)
         return tuple(o.transpose(0, 1) for o in out)
     return dkf_posterior_ref(gx, eps, z_to_g, posterior_mlp, heads, g_terms, activation)
 
@@ -330,15 +341,20 @@ def rvae_posterior(
         exact_lstm: step the LSTM with nn.LSTM's own kernel (see the module docstring).
 
     Returns:
-        ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor argument.
+        ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor argument; on
+        the CPU with ``exact_lstm=False``, by the explicit backward through time of ``rvae_posterior_bptt``
+        (the ``gx`` part of the first layer on ``[gx_t ; g^z_t]`` then one GEMM over all frames).
     """
     _check_sequence("rvae_posterior", "gx", gx)
     _check_eps("rvae_posterior", eps, gx.shape[0], gx.shape[1])
     code = _activation_code(activation)
     if _use_native("rvae_posterior", gx):
-        out = torch.ops.lightdvae.rvae_posterior(
-            _tm(gx), _tm(eps), list(z_embed), list(rnn_z), list(posterior_mlp), list(heads), code, bool(exact_lstm)
-        )
+        args = (_tm(gx), _tm(eps), list(z_embed), list(rnn_z), list(posterior_mlp), list(heads), code)
+        # the explicit backward steps the ATen cell
+        if not exact_lstm and explicit_backward("rvae_posterior", gx, *args[:6]):
+            out = torch.ops.lightdvae.rvae_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.rvae_posterior(*args, bool(exact_lstm))
         return tuple(o.transpose(0, 1) for o in out)
     return rvae_posterior_ref(gx, eps, z_embed, rnn_z, posterior_mlp, heads, activation, exact_lstm)
 
@@ -376,13 +392,19 @@ def srnn_posterior(
 
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor
-        argument; bit-identical to the reference with the same noise.
+        argument (on the CPU by the explicit backward through time of ``srnn_posterior_bptt``, the
+        ``g`` part of the first layer on ``[g_t ; z_{t-1}]`` then one GEMM over all frames);
+        bit-identical to the reference with the same noise when nothing requires a gradient.
     """
     _check_sequence("srnn_posterior", "g", g)
     _check_eps("srnn_posterior", eps, g.shape[0], g.shape[1])
     code = _activation_code(activation)
     if _use_native("srnn_posterior", g):
-        out = torch.ops.lightdvae.srnn_posterior(_tm(g), _tm(eps), list(posterior_mlp), list(heads), code)
+        args = (_tm(g), _tm(eps), list(posterior_mlp), list(heads), code)
+        if explicit_backward("srnn_posterior", g, *args[:4]):
+            out = torch.ops.lightdvae.srnn_posterior_bptt(*args)[:3]
+        else:
+            out = torch.ops.lightdvae.srnn_posterior(*args)
         return tuple(o.transpose(0, 1) for o in out)
     return srnn_posterior_ref(g, eps, posterior_mlp, heads, activation)
 

@@ -1,0 +1,261 @@
+// Posterior sampling loops with an explicit backward through time (issue 17; schemas in csrc/lightdvae.cpp).
+//
+// <loop>_bptt runs the loop of the composite op <loop> (sampling_loops.cpp, the reference) and also returns a flat
+// workspace holding every per-step activation; <loop>_bptt_backward takes the output gradients and that workspace
+// and returns the gradient of every input (see bptt.h for how the work is split between the step-by-step part and
+// the part batched over all steps).  lightdvae/ops/sampling.py registers the backward as the forward's autograd
+// formula.  The code is ATen calls on the device of the inputs; it is registered for the CPU (on CUDA the models
+// run the composite ops).  DKF's and SRNN's loops here, RVAE's in rvae_bptt.cpp.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "sampling/bptt.h"
+#include "sampling/cells.h"
+#include "sampling/sampling.h"
+
+namespace lightdvae {
+namespace {
+
+using bptt::Regions;
+using bptt::draw_into;
+using bptt::heads_backward;
+using bptt::heads_grad_buffer;
+using bptt::heads_grads;
+using bptt::joint_heads;
+using bptt::previous;
+using Grads5 = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                          std::vector<at::Tensor>>;
+using Grads4 = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// ------------------------------------------------------------------------------------------ DKF
+
+// The workspace of the DKF loop: the outputs of every z_to_g layer, g, the outputs of every posterior layer.
+struct DkfWorkspace {
+  Regions z_to_g, g, posterior;
+  DkfWorkspace(const at::Tensor& flat, int64_t frames, int64_t batch, int64_t g_dim, at::TensorList z_to_g_w,
+               at::TensorList posterior_w)
+      : z_to_g(flat, 0, frames, batch, bptt::widths(z_to_g_w)),
+        g(flat, z_to_g.end(), frames, batch, {g_dim}),
+        posterior(flat, g.end(), frames, batch, bptt::widths(posterior_w)) {}
+  static int64_t size(int64_t frames, int64_t batch, int64_t g_dim, at::TensorList z_to_g_w,
+                      at::TensorList posterior_w) {
+    return frames * batch * (bptt::sum(bptt::widths(z_to_g_w)) + g_dim + bptt::sum(bptt::widths(posterior_w)));
+  }
+  // The heads' input: the last posterior layer's output (g itself without posterior layers).
+  at::Tensor hidden() const { return posterior.size() ? posterior[posterior.size() - 1] : g[0]; }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
+    const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
+    at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
+  const at::NoGradGuard no_grad;  // its autograd formula is the backward op
+  const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
+  const int64_t z_dim = check_dkf_posterior("lightdvae::dkf_posterior_bptt", gx_in, eps, z_to_g, posterior_mlp,
+                                            heads_w, g_terms, activation);
+  const at::Tensor gx = gx_in.contiguous();
+  const int64_t frames = gx.size(0), batch = gx.size(1), g_dim = gx.size(2);
+  at::Tensor flat = at::empty({DkfWorkspace::size(frames, batch, g_dim, z_to_g, posterior_mlp)}, gx.options());
+  const DkfWorkspace ws(flat, frames, batch, g_dim, z_to_g, posterior_mlp);
+  const auto z_to_g_l = sampling::linears(z_to_g), posterior_l = sampling::linears(posterior_mlp);
+  const sampling::Linear heads = joint_heads(heads_w);
+
+  at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
+  at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, gx.options());
+  at::Tensor scale = at::empty({batch, z_dim}, gx.options());
+  const at::Tensor z0 = at::zeros({batch, z_dim}, gx.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    const at::Tensor zg = bptt::stack_forward(z_to_g_l, ws.z_to_g, t, t > 0 ? z[t - 1] : z0, activation);
+    at::Tensor g = ws.g[0][t];
+    at::add_out(g, zg, gx[t]);
+    g.div_(g_terms);
+    const at::Tensor h = bptt::stack_forward(posterior_l, ws.posterior, t, g, activation);
+    at::Tensor stats_t = stats[t];
+    at::addmm_out(stats_t, heads.b, h, heads.wt);
+    draw_into(z[t], stats_t, eps, t, scale);
+  }
+  return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+}
+
+Grads5 dkf_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& grad_mean_in,
+                                   const at::Tensor& grad_logvar_in, const std::optional<at::Tensor>& eps_in,
+                                   const at::Tensor& z, const at::Tensor& logvar, const at::Tensor& workspace,
+                                   at::TensorList z_to_g, at::TensorList posterior_mlp, at::TensorList heads_w,
+                                   double g_terms, int64_t activation) {
+  constexpr const char* op = "lightdvae::dkf_posterior_bptt_backward";
+  const at::NoGradGuard no_grad;  // not differentiable itself (no double backward)
+  check_sequence(op, z, "z");
+  check_activation(op, activation);
+  const int64_t frames = z.size(0), batch = z.size(1);
+  const int64_t g_dim = posterior_mlp.empty() ? heads_w[0].size(1) : posterior_mlp[0].size(1);
+  TORCH_CHECK(workspace.dim() == 1 &&
+                  workspace.numel() == DkfWorkspace::size(frames, batch, g_dim, z_to_g, posterior_mlp),
+              op, ": workspace is not the one dkf_posterior_bptt returned for these shapes");
+  for (const auto* t : {&grad_z, &grad_mean_in, &grad_logvar_in, &logvar}) {
+    TORCH_CHECK(t->sizes() == z.sizes(), op, ": every gradient and output must be (frames, batch, z_dim) = ",
+                z.sizes(), ", got ", t->sizes());
+  }
+  const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
+  const at::Tensor grad_mean = grad_mean_in.contiguous(), grad_logvar = grad_logvar_in.contiguous();
+  const DkfWorkspace ws(workspace.contiguous(), frames, batch, g_dim, z_to_g, posterior_mlp);
+
+  // Batched over all steps: act' of every layer (z_to_g's last one divided by g_terms, the factor of g), the noise
+  // term of dlogvar, the pre-activation gradients' buffers.
+  const Regions dact_z_to_g(bptt::activation_derivative(ws.z_to_g.all(), activation), 0, frames, batch,
+                            bptt::widths(z_to_g));
+  if (dact_z_to_g.size()) {
+    dact_z_to_g[dact_z_to_g.size() - 1].div_(g_terms);
+  }
+  const Regions dact_posterior(bptt::activation_derivative(ws.posterior.all(), activation), 0, frames, batch,
+                               bptt::widths(posterior_mlp));
+  const at::Tensor dpre_flat = at::empty({ws.z_to_g.all().numel() + ws.posterior.all().numel()}, z.options());
+  const Regions dpre_z_to_g(dpre_flat, 0, frames, batch, bptt::widths(z_to_g));
+  const Regions dpre_posterior(dpre_flat, dpre_z_to_g.end(), frames, batch, bptt::widths(posterior_mlp));
+  const at::Tensor scale = eps.defined() ? at::exp(logvar * 0.5) : at::Tensor();
+  const at::Tensor half_noise = eps.defined() ? eps * scale * 0.5 : at::Tensor();
+  const at::Tensor heads_cat = at::cat({heads_w[0], heads_w[2]}, 0);
+
+  at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
+  at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
+  at::Tensor dg = at::empty({frames, batch, g_dim}, z.options());
+  for (int64_t t = frames - 1; t >= 0; --t) {
+    const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
+    at::Tensor dg_t = dg[t];
+    if (posterior_mlp.empty()) {
+      dg_t.copy_(dh);
+    } else {
+      at::mm_out(dg_t, bptt::stack_backward(posterior_mlp, dact_posterior, dpre_posterior, t, dh), posterior_mlp[0]);
+    }
+    const at::Tensor d0 = bptt::stack_backward(z_to_g, dact_z_to_g, dpre_z_to_g, t, dg_t);
+    if (t > 0) {
+      if (z_to_g.empty()) {
+        dz[t - 1].add_(d0, 1.0 / g_terms);
+      } else {
+        dz[t - 1].addmm_(d0, z_to_g[0]);
+      }
+    }
+  }
+  std::vector<at::Tensor> grads_heads = heads_grads(dstats, ws.hidden());
+  return {dg / g_terms,
+          eps.defined() ? dz * scale : at::empty({0}, z.options()),
+          bptt::stack_grads(dpre_z_to_g, ws.z_to_g, previous(z)),
+          bptt::stack_grads(dpre_posterior, ws.posterior, ws.g[0]),
+          std::move(grads_heads)};
+}
+
+// ----------------------------------------------------------------------------------------- SRNN
+//
+// Each step: posterior MLP on [g_t ; z_{t-1}] (none: the heads read it), heads, draw.  The g part (and bias) of the
+// first layer reading [g_t ; z_{t-1}] is one GEMM over all steps before the loop, its g gradient one after the
+// backward loop.  The workspace holds the outputs of every posterior layer.
+
+// The first layer reading [g_t ; z_{t-1}]: posterior layer 0, or the heads as one Linear.
+sampling::Linear srnn_joint(at::TensorList posterior_mlp, at::TensorList heads_w) {
+  if (!posterior_mlp.empty()) {
+    return {posterior_mlp[0].t(), posterior_mlp[1]};
+  }
+  return joint_heads(heads_w);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(const at::Tensor& g_in,
+                                                                              const std::optional<at::Tensor>& eps_in,
+                                                                              at::TensorList posterior_mlp,
+                                                                              at::TensorList heads_w,
+                                                                              int64_t activation) {
+  const at::NoGradGuard no_grad;  // its autograd formula is the backward op
+  const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
+  const int64_t z_dim =
+      check_srnn_posterior("lightdvae::srnn_posterior_bptt", g_in, eps, posterior_mlp, heads_w, activation);
+  const at::Tensor g = g_in.contiguous();
+  const int64_t frames = g.size(0), batch = g.size(1), g_dim = g.size(2);
+  const auto widths = bptt::widths(posterior_mlp);
+  at::Tensor flat = at::empty({frames * batch * bptt::sum(widths)}, g.options());
+  const Regions posterior(flat, 0, frames, batch, widths);
+  const auto posterior_l = sampling::linears(posterior_mlp);
+  const sampling::Linear heads = joint_heads(heads_w), joint = srnn_joint(posterior_mlp, heads_w);
+  const at::Tensor projected = at::addmm(joint.b, bptt::rows(g), joint.wt.narrow(0, 0, g_dim)).view({frames, batch, -1});
+  const at::Tensor w_z_t = joint.wt.narrow(0, g_dim, z_dim);
+
+  at::Tensor z = at::empty({frames, batch, z_dim}, g.options());
+  at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, g.options());
+  at::Tensor scale = at::empty({batch, z_dim}, g.options());
+  const at::Tensor z0 = at::zeros({batch, z_dim}, g.options());
+  for (int64_t t = 0; t < frames; ++t) {
+    at::Tensor stats_t = stats[t];
+    at::Tensor y0 = posterior_l.empty() ? stats_t : posterior[0][t];
+    at::addmm_out(y0, projected[t], t > 0 ? z[t - 1] : z0, w_z_t);
+    if (!posterior_l.empty()) {
+      bptt::activate_(y0, activation);
+      at::addmm_out(stats_t, heads.b, bptt::stack_forward(posterior_l, posterior, t, y0, activation, 1), heads.wt);
+    }
+    draw_into(z[t], stats_t, eps, t, scale);
+  }
+  return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+}
+
+Grads4 srnn_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& grad_mean_in,
+                                    const at::Tensor& grad_logvar_in, const std::optional<at::Tensor>& eps_in,
+                                    const at::Tensor& g_in, const at::Tensor& z, const at::Tensor& logvar,
+                                    const at::Tensor& workspace, at::TensorList posterior_mlp, at::TensorList heads_w,
+                                    int64_t activation) {
+  constexpr const char* op = "lightdvae::srnn_posterior_bptt_backward";
+  const at::NoGradGuard no_grad;  // not differentiable itself (no double backward)
+  const at::Tensor eps = eps_in.has_value() ? eps_in->contiguous() : at::Tensor();
+  const int64_t z_dim = check_srnn_posterior(op, g_in, eps, posterior_mlp, heads_w, activation);
+  const at::Tensor g = g_in.contiguous();
+  const int64_t frames = g.size(0), batch = g.size(1), g_dim = g.size(2);
+  const auto widths = bptt::widths(posterior_mlp);
+  TORCH_CHECK(workspace.dim() == 1 && workspace.numel() == frames * batch * bptt::sum(widths), op,
+              ": workspace is not the one srnn_posterior_bptt returned for these shapes");
+  for (const auto* t : {&grad_z, &grad_mean_in, &grad_logvar_in, &logvar, &z}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({frames, batch, z_dim}), op,
+                ": every gradient and output must be (frames, batch, z_dim) = (", frames, ", ", batch, ", ", z_dim,
+                "), got ", t->sizes());
+  }
+  const at::Tensor grad_mean = grad_mean_in.contiguous(), grad_logvar = grad_logvar_in.contiguous();
+  const Regions posterior(workspace.contiguous(), 0, frames, batch, widths);
+  const Regions dact(bptt::activation_derivative(posterior.all(), activation), 0, frames, batch, widths);
+  const Regions dpre(at::empty_like(posterior.all()), 0, frames, batch, widths);
+  const at::Tensor scale = eps.defined() ? at::exp(logvar * 0.5) : at::Tensor();
+  const at::Tensor half_noise = eps.defined() ? eps * scale * 0.5 : at::Tensor();
+  const at::Tensor heads_cat = at::cat({heads_w[0], heads_w[2]}, 0);
+  const bool mlp = !posterior_mlp.empty();
+  const at::Tensor w_joint = mlp ? posterior_mlp[0] : heads_cat;  // (out, g_dim + z_dim)
+  const at::Tensor w_z = w_joint.narrow(1, g_dim, z_dim);
+
+  at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
+  at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
+  for (int64_t t = frames - 1; t >= 0; --t) {
+    if (!mlp) {
+      const at::Tensor dz_prev = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, w_z, t);
+      if (t > 0) {
+        dz[t - 1].add_(dz_prev);
+      }
+      continue;
+    }
+    const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
+    const at::Tensor d0 = bptt::stack_backward(posterior_mlp, dact, dpre, t, dh);
+    if (t > 0) {
+      dz[t - 1].addmm_(d0, w_z);
+    }
+  }
+  const at::Tensor joint_in = at::cat({g, previous(z)}, 2);  // [g_t ; z_{t-1}]
+  const at::Tensor d_joint = mlp ? dpre[0] : dstats;
+  std::vector<at::Tensor> grads_heads = heads_grads(dstats, mlp ? posterior[posterior.size() - 1] : joint_in);
+  return {at::mm(bptt::rows(d_joint), w_joint.narrow(1, 0, g_dim)).view({frames, batch, g_dim}),
+          eps.defined() ? dz * scale : at::empty({0}, z.options()), bptt::stack_grads(dpre, posterior, joint_in),
+          std::move(grads_heads)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
+  m.impl("dkf_posterior_bptt", &dkf_posterior_bptt);
+  m.impl("dkf_posterior_bptt_backward", &dkf_posterior_bptt_backward);
+  m.impl("srnn_posterior_bptt", &srnn_posterior_bptt);
+  m.impl("srnn_posterior_bptt_backward", &srnn_posterior_bptt_backward);
+}
+
+}  // namespace lightdvae
