@@ -175,7 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(c
   const Regions posterior(flat, 0, frames, batch, widths);
   const auto posterior_l = sampling::linears(posterior_mlp);
   const sampling::Linear heads = joint_heads(heads_w), joint = srnn_joint(posterior_mlp, heads_w);
-  const at::Tensor projected = at::addmm(joint.b, bptt::rows(g), joint.wt.narrow(0, 0, g_dim)).view({frames, batch, -1});
+  const at::Tensor projected = at::addmm(joint.b, bptt::rows(g), joint.wt.narrow(0, 0, g_dim))
+                                 .view({frames, batch, joint.wt.size(1)});  // explicit width: frames * batch may be 0
   const at::Tensor w_z_t = joint.wt.narrow(0, g_dim, z_dim);
 
   at::Tensor z = at::empty({frames, batch, z_dim}, g.options());

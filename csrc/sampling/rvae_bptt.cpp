@@ -94,11 +94,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
   for (size_t i = 0; i < rnn_z.size(); i += 4) {
     lstm.push_back({rnn_z[i].t(), rnn_z[i + 1].t(), rnn_z[i + 2] + rnn_z[i + 3]});
   }
-  // The first layer reading [gx_t ; gz_t]: its gx part and bias for all steps at once.
+  // The first layer reading [gx_t ; gz_t]: its gx part and bias for all steps at once (the width is explicit:
+  // frames * batch may be 0).
   const bool mlp = !posterior_mlp.empty();
   const at::Tensor w0 = mlp ? posterior_mlp[0] : heads.wt.t();
-  const at::Tensor projected =
-      at::addmm(mlp ? posterior_mlp[1] : heads.b, rows(gx), w0.narrow(1, 0, gx_dim).t()).view({frames, batch, -1});
+  const at::Tensor projected = at::addmm(mlp ? posterior_mlp[1] : heads.b, rows(gx), w0.narrow(1, 0, gx_dim).t())
+                                   .view({frames, batch, w0.size(0)});
   const at::Tensor w0_gz_t = w0.narrow(1, gx_dim, hidden).t();
 
   at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
