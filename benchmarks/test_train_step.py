@@ -3,8 +3,8 @@
     pytest benchmarks/test_train_step.py --benchmark-only --benchmark-group-by=group
 
 A step is what ``lightdvae.train`` runs per batch (:func:`lightdvae.train.train_step`): forward, the negative
-ELBO (fused Itakura-Saito and KL ops), backward and an Adam update, on a batch of 128 segments x 50 frames x 513
-bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops: ``ref`` (pure PyTorch) or
+ELBO (fused Itakura-Saito and KL ops), backward and an Adam update (denormals flushed, as there), on a batch of
+128 segments x 50 frames x 513 bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops: ``ref`` (pure PyTorch) or
 ``native`` (the extension's kernels; skipped when it is not built); ``native-composite`` is ``native`` with the
 posterior loops differentiated by autograd through the composite loop (``LIGHTDVAE_LOOP_BACKWARD=composite``)
 instead of their explicit backward through time.  One group per model (and device).
@@ -18,6 +18,7 @@ from conftest import DEVICES, synchronize
 
 from lightdvae import _ext
 from lightdvae.models import build
+from lightdvae.runtime import flush_denormals
 from lightdvae.train import train_step
 
 BATCH, FRAMES, F = 128, 50, 513
@@ -77,7 +78,8 @@ def _bench(benchmark, describe, monkeypatch, power_cpu, case, backend, device):
         synchronize(device)
         return terms, stepped
 
-    terms, stepped = benchmark(step)
+    with flush_denormals():  # as lightdvae.train runs its steps
+        terms, stepped = benchmark(step)
     assert stepped and torch.isfinite(terms.loss)
 
 

@@ -2,8 +2,9 @@
 
     python scripts/floor_table.py [--models vae,dkf,...] [--batch 128] [--frames 50] [--threads 1] [--out FILE.md]
 
-For each model, one training step as ``lightdvae.train`` runs it (forward, the negative ELBO with the fused ops,
-backward, Adam; the published sizes; batch x frames x 513 bins; ``LIGHTDVAE_BACKEND`` picks the ops):
+For each model, one training step as ``lightdvae.train`` runs it (denormals flushed; forward, the negative ELBO
+with the fused ops, backward, Adam; the published sizes; batch x frames x 513 bins; ``LIGHTDVAE_BACKEND`` picks
+the ops):
 
 - **step**: the median wall time of ``--repeats`` steps, unprofiled;
 - **profile**: one step under ``torch.profiler`` (CPU), each operator's *self* time put in one class — GEMM (the
@@ -34,6 +35,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from lightdvae.models import build
+from lightdvae.runtime import flush_denormals
 from lightdvae.train import train_step
 
 # registry name and forward kwargs of each case (srnn-ss: the scheduled-sampling loop at p = 0.5, as the benchmark)
@@ -242,7 +244,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     torch.set_num_threads(args.threads)
     rows = []
     for case in cases:
-        rows.append(measure(case, args.batch, args.frames, args.repeats))
+        with flush_denormals():  # as lightdvae.train runs its steps
+            rows.append(measure(case, args.batch, args.frames, args.repeats))
         r = rows[-1]
         print(f"{case}: step {r.step_ms:.1f} ms, floor {r.floor_ms:.1f} ms ({r.over_floor:.2f}x)", flush=True)
     header = (

@@ -617,3 +617,15 @@ def test_budget_schedule_follows_the_share_of_time_spent(tmp_path, data, monkeyp
     assert more.epochs == 7
     with pytest.raises(ConfigError, match="give max_minutes"):
         _cfg(tmp_path, budget_schedule=True).validate()
+
+
+def test_training_flushes_denormals_and_restores_the_default(tmp_path, monkeypatch):
+    """lightdvae.train runs its steps with denormals flushed to zero (the RVAE's LSTM backward is ~5x slower on
+    denormal gradients, issue #17) and leaves the process's default behind it."""
+    import torch
+
+    calls = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: calls.append(mode) or real(mode))
+    train(_cfg(tmp_path, epochs=1))
+    assert calls == [True, False]

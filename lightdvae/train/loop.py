@@ -19,7 +19,7 @@ from lightdvae.errors import ConfigError
 from lightdvae.models import DVAE
 from lightdvae.resultdir import folder_lock
 from lightdvae.runs import checkpoint_path, save_checkpoint, write_log, write_status
-from lightdvae.runtime import progress_bar, thread_scope
+from lightdvae.runtime import flush_denormals, progress_bar, thread_scope
 from lightdvae.train import distrib
 from lightdvae.train.build import build_learner, run_meta, write_meta
 from lightdvae.train.config import LOG_COLUMNS, VAL_SEED_OFFSET, TrainConfig, kl_warm_at, lr_at, ss_prob_at
@@ -109,7 +109,7 @@ def train(
     # one writer per run folder: a second `lightdvae train` into it is refused, naming the first
     lock = folder_lock(cfg.out, command=f"lightdvae train --model {cfg.model}") if distrib.is_main() else None
     try:
-        with lock or contextlib.nullcontext(), thread_scope(cfg.threads):
+        with lock or contextlib.nullcontext(), thread_scope(cfg.threads), flush_denormals():
             out = check_out_dir(cfg)
             distrib.barrier()  # every process has looked at the run directory before rank 0 writes into it
             trainer = Trainer(cfg, setup.device, out, t_start)
