@@ -4,11 +4,11 @@
 
 A step is what ``lightdvae.train`` runs per batch (:func:`lightdvae.train.train_step`): forward, the negative
 ELBO (fused Itakura-Saito and KL ops), backward and an Adam update (denormals flushed, as there), on a batch of
-128 segments x 50 frames x 513 bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops: ``ref`` (pure PyTorch) or
-``native`` (the extension's kernels; skipped when it is not built); ``native-composite`` is ``native`` with the
-posterior loops differentiated by autograd through the composite loop (``LIGHTDVAE_LOOP_BACKWARD=composite``)
-instead of their explicit backward through time.  One group per model (and device).
-With ``--benchmark-disable`` (a smoke run: one call each, no timing) the batch is cut to 8 segments.
+128 segments x 50 frames x 513 bins with the published model sizes.  ``LIGHTDVAE_BACKEND`` selects the ops:
+``ref`` (pure PyTorch) or ``native`` (the extension's kernels; skipped when it is not built); ``native-composite``
+is ``native`` with the posterior loops differentiated by autograd through the composite loop
+(``LIGHTDVAE_LOOP_BACKWARD=composite``) instead of their explicit backward through time.  One group per model
+(and device).  With ``--benchmark-disable`` (a smoke run: one call each, no timing) the batch is cut to 8 segments.
 Where a GPU is visible, ``native-bf16`` adds the native ops with the forward under bf16 autocast (on the GPU only).
 """
 

@@ -115,9 +115,9 @@ def loop_backward() -> str:
 
 # Which ops have which kernels, read once at import: the build does not change while running, and
 # a plain dict lookup keeps the public ops traceable by torch.compile without graph breaks.
-# DEVICE_OPS have a kernel per device (CPU, CUDA), CPU_OPS one for the CPU only.  COMPOSITE_OPS are CompositeImplicitAutograd ops (the
-# sampling loops: C++ loops of ATen calls), which run wherever ATen does: the computed dispatch
-# table counts their kernel for every device.
+# DEVICE_OPS have a kernel per device (CPU, CUDA), CPU_OPS one for the CPU only.  COMPOSITE_OPS are
+# CompositeImplicitAutograd ops (the sampling loops: C++ loops of ATen calls), which run wherever ATen does:
+# the computed dispatch table counts their kernel for every device.
 DEVICE_OPS = (
     "is_divergence",
     "is_divergence_with_grad",
