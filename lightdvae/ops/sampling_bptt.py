@@ -50,6 +50,15 @@ def _dense(z: Tensor, grads: tuple[Tensor | None, ...]) -> list[Tensor]:
     return [torch.zeros_like(z) if g is None else g for g in grads[:3]]
 
 
+def _groups(weights: Sequence[Tensor], sizes: Sequence[int]) -> list[Sequence[Tensor]]:
+    """The saved weight lists back from one flat sequence: consecutive groups of ``sizes``, then the rest."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(weights[start : start + n])
+        start += n
+    return [*out, weights[start:]]
+
+
 def _like_each(params: Sequence[Tensor]) -> list[Tensor]:
     return [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
 
@@ -91,8 +100,7 @@ if _ext.HAS_NATIVE and _ext.has_kernel("dkf_posterior_bptt", "cpu"):
     def _dkf_bptt_backward(ctx, *grads):
         eps, z, logvar, workspace, *weights = ctx.saved_tensors
         grad_z, grad_mean, grad_logvar = _dense(z, grads)
-        n_zg, n_post = ctx.sizes
-        z_to_g, posterior_mlp, heads = weights[:n_zg], weights[n_zg : n_zg + n_post], weights[n_zg + n_post :]
+        z_to_g, posterior_mlp, heads = _groups(weights, ctx.sizes)
         grad_gx, grad_eps, g_zg, g_post, g_heads = torch.ops.lightdvae.dkf_posterior_bptt_backward(
             grad_z, grad_mean, grad_logvar, eps, z, logvar, workspace, z_to_g, posterior_mlp, heads,
             ctx.g_terms, ctx.activation,
@@ -139,9 +147,7 @@ if _ext.HAS_NATIVE and _ext.has_kernel("rvae_posterior_bptt", "cpu"):
     def _rvae_bptt_backward(ctx, *grads):
         eps, gx, z, logvar, workspace, *weights = ctx.saved_tensors
         grad_z, grad_mean, grad_logvar = _dense(z, grads)
-        n_embed, n_rnn, n_post = ctx.sizes
-        z_embed, rnn_z = weights[:n_embed], weights[n_embed : n_embed + n_rnn]
-        posterior_mlp, heads = weights[n_embed + n_rnn : n_embed + n_rnn + n_post], weights[n_embed + n_rnn + n_post :]
+        z_embed, rnn_z, posterior_mlp, heads = _groups(weights, ctx.sizes)
         grad_gx, grad_eps, *grads = torch.ops.lightdvae.rvae_posterior_bptt_backward(
             grad_z, grad_mean, grad_logvar, eps, gx, z, logvar, workspace, z_embed, rnn_z, posterior_mlp, heads,
             ctx.activation,
@@ -181,7 +187,7 @@ if _ext.HAS_NATIVE and _ext.has_kernel("srnn_posterior_bptt", "cpu"):
     def _srnn_bptt_backward(ctx, *grads):
         eps, g, z, logvar, workspace, *weights = ctx.saved_tensors
         grad_z, grad_mean, grad_logvar = _dense(z, grads)
-        posterior_mlp, heads = weights[: ctx.n_posterior], weights[ctx.n_posterior :]
+        posterior_mlp, heads = _groups(weights, (ctx.n_posterior,))
         grad_g, grad_eps, g_post, g_heads = torch.ops.lightdvae.srnn_posterior_bptt_backward(
             grad_z, grad_mean, grad_logvar, eps, g, z, logvar, workspace, posterior_mlp, heads, ctx.activation
         )
