@@ -239,6 +239,28 @@ def test_resume_continues_exactly(tmp_path, data):
     assert done.epochs == 4 and len(done.history) == 4
 
 
+def test_resume_a_checkpoint_saved_before_an_option_existed(tmp_path, data):
+    """A run saved before a model option was added (its key absent from the saved configs) resumes with the
+    option at its default; asking for another configuration names what differs."""
+    from lightdvae.runs.layout import save_checkpoint
+
+    train(_cfg(tmp_path, "light-dvae", "old", epochs=1), train_dataset=data[0], val_dataset=data[1])
+    run = tmp_path / "old"
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["norm_first"], ckpt["config"]["past_encoder"]
+    save_checkpoint(last, ckpt)
+    meta = json.loads((run / "config.json").read_text())
+    del meta["config"]["norm_first"], meta["config"]["past_encoder"]
+    (run / "config.json").write_text(json.dumps(meta))
+    resumed = train(resume_config(run, epochs=2), train_dataset=data[0], val_dataset=data[1])
+    assert resumed.epochs == 2 and len(resumed.history) == 2
+    other = _cfg(tmp_path, "light-dvae", "old", epochs=3, resume=True)
+    other.model_config["norm_first"] = True
+    with pytest.raises(ConfigError, match="norm_first: False -> True"):
+        train(other, train_dataset=data[0], val_dataset=data[1])
+
+
 def test_best_weights_are_a_copy(tmp_path, data, monkeypatch):
     """The best epoch's weights survive later updates (a copy, not references to the live tensors)."""
     snapshots = []

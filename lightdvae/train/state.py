@@ -216,12 +216,23 @@ def check_out_dir(cfg: TrainConfig) -> Path:
 
 
 def check_resume_compatible(cfg: TrainConfig, ckpt: dict, model_name: str, model, out: Path) -> None:
-    """The checkpoint holds the model asked for, trained with the same fixed settings (ConfigError otherwise)."""
-    if ckpt["model_name"] != model_name or ckpt["config"] != model.config.to_dict():
+    """The checkpoint holds the model asked for, trained with the same fixed settings (ConfigError otherwise).
+
+    The saved configuration is read through the model's config class, so that a checkpoint written before an
+    option existed (its key absent, the option at its default) resumes."""
+    wanted = model.config.to_dict()
+    try:
+        held = type(model.config).from_dict(ckpt["config"]).to_dict() if ckpt["model_name"] == model_name else None
+    except (TypeError, ValueError):
+        held = None
+    if held != wanted:
+        if held is None:
+            what = f"{ckpt['model_name']}, not {model_name}"
+        else:
+            what = ", ".join(f"{k}: {held[k]!r} -> {wanted[k]!r}" for k in wanted if held.get(k) != wanted[k])
         raise ConfigError(
-            f"cannot resume {out}: its checkpoint holds {ckpt['model_name']} with another configuration than "
-            f"the one asked for ({model_name}); continue it with its own settings (lightdvae train --resume {out}), "
-            "or start a new run"
+            f"cannot resume {out}: its checkpoint holds another model configuration ({what}); continue it with "
+            f"its own settings (lightdvae train --resume {out}, no --model or --set), or start a new run"
         )
     saved, current = ckpt.get("training") or {}, cfg.to_dict()
     fixed = [k for k in saved if k not in (*RESUME_OVERRIDABLE, "out") and k in current and saved[k] != current[k]]
