@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +230,28 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+def _residual(
+    x: Tensor,
+    sublayer: Callable[[Tensor], Tensor],
+    norm: Callable[[Tensor], Tensor],
+    drop: Callable[[Tensor], Tensor],
+    pre: bool,
+    residual: bool = True,
+    inplace: bool = False,
+) -> Tensor:
+    """One residual sublayer of a stream x, (B, T, d) in the parallel pass or rows (B * n, d) in the step path.
+
+    Pre-norm (``pre``): ``x + drop(sublayer(norm(x)))``; post-norm: ``norm(x + drop(sublayer(x)))``.
+    ``residual=False`` (Inv-s-NR attention sublayers) leaves out the ``x +``.  ``inplace``: the sum is taken in
+    place in the sublayer's (dropped-out) output, a fresh tensor -- the step path, which autograd never records;
+    the parallel pass adds out of place.  Returns the new stream, same shape and dtype as x.
+    """
+    out = drop(sublayer(norm(x) if pre else x))
+    if residual:
+        out = out.add_(x) if inplace else x + out
+    return out if pre else norm(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +273,9 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.norm_first:
-            h = self.norm1(x)
-            x = x + self.drop(self.attn(h, h, causal=False))
-            return x + self.drop(self.ff(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, x, causal=False)))
-        return self.norm2(x + self.drop(self.ff(x)))
+        pre = self.norm_first
+        x = _residual(x, lambda h: self.attn(h, h, causal=False), self.norm1, self.drop, pre)
+        return _residual(x, self.ff, self.norm2, self.drop, pre)
 
 
 class Encoder(nn.Module):
@@ -334,18 +354,10 @@ class DecoderLayer(nn.Module):
 
         The step path (:meth:`DecoderBody.step_rows`) computes the same function on packed weights.
         """
-        if self.norm_first:
-            h = self.norm1(x)
-            a = self.drop(self.self_attn(h, h, causal=True))
-            x = x + a if self.residual else a
-            c = self.drop(self.cross_attn(self.norm2(x), memory, causal=True))
-            x = x + c if self.residual else c
-            return x + self.drop(self.ff(self.norm3(x)))
-        a = self.drop(self.self_attn(x, x, causal=True))
-        x = self.norm1(x + a if self.residual else a)
-        c = self.drop(self.cross_attn(x, memory, causal=True))
-        x = self.norm2(x + c if self.residual else c)
-        return self.norm3(x + self.drop(self.ff(x)))
+        pre, res, drop = self.norm_first, self.residual, self.drop
+        x = _residual(x, lambda h: self.self_attn(h, h, causal=True), self.norm1, drop, pre, res)
+        x = _residual(x, lambda h: self.cross_attn(h, memory, causal=True), self.norm2, drop, pre, res)
+        return _residual(x, self.ff, self.norm3, drop, pre)
 
 
 class DecoderBody(nn.Module):
@@ -589,8 +601,9 @@ class DecoderBody(nn.Module):
             kv_rows = [layer_kv.unbind(0) for layer_kv in kv.permute(2, 3, 0, 4, 1, 5).unbind(0)]
             mem.rows, mem.end = kv_rows, end
 
+        dropout = partial(F.dropout, p=drop) if drop else _keep
         for lw, lc, kv_mem in zip(wts.layers, cache.layers, kv_rows, strict=True):
-            x = _layer_step(x, lw, lc, kv_mem, cache.attend, p, b, n, drop, self.residual, wts)
+            x = _layer_step(x, lw, lc, kv_mem, cache.attend, p, b, n, dropout, self.residual, wts)
         if wts.final_norm is not None:
             x = torch.layer_norm(x, (self.d_model,), *wts.final_norm)
         cache.position = end
@@ -610,52 +623,47 @@ def _layer_step(
     p: int,
     b: int,
     n: int,
-    drop: float,
+    dropout: Callable[[Tensor], Tensor],
     residual: bool,
     wts: StepWeights,
 ) -> Tensor:
     """One decoder layer of :meth:`DecoderBody.step_rows` on packed weights: rows x (B * n, d) -> (B * n, d).
 
     ``lw``: the layer's tuple of :class:`StepWeights`; ``kv_mem``: the memory keys/values of the new positions
-    (B, H, n, hd); ``p``: first new position.  Post-norm or pre-norm after ``wts.norm_first``: the same function
-    as :meth:`DecoderLayer.forward`.  The self- and cross-attention caches grow by n.
+    (B, H, n, hd); ``p``: first new position; ``dropout``: the step's dropout (the identity outside training).
+    Post-norm or pre-norm after ``wts.norm_first``: the same function as :meth:`DecoderLayer.forward`, through the
+    same :func:`_residual`.  The self- and cross-attention caches grow by n.
     """
     (qkv_w, qkv_b, so_w, so_b, cq_w, cq_b, co_w, co_b, f1_w, f1_b, f2_w, f2_b) = lw[:12]
     (n1_w, n1_b, n2_w, n2_b, n3_w, n3_b, eps) = lw[12:]
     d = x.shape[1]
-    shape, heads, pre = (d,), lc.self_kv.k.shape[1], wts.norm_first
+    shape, heads = (d,), lc.self_kv.k.shape[1]
     hd = d // heads
-    # causal self-attention over the query stream
-    h = torch.layer_norm(x, shape, n1_w, n1_b, eps) if pre else x
-    q, k, v = torch.addmm(qkv_b, h, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-    kvc = lc.self_kv
-    a = torch.addmm(so_b, _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d), so_w)
-    if drop:
-        a = F.dropout(a, drop)
-    x = a.add_(x) if residual else a
-    if not pre:
-        x = torch.layer_norm(x, shape, n1_w, n1_b, eps)
-    kvc.length = p + n
-    # causal cross-attention to the memory
-    h = torch.layer_norm(x, shape, n2_w, n2_b, eps) if pre else x
-    q = torch.addmm(cq_b, h, cq_w).view(b, n, heads, hd).transpose(1, 2)
-    kvc = lc.cross_kv
-    c = torch.addmm(co_b, _merge(attend(q, kvc.k, kvc.v, *kv_mem, p, None, True), b, n, d), co_w)
-    if drop:
-        c = F.dropout(c, drop)
-    x = c.add_(x) if residual else c
-    if not pre:
-        x = torch.layer_norm(x, shape, n2_w, n2_b, eps)
-    kvc.length = p + n
-    # feed-forward
-    h = wts.activation(torch.addmm(f1_b, torch.layer_norm(x, shape, n3_w, n3_b, eps) if pre else x, f1_w))
-    if drop:
-        h = F.dropout(h, drop)
-    f = torch.addmm(f2_b, h, f2_w)
-    if drop:
-        f = F.dropout(f, drop)
-    x = f.add_(x)
-    return x if pre else torch.layer_norm(x, shape, n3_w, n3_b, eps)
+
+    def norm(weight: Tensor, bias: Tensor) -> Callable[[Tensor], Tensor]:
+        return lambda h: torch.layer_norm(h, shape, weight, bias, eps)
+
+    def self_attention(h: Tensor) -> Tensor:  # causal, over the query stream
+        q, k, v = torch.addmm(qkv_b, h, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        kvc = lc.self_kv
+        out = _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d)
+        kvc.length = p + n
+        return torch.addmm(so_b, out, so_w)
+
+    def cross_attention(h: Tensor) -> Tensor:  # causal, to the memory
+        q = torch.addmm(cq_b, h, cq_w).view(b, n, heads, hd).transpose(1, 2)
+        kvc = lc.cross_kv
+        out = _merge(attend(q, kvc.k, kvc.v, *kv_mem, p, None, True), b, n, d)
+        kvc.length = p + n
+        return torch.addmm(co_b, out, co_w)
+
+    def feed_forward(h: Tensor) -> Tensor:
+        return torch.addmm(f2_b, dropout(wts.activation(torch.addmm(f1_b, h, f1_w))), f2_w)
+
+    pre = wts.norm_first
+    x = _residual(x, self_attention, norm(n1_w, n1_b), dropout, pre, residual, inplace=True)
+    x = _residual(x, cross_attention, norm(n2_w, n2_b), dropout, pre, residual, inplace=True)
+    return _residual(x, feed_forward, norm(n3_w, n3_b), dropout, pre, inplace=True)
 
 
 def _lstm_rows(sp: Tensor, rnn: tuple, mem: MemoryKV, b: int, n: int) -> Tensor:
@@ -679,6 +687,11 @@ def _lstm_rows(sp: Tensor, rnn: tuple, mem: MemoryKV, b: int, n: int) -> Tensor:
 
 
 _INPLACE_ACTIVATIONS: dict[type, Callable[[Tensor], Tensor]] = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
+
+
+def _keep(x: Tensor) -> Tensor:
+    """The step path's dropout outside training: x itself."""
+    return x
 
 
 def _any_kv(layers: list[LayerCache]) -> tuple[Tensor, Tensor]:
