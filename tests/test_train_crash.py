@@ -11,7 +11,7 @@ from test_train import _cfg, _power, _same_state
 from lightdvae.errors import ConfigError, FolderError
 from lightdvae.resultdir import folder_lock, lock_holder
 from lightdvae.runs import checkpoint_path, load_checkpoint, read_status
-from lightdvae.train import loop as loop_mod
+from lightdvae.train import outputs as outputs_mod
 from lightdvae.train import resume_config, train
 
 # The writes of one epoch's save, in the order they happen.
@@ -37,7 +37,7 @@ def _log_rows(run):
 def _kill_at(monkeypatch, which: str, epoch: int):
     """Raise Killed when epoch ``epoch``'s save reaches its ``which`` write (before it happens)."""
     state = {"epoch": 0}
-    real_ckpt, real_log, real_status = loop_mod.save_checkpoint, loop_mod.write_log, loop_mod.write_status
+    real_ckpt, real_log, real_status = outputs_mod.save_checkpoint, outputs_mod.write_log, outputs_mod.write_status
 
     def ckpt(path, payload):
         name = path.stem
@@ -57,9 +57,9 @@ def _kill_at(monkeypatch, which: str, epoch: int):
             raise Killed
         return real_status(run, st, **extra)
 
-    monkeypatch.setattr(loop_mod, "save_checkpoint", ckpt)
-    monkeypatch.setattr(loop_mod, "write_log", log)
-    monkeypatch.setattr(loop_mod, "write_status", status)
+    monkeypatch.setattr(outputs_mod, "save_checkpoint", ckpt)
+    monkeypatch.setattr(outputs_mod, "write_log", log)
+    monkeypatch.setattr(outputs_mod, "write_status", status)
 
 
 @pytest.mark.parametrize("which", WRITES)

@@ -50,6 +50,7 @@ Submodules, each of one purpose:
   copy, and the checks that a run directory can be started or resumed.
 * :mod:`~lightdvae.train.step`: :func:`train_step` (one optimisation step) and the validation pass.
 * :mod:`~lightdvae.train.loop`: :func:`train`, the epoch loop, :class:`RunResult` and :class:`TrainingDiverged`.
+* :mod:`~lightdvae.train.outputs`: what a run prints and writes into its directory (checkpoints, log, status).
 """
 
 from lightdvae.data.batches import DEVICE_DATA_LIMIT

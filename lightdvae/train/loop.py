@@ -1,6 +1,7 @@
 """The training loop: :func:`train` sets up a run, and :class:`Trainer` runs its epochs (train, validate, keep
 the best weights, write the epoch's files, stop early or out of time); :class:`RunResult` is what it returns and
-:class:`TrainingDiverged` what a NaN / inf loss raises."""
+:class:`TrainingDiverged` what a NaN / inf loss raises.  What a run prints and writes into its directory is in
+:mod:`lightdvae.train.outputs` (:class:`~lightdvae.train.outputs.RunOutputs`, the base class of :class:`Trainer`)."""
 
 from __future__ import annotations
 
@@ -12,32 +13,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from lightdvae.errors import ConfigError
 from lightdvae.models import DVAE
 from lightdvae.resultdir import folder_lock
-from lightdvae.runs import checkpoint_path, save_checkpoint, write_log, write_status
 from lightdvae.runtime import flush_denormals, progress_bar, thread_scope
 from lightdvae.train import distrib
 from lightdvae.train.build import build_learner, run_meta, write_meta
-from lightdvae.train.config import LOG_COLUMNS, VAL_SEED_OFFSET, TrainConfig, kl_warm_at, lr_at, ss_prob_at
+from lightdvae.train.config import VAL_SEED_OFFSET, TrainConfig, kl_warm_at, lr_at, ss_prob_at
 from lightdvae.train.curve import curve_point, wants_point
 from lightdvae.train.data import build_data
-from lightdvae.train.state import (
-    EarlyStopping,
-    RunState,
-    best_checkpoint,
-    best_is_current,
-    check_out_dir,
-    checkpoint,
-    clone_state,
-    restore,
-    rng_state,
-    seed_all,
-    training_seed,
-)
+from lightdvae.train.outputs import RunOutputs
+from lightdvae.train.state import EarlyStopping, RunState, check_out_dir, clone_state, restore, seed_all, training_seed
 from lightdvae.train.step import all_finite, mean_terms, terms_vector, train_step, validate
 
 
@@ -117,28 +107,21 @@ def train(
                 done = trainer.prepare(train_dataset, val_dataset)
                 return trainer.run(callback) if done is None else trainer.result(trainer.state.start_epoch, done)
             except KeyboardInterrupt:
-                if distrib.is_main() and trainer.meta:  # the run directory was set up: say how to continue
-                    history = trainer.state.history
-                    done = history[-1]["epoch"] if history else 0
-                    message = f"resume with: lightdvae train --resume {out}"
-                    write_status(out, "interrupted", epoch=done, message=message)
+                trainer.interrupted()  # once the run directory is set up: say how to continue
                 raise
     finally:
         distrib.teardown(setup)
 
 
-class Trainer:
-    """One call of :func:`train` on one process: set-up, optional restore, the epoch loop, the run directory."""
+class Trainer(RunOutputs):
+    """One call of :func:`train` on one process: set-up, optional restore, the epoch loop; what it prints and
+    writes into the run directory comes from :class:`~lightdvae.train.outputs.RunOutputs`."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, out: Path, t_start: float):
         self.cfg, self.device, self.out, self.t_start = cfg, device, out, t_start
         self.ss = cfg.training == "ss"
         self.state = RunState(EarlyStopping(cfg.patience))
         self.meta: dict = {}
-
-    def say(self, message: str) -> None:
-        if distrib.is_main() and not self.cfg.quiet:
-            print(message, flush=True)
 
     def schedule_point(self, epoch: int) -> float:
         """Where epoch ``epoch`` stands on the KL and scheduled-sampling schedules: the epoch itself, or with
@@ -206,19 +189,6 @@ class Trainer:
             self.say(f"{out}: already trained for {start} epochs; pass a larger --epochs to continue")
             return "finished"
         return None
-
-    def intro(self) -> str:
-        """The first line a run prints."""
-        cfg, s, info = self.cfg, self.state.stopper, self.data.info
-        if cfg.resume:
-            best = f"best {s.best_val_loss:.5g} at {s.best_epoch}"
-            return f"resuming {self.out} after epoch {self.state.start_epoch} ({best})"
-        procs = f" x {distrib.world_size()} processes" if distrib.is_distributed() else ""
-        return (
-            f"training {self.learner.name} ({self.learner.model.num_parameters():,} parameters) on {self.device}"
-            f"{procs}: {info['train_segments']} training / {info['val_segments']} validation segments of "
-            f"{info['segment_frames']} frames, batch {cfg.batch_size}, up to {cfg.epochs} epochs -> {self.out}"
-        )
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self, callback: Callable[[dict], None] | None) -> RunResult:
@@ -339,49 +309,9 @@ class Trainer:
             flag[0] = float(elapsed + epoch_seconds > 60.0 * cfg.max_minutes)
         return bool(distrib.all_reduce(flag, "max").item())
 
-    # ---- outputs -----------------------------------------------------------------------------------------------
-    def save(self, epoch: int, is_best: bool, state: str) -> None:
-        """Checkpoints, log and status of a completed epoch (rank 0 writes; every process gives its RNG state)."""
-        out, s = self.out, self.state.stopper
-        rng = distrib.gather_objects(rng_state(self.device))
-        if distrib.is_main():
-            # last.pt is the epoch's one commit point (it carries the best weights too); best.pt, log.csv and
-            # status.json follow from it, and a resume rewrites whichever a kill left behind (sync_run_files).
-            payload = checkpoint(self.learner, epoch, rng, self.state, self.meta["training"], state)
-            save_checkpoint(checkpoint_path(out, "last"), payload)
-            self.sync_run_files(payload, best_changed=is_best)
-            self.say(_epoch_line(self.state.history[-1], self.cfg, s.bad_epochs))
-        distrib.barrier()
-
-    def sync_run_files(self, last: dict, best_changed: bool | None = None) -> None:
-        """Bring best.pt, log.csv and status.json in line with the checkpoint ``last`` (rank 0).  ``best_changed``:
-        whether this epoch is the best (an epoch's save knows); None on resume, where best.pt is read to see
-        whether a kill left it stale."""
-        out = self.out
-        stale = best_changed if best_changed is not None else not best_is_current(out, last["best_epoch"])
-        if stale:
-            save_checkpoint(checkpoint_path(out, "best"), best_checkpoint(last))
-        write_log(out, last["history"], LOG_COLUMNS)
-        extra = {"epochs": self.cfg.epochs, "best_epoch": last["best_epoch"], "best_val_loss": last["best_val_loss"]}
-        write_status(out, last.get("state") or "running", epoch=last["epoch"], **extra)
-
-    def diverged(self, epoch: int, step: int | None, terms, val: float | None = None) -> None:
+    def diverged(self, epoch: int, step: int | None, terms, val: float | None = None) -> NoReturn:
         """Write the ``diverged`` status and raise :class:`TrainingDiverged`."""
-        last = checkpoint_path(self.out, "last")
-        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-        if step is None:
-            where = f"in validation after epoch {epoch} (validation loss {val})"
-        else:
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
-            where = f"at epoch {epoch}, step {step} ({detail})"
-        remedies = "a smaller --lr or a --grad-clip" + (", or --precision fp32" if self.cfg.precision != "fp32" else "")
-        message = (
-            f"training diverged: the loss is not finite {where}; {kept}. Start it again (--force --out "
-            f"{self.out}, or another --out) with {remedies}: these cannot change on --resume"
-        )
-        if distrib.is_main():
-            write_status(self.out, "diverged", epoch=epoch, step=step, message=message)
-        raise TrainingDiverged(message, epoch, step, self.out)
+        raise TrainingDiverged(self.diverged_status(epoch, step, terms, val), epoch, step, self.out)
 
     def result(self, epochs: int, stop_reason: str) -> RunResult:
         best_model = copy.deepcopy(self.learner.model)
@@ -397,19 +327,3 @@ class Trainer:
             history=list(self.state.history),
             seconds=time.perf_counter() - self.t_start,
         )
-
-
-def _epoch_line(row: dict, cfg: TrainConfig, bad_epochs: int) -> str:
-    parts = [
-        f"epoch {row['epoch']}/{cfg.epochs}" if not cfg.budget_schedule else f"epoch {row['epoch']}",
-        f"train {row['train_loss']:.5g} (recon {row['train_recon']:.5g}, kl {row['train_kl']:.4g})",
-        f"val {row['val_loss']:.5g} (recon {row['val_recon']:.5g}, kl {row['val_kl']:.4g})",
-        f"kl_warm {row['kl_warm']:.2f}",
-    ]
-    if row["ss_prob"] is not None:
-        parts.append(f"ss_prob {row['ss_prob']:.2f}")
-    if row.get("val_si_sdr_gen") is not None:
-        parts.append(f"SI-SDR GEN {row['val_si_sdr_gen']:.2f} / GT {row['val_si_sdr_gt']:.2f} dB")
-    parts.append(f"{row['seconds']:.1f} s")
-    parts.append("best" if row["best"] else f"no improvement for {bad_epochs}")
-    return "  ".join(parts)
