@@ -233,6 +233,25 @@ def _alone(model, engine, i, n, power, weight, seed):
     return _pass_and_gradients(alone, power[i : i + 1, :n], [n], weight[i : i + 1, :n], seed + i)
 
 
+def test_enhancement_flushes_denormals_and_restores_the_default(monkeypatch):
+    """The EM runs with denormals flushed to zero (oneDNN's LSTM backward on denormal gradients made the RVAE
+    E-step ~3x slower) and leaves the process's default behind it."""
+    calls = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: calls.append(mode) or real(mode))
+    enhance(_model("vae"), _mixture(0.2, 0)[1], iterations=1)
+    assert calls == [True, False]
+
+
+@pytest.mark.parametrize("name, config", RECURRENT)
+def test_a_batch_of_one_runs_the_models_own_native_loops(name, config):
+    """A recurrent prior's batch of one takes the sequential engine (its native loops; faster than the batched
+    engine's Python frame loop at batch 1); two or more take the batched engine."""
+    model = build(name, **config).eval()
+    assert isinstance(engine_for(model, 1, lr=1e-3), SequentialEngine)
+    assert isinstance(engine_for(model, 2, lr=1e-3), RecurrentEngine)
+
+
 @pytest.mark.parametrize("name, config", RECURRENT)
 def test_the_batched_recurrent_engine_is_the_models_own_forward(name, config):
     """Each utterance of a padded batch, with its own copy of the weights, gets the decoder output, the KL and the

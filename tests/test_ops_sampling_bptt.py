@@ -63,7 +63,7 @@ def _compare(name, got, want, truth, dtype):
 
 
 @pytest.mark.parametrize("loop", BPTT_LOOPS)
-@pytest.mark.parametrize("batch", [1, 17])
+@pytest.mark.parametrize("batch", [1, 4, 5, 17])  # raw-pointer steps up to batch 4 (small_batch.h), ATen's above
 @pytest.mark.parametrize("frames", [1, 2, 151])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_bptt_equals_reference(native, monkeypatch, loop, batch, frames, dtype):
@@ -272,3 +272,42 @@ def test_srnn_bptt_without_posterior_mlp(native, monkeypatch, deterministic):
     want_out, want_grads, _ = _run_with_grads("srnn_posterior", args, opts, "ref", monkeypatch, weights)
     for i, (a, b) in enumerate(zip(outs + grads, want_out + want_grads, strict=True)):
         report_close(f"tensor {i}", a, b, rtol=0, atol=1e-12 * (b.abs().max().item() or 1.0))
+
+
+@pytest.mark.parametrize("loop", BPTT_LOOPS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_inexact_loops_run_the_bptt_op_without_gradients(native, loop, batch):
+    """Inside exact_loops(False) a call without gradients runs the ``_bptt`` op (raw steps at batch 1, ATen's at 5):
+    within float rounding of the exact loop (float32 against the float64 reference); the switch nests, is per
+    block, and the default stays exact."""
+    args, opts = make_case(loop, batch, 151, torch.float64)
+    truth = getattr(sampling, loop + "_ref")(*args, **opts)
+    args = [a.float() if isinstance(a, torch.Tensor) else [t.float() for t in a] for a in args]
+    with torch.no_grad():
+        exact = getattr(sampling, loop)(*args, **opts)
+        assert not explicit_backward(loop, args[0], *args)
+        with sampling.exact_loops(False):
+            assert explicit_backward(loop, args[0], *args)
+            with sampling.exact_loops(True):
+                assert not explicit_backward(loop, args[0], *args)
+            fast = getattr(sampling, loop)(*args, **opts)
+        assert not explicit_backward(loop, args[0], *args)
+    for i, (a, b, c) in enumerate(zip(fast, exact, truth, strict=True)):
+        _compare(f"output {i}", a, b, c.double(), torch.float32)
+
+
+def test_own_past_records_its_lstm_only_when_its_weights_need_gradients(native):
+    """The fed-back predictions are detached, so with only z requiring a gradient (enhancement's E-step) the
+    own-past h carries no graph, and the gradient of z is the reference's (float64, a few ulps)."""
+    args, opts = make_case("srnn_own_past", 2, 40, torch.float64)
+    z = args[0].clone().requires_grad_()
+    z_ref = args[0].clone().requires_grad_()
+    out = sampling.srnn_own_past(z, *args[1:], **opts)
+    ref = sampling.srnn_own_past_ref(z_ref, *args[1:], **opts)
+    assert out[0].requires_grad and not out[2].requires_grad
+    for a, b in zip(out, ref, strict=True):
+        report_close("output", a.detach(), b.detach(), rtol=0, atol=1e-12 * b.abs().max().item())
+    weight = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out[0] * weight).sum(), z)
+    (grad_ref,) = torch.autograd.grad((ref[0] * weight).sum(), z_ref)
+    report_close("dz", grad, grad_ref, rtol=0, atol=1e-12 * grad_ref.abs().max().item())

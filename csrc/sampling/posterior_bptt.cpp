@@ -15,6 +15,7 @@
 #include "sampling/bptt.h"
 #include "sampling/cells.h"
 #include "sampling/sampling.h"
+#include "sampling/small_batch.h"
 
 namespace lightdvae {
 namespace {
@@ -48,6 +49,87 @@ struct DkfWorkspace {
   at::Tensor hidden() const { return posterior.size() ? posterior[posterior.size() - 1] : g[0]; }
 };
 
+// The loop of dkf_posterior_bptt on raw pointers (small batch): the same steps as the ATen loop below.
+template <typename T>
+void dkf_forward_small(const at::Tensor& gx, const at::Tensor& eps, at::TensorList z_to_g, at::TensorList posterior_mlp,
+                       at::TensorList heads_w, double g_terms, int64_t activation, const DkfWorkspace& ws,
+                       const at::Tensor& z, const at::Tensor& stats) {
+  const int64_t frames = gx.size(0), batch = gx.size(1), g_dim = gx.size(2), z_dim = z.size(2);
+  const auto z_to_g_l = small::layers<T>(z_to_g), posterior_l = small::layers<T>(posterior_mlp);
+  const small::Layer<T> heads(at::cat({heads_w[0], heads_w[2]}, 0), at::cat({heads_w[1], heads_w[3]}, 0));
+  const std::vector<T> z0(batch * z_dim, T(0));
+  const T divisor = static_cast<T>(g_terms);
+  T* zp = z.data_ptr<T>();
+  T* sp = stats.data_ptr<T>();
+  const T* gxp = gx.data_ptr<T>();
+  const T* ep = eps.defined() ? eps.data_ptr<T>() : nullptr;
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* prev = t > 0 ? zp + (t - 1) * batch * z_dim : z0.data();
+    const T* zg = small::stack_forward(z_to_g_l, ws.z_to_g, t, prev, batch, activation);
+    T* g = small::at_step<T>(ws.g, 0, t);
+    const T* gx_t = gxp + t * batch * g_dim;
+    for (int64_t j = 0; j < batch * g_dim; ++j) {
+      g[j] = (zg[j] + gx_t[j]) / divisor;
+    }
+    const T* h = small::stack_forward(posterior_l, ws.posterior, t, g, batch, activation);
+    T* stats_t = sp + t * batch * 2 * z_dim;
+    heads(stats_t, h, batch);
+    small::draw(zp + t * batch * z_dim, stats_t, ep ? ep + t * batch * z_dim : nullptr, batch, z_dim);
+  }
+}
+
+// The step-by-step part of dkf_posterior_bptt_backward on raw pointers (small batch): the ATen loop's steps.
+struct DkfBackwardState {
+  const Regions &dact_z_to_g, &dact_posterior, &dpre_z_to_g, &dpre_posterior;
+  at::Tensor dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, dg;
+};
+
+template <typename T>
+void dkf_backward_small(const DkfBackwardState& s, at::TensorList z_to_g, at::TensorList posterior_mlp,
+                        double g_terms) {
+  const int64_t frames = s.dz.size(0), batch = s.dz.size(1), z_dim = s.dz.size(2);
+  const int64_t hidden = s.heads_cat.size(1), g_dim = s.dg.size(2);
+  const auto w_z_to_g = small::weights(z_to_g), w_posterior = small::weights(posterior_mlp);
+  int64_t widest = std::max({hidden, g_dim, z_dim});
+  for (const auto& w : w_z_to_g) widest = std::max(widest, w.size(1));
+  for (const auto& w : w_posterior) widest = std::max(widest, w.size(1));
+  std::vector<T> dh(batch * hidden), scratch(batch * widest);
+  T* ds = s.dstats.data_ptr<T>();
+  T* dz = s.dz.data_ptr<T>();
+  T* dg = s.dg.data_ptr<T>();
+  const T* grad_mean = s.grad_mean.data_ptr<T>();
+  const T* grad_logvar = s.grad_logvar.data_ptr<T>();
+  const T* half_noise = s.half_noise.defined() ? s.half_noise.data_ptr<T>() : nullptr;
+  const T* heads_cat = s.heads_cat.data_ptr<T>();
+  const T alpha = static_cast<T>(1.0 / g_terms);
+  for (int64_t t = frames - 1; t >= 0; --t) {
+    const int64_t at_z = t * batch * z_dim;
+    std::fill(dh.begin(), dh.end(), T(0));
+    small::heads_backward(ds + 2 * at_z, dz + at_z, grad_mean + at_z, grad_logvar + at_z,
+                          half_noise ? half_noise + at_z : nullptr, heads_cat, hidden, hidden, dh.data(), batch, z_dim);
+    T* dg_t = dg + t * batch * g_dim;
+    if (posterior_mlp.empty()) {
+      std::copy(dh.begin(), dh.end(), dg_t);
+    } else {
+      const T* d0 =
+          small::stack_backward(w_posterior, s.dact_posterior, s.dpre_posterior, t, dh.data(), batch, scratch);
+      std::fill(dg_t, dg_t + batch * g_dim, T(0));
+      small::mm_acc(dg_t, d0, w_posterior[0].data_ptr<T>(), batch, w_posterior[0].size(0), g_dim, g_dim);
+    }
+    const T* d0 = small::stack_backward(w_z_to_g, s.dact_z_to_g, s.dpre_z_to_g, t, dg_t, batch, scratch);
+    if (t > 0) {
+      T* dz_prev = dz + at_z - batch * z_dim;
+      if (z_to_g.empty()) {
+        for (int64_t j = 0; j < batch * z_dim; ++j) {
+          dz_prev[j] += alpha * d0[j];
+        }
+      } else {
+        small::mm_acc(dz_prev, d0, w_z_to_g[0].data_ptr<T>(), batch, w_z_to_g[0].size(0), z_dim, z_dim);
+      }
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
     const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
     at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
@@ -65,6 +147,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
   at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, gx.options());
   at::Tensor scale = at::empty({batch, z_dim}, gx.options());
+  if (small::eligible(gx, batch)) {
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "dkf_posterior_bptt", [&] {
+      dkf_forward_small<scalar_t>(gx, eps, z_to_g, posterior_mlp, heads_w, g_terms, activation, ws, z, stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   const at::Tensor z0 = at::zeros({batch, z_dim}, gx.options());
   for (int64_t t = 0; t < frames; ++t) {
     const at::Tensor zg = bptt::stack_forward(z_to_g_l, ws.z_to_g, t, t > 0 ? z[t - 1] : z0, activation);
@@ -120,20 +208,28 @@ Grads5 dkf_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& g
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
   at::Tensor dg = at::empty({frames, batch, g_dim}, z.options());
-  for (int64_t t = frames - 1; t >= 0; --t) {
-    const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
-    at::Tensor dg_t = dg[t];
-    if (posterior_mlp.empty()) {
-      dg_t.copy_(dh);
-    } else {
-      at::mm_out(dg_t, bptt::stack_backward(posterior_mlp, dact_posterior, dpre_posterior, t, dh), posterior_mlp[0]);
-    }
-    const at::Tensor d0 = bptt::stack_backward(z_to_g, dact_z_to_g, dpre_z_to_g, t, dg_t);
-    if (t > 0) {
-      if (z_to_g.empty()) {
-        dz[t - 1].add_(d0, 1.0 / g_terms);
+  if (small::eligible(z, batch)) {
+    const DkfBackwardState state{dact_z_to_g, dact_posterior, dpre_z_to_g,  dpre_posterior, dstats,
+                                 dz,          grad_mean,      grad_logvar,  half_noise,     heads_cat, dg};
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "dkf_posterior_bptt_backward",
+                               [&] { dkf_backward_small<scalar_t>(state, z_to_g, posterior_mlp, g_terms); });
+  } else {
+    for (int64_t t = frames - 1; t >= 0; --t) {
+      const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
+      at::Tensor dg_t = dg[t];
+      if (posterior_mlp.empty()) {
+        dg_t.copy_(dh);
       } else {
-        dz[t - 1].addmm_(d0, z_to_g[0]);
+        at::mm_out(dg_t, bptt::stack_backward(posterior_mlp, dact_posterior, dpre_posterior, t, dh),
+                   posterior_mlp[0]);
+      }
+      const at::Tensor d0 = bptt::stack_backward(z_to_g, dact_z_to_g, dpre_z_to_g, t, dg_t);
+      if (t > 0) {
+        if (z_to_g.empty()) {
+          dz[t - 1].add_(d0, 1.0 / g_terms);
+        } else {
+          dz[t - 1].addmm_(d0, z_to_g[0]);
+        }
       }
     }
   }
@@ -159,6 +255,74 @@ sampling::Linear srnn_joint(at::TensorList posterior_mlp, at::TensorList heads_w
   return joint_heads(heads_w);
 }
 
+// The loop of srnn_posterior_bptt on raw pointers (small batch): the same steps as the ATen loop below.
+// projected: (frames, batch, out) the g part and bias of the joint layer; w_z_t: (z_dim, out) its z part.
+template <typename T>
+void srnn_forward_small(const at::Tensor& projected, const at::Tensor& w_z_t, at::TensorList posterior_mlp,
+                        at::TensorList heads_w, const Regions& posterior, int64_t activation, const at::Tensor& eps,
+                        const at::Tensor& z, const at::Tensor& stats) {
+  const int64_t frames = z.size(0), batch = z.size(1), z_dim = z.size(2), out = projected.size(2);
+  const auto posterior_l = small::layers<T>(posterior_mlp);
+  const small::Layer<T> heads(at::cat({heads_w[0], heads_w[2]}, 0), at::cat({heads_w[1], heads_w[3]}, 0));
+  const at::Tensor w_z = w_z_t.contiguous();
+  const std::vector<T> z0(batch * z_dim, T(0));
+  T* zp = z.data_ptr<T>();
+  T* sp = stats.data_ptr<T>();
+  const T* pp = projected.data_ptr<T>();
+  const T* ep = eps.defined() ? eps.data_ptr<T>() : nullptr;
+  for (int64_t t = 0; t < frames; ++t) {
+    T* stats_t = sp + t * batch * 2 * z_dim;
+    T* y0 = posterior_l.empty() ? stats_t : small::at_step<T>(posterior, 0, t);
+    std::copy(pp + t * batch * out, pp + (t + 1) * batch * out, y0);
+    small::mm_acc(y0, t > 0 ? zp + (t - 1) * batch * z_dim : z0.data(), w_z.data_ptr<T>(), batch, z_dim, out, out);
+    if (!posterior_l.empty()) {
+      small::activate(y0, batch * out, activation);
+      heads(stats_t, small::stack_forward(posterior_l, posterior, t, y0, batch, activation, 1), batch);
+    }
+    small::draw(zp + t * batch * z_dim, stats_t, ep ? ep + t * batch * z_dim : nullptr, batch, z_dim);
+  }
+}
+
+// The step-by-step part of srnn_posterior_bptt_backward on raw pointers (small batch): the ATen loop's steps.
+// w_joint: (out, g_dim + z_dim), the first layer reading [g_t ; z_{t-1}] (the heads without posterior layers).
+template <typename T>
+void srnn_backward_small(const Regions& dact, const Regions& dpre, at::TensorList posterior_mlp,
+                         const at::Tensor& heads_cat, const at::Tensor& w_joint_in, const at::Tensor& dstats,
+                         const at::Tensor& dz_all, const at::Tensor& grad_mean_all, const at::Tensor& grad_logvar_all,
+                         const at::Tensor& half_noise_all) {
+  const int64_t frames = dz_all.size(0), batch = dz_all.size(1), z_dim = dz_all.size(2);
+  const int64_t hidden = heads_cat.size(1);
+  const at::Tensor w_joint = w_joint_in.contiguous();
+  const int64_t joint_in = w_joint.size(1), g_dim = joint_in - z_dim;
+  const auto w_posterior = small::weights(posterior_mlp);
+  int64_t widest = hidden;
+  for (const auto& w : w_posterior) widest = std::max(widest, w.size(1));
+  std::vector<T> dh(batch * hidden), scratch(batch * widest);
+  T* ds = dstats.data_ptr<T>();
+  T* dz = dz_all.data_ptr<T>();
+  const T* grad_mean = grad_mean_all.data_ptr<T>();
+  const T* grad_logvar = grad_logvar_all.data_ptr<T>();
+  const T* half_noise = half_noise_all.defined() ? half_noise_all.data_ptr<T>() : nullptr;
+  const T* w_z = w_joint.data_ptr<T>() + g_dim;  // its z columns, row stride joint_in
+  for (int64_t t = frames - 1; t >= 0; --t) {
+    const int64_t at_z = t * batch * z_dim;
+    T* dz_prev = t > 0 ? dz + at_z - batch * z_dim : nullptr;
+    const T* noise_t = half_noise ? half_noise + at_z : nullptr;
+    if (posterior_mlp.empty()) {
+      small::heads_backward(ds + 2 * at_z, dz + at_z, grad_mean + at_z, grad_logvar + at_z, noise_t, w_z, z_dim,
+                            joint_in, dz_prev, batch, z_dim);
+      continue;
+    }
+    std::fill(dh.begin(), dh.end(), T(0));
+    small::heads_backward(ds + 2 * at_z, dz + at_z, grad_mean + at_z, grad_logvar + at_z, noise_t,
+                          heads_cat.data_ptr<T>(), hidden, hidden, dh.data(), batch, z_dim);
+    const T* d0 = small::stack_backward(w_posterior, dact, dpre, t, dh.data(), batch, scratch);
+    if (dz_prev) {
+      small::mm_acc(dz_prev, d0, w_z, batch, w_joint.size(0), z_dim, joint_in);
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(const at::Tensor& g_in,
                                                                               const std::optional<at::Tensor>& eps_in,
                                                                               at::TensorList posterior_mlp,
@@ -182,6 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(c
   at::Tensor z = at::empty({frames, batch, z_dim}, g.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, g.options());
   at::Tensor scale = at::empty({batch, z_dim}, g.options());
+  if (small::eligible(g, batch)) {
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "srnn_posterior_bptt", [&] {
+      srnn_forward_small<scalar_t>(projected, w_z_t, posterior_mlp, heads_w, posterior, activation, eps, z, stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   const at::Tensor z0 = at::zeros({batch, z_dim}, g.options());
   for (int64_t t = 0; t < frames; ++t) {
     at::Tensor stats_t = stats[t];
@@ -228,18 +398,25 @@ Grads4 srnn_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& 
 
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
-  for (int64_t t = frames - 1; t >= 0; --t) {
-    if (!mlp) {
-      const at::Tensor dz_prev = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, w_z, t);
-      if (t > 0) {
-        dz[t - 1].add_(dz_prev);
+  if (small::eligible(z, batch)) {
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_posterior_bptt_backward", [&] {
+      srnn_backward_small<scalar_t>(dact, dpre, posterior_mlp, heads_cat, w_joint, dstats, dz, grad_mean, grad_logvar,
+                                    half_noise);
+    });
+  } else {
+    for (int64_t t = frames - 1; t >= 0; --t) {
+      if (!mlp) {
+        const at::Tensor dz_prev = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, w_z, t);
+        if (t > 0) {
+          dz[t - 1].add_(dz_prev);
+        }
+        continue;
       }
-      continue;
-    }
-    const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
-    const at::Tensor d0 = bptt::stack_backward(posterior_mlp, dact, dpre, t, dh);
-    if (t > 0) {
-      dz[t - 1].addmm_(d0, w_z);
+      const at::Tensor dh = heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
+      const at::Tensor d0 = bptt::stack_backward(posterior_mlp, dact, dpre, t, dh);
+      if (t > 0) {
+        dz[t - 1].addmm_(d0, w_z);
+      }
     }
   }
   const at::Tensor joint_in = at::cat({g, previous(z)}, 2);  // [g_t ; z_{t-1}]

@@ -216,12 +216,19 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
     TORCH_CHECK(h_true.device() == z_in.device() && h_true.scalar_type() == z_in.scalar_type(), op,
                 ": h_true must be on the device and of the dtype of z");
   }
-  const bool record = any_requires_grad({h_embed, rnn_h, decoder, decoder_out}, {z_in, h_true});
+  // The fed-back predictions are detached, so the own-past h depends on h_embed and rnn_h only: its steps record
+  // a graph only when those weights need gradients (not in the E-step of enhancement, where only z does; the
+  // LSTM then also runs on weights packed once, as in sampling: the same values).
+  const bool record_h = any_requires_grad({h_embed, rnn_h}, {});
+  const bool record = record_h || any_requires_grad({decoder, decoder_out}, {z_in, h_true});
   at::AutoGradMode grad_mode(record);
   const at::Tensor z = z_in.contiguous();
 
   const auto h_embed_l = linears(h_embed), decoder_l = linears(decoder);
-  const LSTMStepper lstm(rnn_h, exact_lstm, z, batch);
+  const LSTMStepper lstm = [&] {
+    const at::AutoGradMode h_mode(record_h);
+    return LSTMStepper(rnn_h, exact_lstm, z, batch);
+  }();
   const auto out_l = linears(decoder_out)[0];
 
   Steps logvars(frames);
@@ -230,7 +237,10 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   LSTMState state = lstm.zero_state(batch, z.options());
   at::Tensor s_prev = at::zeros({batch, x_dim}, z.options());
   for (int64_t t = 0; t < frames; ++t) {
-    const at::Tensor h_own = lstm(mlp(s_prev, h_embed_l, activation), state);
+    const at::Tensor h_own = [&] {
+      const at::AutoGradMode h_mode(record_h);
+      return lstm(mlp(s_prev, h_embed_l, activation), state);
+    }();
     const at::Tensor h = use_own.get(t) ? h_own : h_true[t];
     const at::Tensor logvar = out_l(mlp(at::cat({h, z[t]}, -1), decoder_l, activation));
     s_prev = at::exp(logvar.detach());  // the model's own prediction; scheduled sampling does not backprop into it

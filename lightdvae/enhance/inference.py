@@ -21,9 +21,12 @@ How a family runs its copies (:func:`engine_for`):
   LSTMs; a backward LSTM starts at the utterance's last frame); the sequential posterior is one loop over frames
   for the whole batch, its layers batched products with each utterance's own weights; the decoders and priors
   are the models' own methods.  Padding is neutral, so utterances of any lengths batch.
-- :class:`SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``): the reference path.  Each utterance
-  runs alone (a batch of one) through ``torch.func.functional_call`` of the model's own
-  ``forward(power, past="gen", eps=...)`` (the native or Python sampling loops).
+- :class:`SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``, and any batch of one): each utterance
+  runs alone through ``torch.func.functional_call`` of the model's own ``forward(power, past="gen", eps=...)``:
+  the native sampling loops inside :func:`lightdvae.ops.sampling.exact_loops` ``(False)`` (the posterior loops'
+  ``_bptt`` ops, whose steps run on raw pointers at this batch, in both passes; ATen's LSTM cell), or the
+  Python loops with ``LIGHTDVAE_BACKEND=ref``.  At batch 1 it is faster than the batched engine, whose frame
+  loop is Python; it is also the path the batched engine is checked against.
 
 Every random draw of utterance ``i`` (the reparameterisation noise) comes from its own generator, so an utterance
 gets the same numbers in any batch.
@@ -47,6 +50,7 @@ from lightdvae.models.srnn import SRNN
 from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
 from lightdvae.models.vae import VAE
 from lightdvae.ops import gaussian_kl, is_divergence
+from lightdvae.ops.sampling import exact_loops
 
 __all__ = [
     "InferenceEngine",
@@ -244,7 +248,8 @@ class SequentialEngine(InferenceEngine):
             raise ValueError(f"{type(self.model).__name__} enhances one utterance at a time, got {power.shape[0]}")
         params = {**self.frozen, **{n: p[0] if grad else p[0].detach() for n, p in self.stacked.items()}}
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
-        out = self.call("forward", params, power, past="gen", eps=eps)
+        with exact_loops(False):  # no bit-parity needed here: the fast loops
+            out = self.call("forward", params, power, past="gen", eps=eps)
         if not grad:
             return out.logvar, None
         return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
@@ -328,5 +333,6 @@ def engine_class(model: DVAE, one_at_a_time: bool = False) -> type[InferenceEngi
 
 def engine_for(model: DVAE, batch: int, lr: float, one_at_a_time: bool = False) -> InferenceEngine:
     """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
-    utterances (see :func:`engine_class` for ``one_at_a_time``)."""
-    return engine_class(model, one_at_a_time)(model, batch, lr)
+    utterances (see :func:`engine_class` for ``one_at_a_time``).  DKF, RVAE and SRNN run a batch of one on the
+    :class:`SequentialEngine`: the model's own native loops, faster than the batched engine's Python frame loop."""
+    return engine_class(model, one_at_a_time or batch == 1)(model, batch, lr)

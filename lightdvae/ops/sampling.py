@@ -37,6 +37,10 @@ same noise the native loop gives the reference's samples: bit for bit where both
 kernels (see ``exact_lstm``), otherwise within float rounding, which SRNN's own-past loop amplifies
 (it feeds ``exp(logvar)`` back) to about 1e-5 relative in float32 over a few hundred frames.
 
+``exact_loops(False)`` (a context manager, :mod:`lightdvae.ops.sampling_bptt`) lets the loops trade that bit-parity
+for speed within a block: the posterior loops run as their ``_bptt`` op (raw-pointer steps at batch <= 4) with or
+without gradients, and ``exact_lstm`` is taken as False.
+
 ``exact_lstm`` (the loops with an LSTM step): True runs the kernel that ``nn.LSTM`` runs
 (``torch.lstm``: oneDNN on the CPU in float32, cuDNN on CUDA, ATen's LSTM cell otherwise), so the
 loop reproduces the models' Python loops bit for bit.  Without gradients on the CPU the weights are
@@ -57,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightdvae import _ext
-from lightdvae.ops.sampling_bptt import explicit_backward
+from lightdvae.ops.sampling_bptt import exact_loops, exact_loops_enabled, explicit_backward
 
 __all__ = [
     "ACTIVATIONS",
@@ -65,6 +69,7 @@ __all__ = [
     "dkf_posterior_ref",
     "dkf_prior",
     "dkf_prior_ref",
+    "exact_loops",
     "rvae_posterior",
     "rvae_posterior_ref",
     "srnn_own_past",
@@ -348,6 +353,7 @@ def rvae_posterior(
     _check_sequence("rvae_posterior", "gx", gx)
     _check_eps("rvae_posterior", eps, gx.shape[0], gx.shape[1])
     code = _activation_code(activation)
+    exact_lstm = bool(exact_lstm) and exact_loops_enabled()
     if _use_native("rvae_posterior", gx):
         args = (_tm(gx), _tm(eps), list(z_embed), list(rnn_z), list(posterior_mlp), list(heads), code)
         # the explicit backward steps the ATen cell
@@ -483,6 +489,7 @@ def srnn_own_past(
     """
     _check_sequence("srnn_own_past", "z", z)
     code = _activation_code(activation)
+    exact_lstm = bool(exact_lstm) and exact_loops_enabled()
     flags = _flags(use_own, z.shape[1])
     if h_true is None and not all(flags):
         raise ValueError("srnn_own_past: h_true is needed where use_own is False")

@@ -11,26 +11,56 @@ the forward's autograd formula (``torch.library.register_autograd``) and both op
 some input requires one, the build has the op for the device (the CPU; on CUDA the composite loop runs)
 and ``LIGHTDVAE_LOOP_BACKWARD`` is not ``composite``.  The composite loop stays the reference: the tests
 hold the two to the same outputs and gradients.
+
+Inside :func:`exact_loops` ``(False)`` the ``_bptt`` op also runs without gradients: at batch <= 4 its steps
+run on raw pointers (csrc/sampling/small_batch.h), several times faster than the composite loop's ATen calls,
+and its results are the reference's within float rounding instead of bit for bit.  Enhancement runs its EM
+so (it needs no bit-parity with a reference; one utterance at a time it is dispatch-bound).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from lightdvae import _ext
 
-__all__ = ["explicit_backward"]
+__all__ = ["exact_loops", "exact_loops_enabled", "explicit_backward"]
+
+_EXACT = threading.local()
+
+
+@contextlib.contextmanager
+def exact_loops(enabled: bool) -> Iterator[None]:
+    """Within the block (this thread), ``enabled=False`` lets the native loops trade bit-parity with their
+    references for speed: the posterior loops run as their ``_bptt`` op with or without gradients, and the loops
+    with an LSTM step take ATen's LSTM cell instead of ``exact_lstm``'s kernel.  Results stay within float
+    rounding of the exact ones.  Nests; restores the previous setting on exit."""
+    previous = exact_loops_enabled()
+    _EXACT.value = bool(enabled)
+    try:
+        yield
+    finally:
+        _EXACT.value = previous
+
+
+def exact_loops_enabled() -> bool:
+    """False inside ``exact_loops(False)``, True otherwise (the default: bit-parity where documented)."""
+    return getattr(_EXACT, "value", True)
 
 
 def explicit_backward(op: str, like: Tensor, *inputs: Tensor | Sequence[Tensor] | None) -> bool:
     """Whether the native loop ``op`` runs as ``<op>_bptt`` (explicit backward) for these inputs (tensors or
     lists of tensors; None is skipped)."""
-    if not torch.is_grad_enabled() or not _ext.has_kernel(f"{op}_bptt", like.device.type):
+    if not _ext.has_kernel(f"{op}_bptt", like.device.type) or _ext.loop_backward() != "bptt":
         return False
-    if _ext.loop_backward() != "bptt":
+    if not exact_loops_enabled():
+        return True
+    if not torch.is_grad_enabled():
         return False
     for item in inputs:
         for t in [item] if isinstance(item, Tensor) or item is None else item:
