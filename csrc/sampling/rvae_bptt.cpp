@@ -5,7 +5,8 @@
 // [gx_t ; gz_t] (posterior layer 0, or the heads) is one GEMM over all steps before the loop.  The backward runs the LSTM's recurrence (dh, dc per layer) and the z feedback step by step; the activation
 // derivatives of the gates are computed for all steps before the loop, and after it every weight gradient is one
 // GEMM over all frames * batch rows (the gx gradient too).  The loop takes the ATen cell (exact_lstm = false; with
-// exact_lstm the models run the composite rvae_posterior).
+// exact_lstm the models run the composite rvae_posterior).  At small batch the step-by-step parts run on raw pointers
+// (small_batch.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -15,6 +16,7 @@
 #include "sampling/bptt.h"
 #include "sampling/cells.h"
 #include "sampling/sampling.h"
+#include "sampling/small_batch.h"
 
 namespace lightdvae {
 namespace {
@@ -77,6 +79,82 @@ at::Tensor lstm_step(const RvaeWorkspace& ws, size_t l, int64_t t, const at::Ten
   return h;
 }
 
+// ---- the raw-pointer loops (small batch; small_batch.h): the same steps as the ATen loops
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// lstm_step on raw pointers: one LSTM cell step of layer l at frame t from x (batch, in); returns h.
+template <typename T>
+const T* lstm_step_small(const RvaeWorkspace& ws, size_t l, int64_t t, const T* x, const small::Layer<T>& ih,
+                         const T* w_hh_t, const T* zero, int64_t batch) {
+  const int64_t hidden = ih.out / 4;
+  T* gates = small::at_step<T>(ws.lstm, 4 * l, t);
+  ih(gates, x, batch);
+  small::mm_acc(gates, t > 0 ? small::at_step<T>(ws.lstm, 4 * l + 3, t - 1) : zero, w_hh_t, batch, hidden,
+                4 * hidden, 4 * hidden);
+  const T* c_prev = t > 0 ? small::at_step<T>(ws.lstm, 4 * l + 1, t - 1) : zero;
+  T* c = small::at_step<T>(ws.lstm, 4 * l + 1, t);
+  T* tanh_c = small::at_step<T>(ws.lstm, 4 * l + 2, t);
+  T* h = small::at_step<T>(ws.lstm, 4 * l + 3, t);
+  for (int64_t b = 0; b < batch; ++b) {
+    T* g = gates + b * 4 * hidden;
+    for (int64_t j = 0; j < 2 * hidden; ++j) g[j] = sigmoid(g[j]);
+    for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) g[j] = std::tanh(g[j]);
+    for (int64_t j = 3 * hidden; j < 4 * hidden; ++j) g[j] = sigmoid(g[j]);
+    for (int64_t j = 0; j < hidden; ++j) {
+      const int64_t r = b * hidden + j;
+      c[r] = g[hidden + j] * c_prev[r] + g[j] * g[2 * hidden + j];
+      tanh_c[r] = std::tanh(c[r]);
+      h[r] = g[3 * hidden + j] * tanh_c[r];
+    }
+  }
+  return h;
+}
+
+// The loop of rvae_posterior_bptt on raw pointers.  projected: (frames, batch, out) the gx part and bias of the first
+// layer reading [gx_t ; gz_t]; w0_gz_t: (hidden, out) its gz part.
+template <typename T>
+void rvae_forward_small(const RvaeWorkspace& ws, const at::Tensor& projected, const at::Tensor& w0_gz_t,
+                        at::TensorList z_embed, at::TensorList rnn_z, at::TensorList posterior_mlp,
+                        at::TensorList heads_w, int64_t activation, const at::Tensor& eps, const at::Tensor& z,
+                        const at::Tensor& stats) {
+  const int64_t frames = z.size(0), batch = z.size(1), z_dim = z.size(2), out = projected.size(2);
+  const int64_t hidden = rnn_z[1].size(1);
+  const auto z_embed_l = small::layers<T>(z_embed), posterior_l = small::layers<T>(posterior_mlp);
+  const small::Layer<T> heads(at::cat({heads_w[0], heads_w[2]}, 0), at::cat({heads_w[1], heads_w[3]}, 0));
+  std::vector<small::Layer<T>> ih;
+  std::vector<at::Tensor> w_hh_t;
+  for (size_t i = 0; i < rnn_z.size(); i += 4) {
+    ih.emplace_back(rnn_z[i], rnn_z[i + 2] + rnn_z[i + 3]);
+    w_hh_t.push_back(small::contiguous_t(rnn_z[i + 1]));
+  }
+  const at::Tensor w_gz = w0_gz_t.contiguous();
+  const std::vector<T> z0(batch * z_dim, T(0)), zero(batch * hidden, T(0));
+  T* zp = z.data_ptr<T>();
+  T* sp = stats.data_ptr<T>();
+  const T* pp = projected.data_ptr<T>();
+  const T* ep = eps.defined() ? eps.data_ptr<T>() : nullptr;
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* x = small::stack_forward(z_embed_l, ws.z_embed, t, t > 0 ? zp + (t - 1) * batch * z_dim : z0.data(),
+                                      batch, activation);
+    for (size_t l = 0; l < ih.size(); ++l) {
+      x = lstm_step_small(ws, l, t, x, ih[l], w_hh_t[l].data_ptr<T>(), zero.data(), batch);
+    }
+    T* stats_t = sp + t * batch * 2 * z_dim;
+    T* y0 = posterior_l.empty() ? stats_t : small::at_step<T>(ws.posterior, 0, t);
+    std::copy(pp + t * batch * out, pp + (t + 1) * batch * out, y0);
+    small::mm_acc(y0, x, w_gz.data_ptr<T>(), batch, hidden, out, out);
+    if (!posterior_l.empty()) {
+      small::activate(y0, batch * out, activation);
+      heads(stats_t, small::stack_forward(posterior_l, ws.posterior, t, y0, batch, activation, 1), batch);
+    }
+    small::draw(zp + t * batch * z_dim, stats_t, ep ? ep + t * batch * z_dim : nullptr, batch, z_dim);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
     const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_embed, at::TensorList rnn_z,
     at::TensorList posterior_mlp, at::TensorList heads_w, int64_t activation) {
@@ -105,6 +183,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
   at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, gx.options());
   at::Tensor scale = at::empty({batch, z_dim}, gx.options());
+  if (small::eligible(gx, batch)) {
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rvae_posterior_bptt", [&] {
+      rvae_forward_small<scalar_t>(ws, projected, w0_gz_t, z_embed, rnn_z, posterior_mlp, heads_w, activation, eps, z,
+                                   stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   const at::Tensor z0 = at::zeros({batch, z_dim}, gx.options()), zero = at::zeros({batch, hidden}, gx.options());
   for (int64_t t = 0; t < frames; ++t) {
     at::Tensor x = bptt::stack_forward(z_embed_l, ws.z_embed, t, t > 0 ? z[t - 1] : z0, activation);
@@ -181,6 +266,104 @@ std::vector<at::Tensor> lstm_grads(const RvaeWorkspace& ws, const std::vector<Ls
   return grads;
 }
 
+// The step-by-step part of rvae_posterior_bptt_backward on raw pointers (small batch): the ATen loop's steps.
+struct RvaeBackwardState {
+  const RvaeWorkspace& ws;
+  const std::vector<LstmBackward>& back;
+  const Regions &dact_embed, &dact_posterior, &dpre_embed, &dpre_posterior;
+  at::Tensor dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, w0;
+};
+
+template <typename T>
+void rvae_backward_small(const RvaeBackwardState& s, at::TensorList z_embed, at::TensorList rnn_z,
+                         at::TensorList posterior_mlp) {
+  const int64_t frames = s.dz.size(0), batch = s.dz.size(1), z_dim = s.dz.size(2);
+  const int64_t hidden = rnn_z[1].size(1), layers = static_cast<int64_t>(s.back.size());
+  const at::Tensor w0 = s.w0.contiguous();
+  const int64_t joint_in = w0.size(1), gx_dim = joint_in - hidden, head_in = s.heads_cat.size(1);
+  const auto w_embed = small::weights(z_embed), w_posterior = small::weights(posterior_mlp);
+  std::vector<at::Tensor> w_ih, w_hh, m, k;
+  for (int64_t l = 0; l < layers; ++l) {
+    w_ih.push_back(rnn_z[4 * l].contiguous());
+    w_hh.push_back(rnn_z[4 * l + 1].contiguous());
+    m.push_back(s.back[l].m.contiguous());
+    k.push_back(s.back[l].k.contiguous());
+  }
+  int64_t widest = std::max({head_in, z_dim, w_ih[0].size(1)});
+  for (const auto& w : w_embed) widest = std::max(widest, w.size(1));
+  for (const auto& w : w_posterior) widest = std::max(widest, w.size(1));
+  std::vector<T> dhid(batch * head_in), scratch(batch * widest), d_in(batch * w_ih[0].size(1));
+  std::vector<std::vector<T>> dh(layers, std::vector<T>(batch * hidden, T(0))), dc = dh;
+  T* ds = s.dstats.data_ptr<T>();
+  T* dz = s.dz.data_ptr<T>();
+  const T* grad_mean = s.grad_mean.data_ptr<T>();
+  const T* grad_logvar = s.grad_logvar.data_ptr<T>();
+  const T* half_noise = s.half_noise.defined() ? s.half_noise.data_ptr<T>() : nullptr;
+  const T* w0_gz = w0.data_ptr<T>() + gx_dim;  // the gz columns of the first layer on [gx_t ; gz_t], stride joint_in
+  for (int64_t t = frames - 1; t >= 0; --t) {
+    const int64_t at_z = t * batch * z_dim;
+    const T* noise_t = half_noise ? half_noise + at_z : nullptr;
+    T* dh_top = dh.back().data();
+    if (!posterior_mlp.empty()) {
+      std::fill(dhid.begin(), dhid.end(), T(0));
+      small::heads_backward(ds + 2 * at_z, dz + at_z, grad_mean + at_z, grad_logvar + at_z, noise_t,
+                            s.heads_cat.data_ptr<T>(), head_in, head_in, dhid.data(), batch, z_dim);
+      const T* d0 = small::stack_backward(w_posterior, s.dact_posterior, s.dpre_posterior, t, dhid.data(), batch,
+                                          scratch);
+      small::mm_acc(dh_top, d0, w0_gz, batch, w0.size(0), hidden, joint_in);
+    } else {
+      small::heads_backward(ds + 2 * at_z, dz + at_z, grad_mean + at_z, grad_logvar + at_z, noise_t, w0_gz, hidden,
+                            joint_in, dh_top, batch, z_dim);
+    }
+    for (int64_t l = layers; l-- > 0;) {
+      // LstmBackward::step: the gates' pre-activation gradients, then dh, dc through the recurrence
+      const int64_t n = batch * hidden;
+      T* dh_l = dh[l].data();
+      T* dc_l = dc[l].data();
+      const T* k_t = k[l].data_ptr<T>() + t * n;
+      const T* m_t = m[l].data_ptr<T>() + t * 4 * n;
+      T* d = s.back[l].dgates.template data_ptr<T>() + t * 4 * n;
+      for (int64_t j = 0; j < n; ++j) dc_l[j] += dh_l[j] * k_t[j];
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t q = 0; q < 3; ++q) {
+          for (int64_t j = 0; j < hidden; ++j) {
+            const int64_t at = b * 4 * hidden + q * hidden + j;
+            d[at] = m_t[at] * dc_l[b * hidden + j];
+          }
+        }
+        for (int64_t j = 0; j < hidden; ++j) {
+          const int64_t at = b * 4 * hidden + 3 * hidden + j;
+          d[at] = dh_l[b * hidden + j] * m_t[at];
+        }
+      }
+      if (t > 0) {
+        const T* f = small::at_step<T>(s.ws.lstm, 4 * l, t);
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t j = 0; j < hidden; ++j) dc_l[b * hidden + j] *= f[b * 4 * hidden + hidden + j];
+        }
+        std::fill(dh_l, dh_l + n, T(0));
+        small::mm_acc(dh_l, d, w_hh[l].data_ptr<T>(), batch, 4 * hidden, hidden, hidden);
+      }
+      if (l > 0) {
+        small::mm_acc(dh[l - 1].data(), d, w_ih[l].data_ptr<T>(), batch, 4 * hidden, hidden, hidden);
+        continue;
+      }
+      const int64_t in = w_ih[0].size(1);
+      std::fill(d_in.begin(), d_in.end(), T(0));
+      small::mm_acc(d_in.data(), d, w_ih[0].data_ptr<T>(), batch, 4 * hidden, in, in);
+      const T* d0 = small::stack_backward(w_embed, s.dact_embed, s.dpre_embed, t, d_in.data(), batch, scratch);
+      if (t > 0) {
+        T* dz_prev = dz + at_z - batch * z_dim;
+        if (z_embed.empty()) {
+          for (int64_t j = 0; j < batch * z_dim; ++j) dz_prev[j] += d0[j];
+        } else {
+          small::mm_acc(dz_prev, d0, w_embed[0].data_ptr<T>(), batch, w_embed[0].size(0), z_dim, z_dim);
+        }
+      }
+    }
+  }
+}
+
 Grads6 rvae_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& grad_mean_in,
                                     const at::Tensor& grad_logvar_in, const std::optional<at::Tensor>& eps_in,
                                     const at::Tensor& gx_in, const at::Tensor& z, const at::Tensor& logvar,
@@ -226,24 +409,31 @@ Grads6 rvae_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& 
 
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = bptt::heads_grad_buffer(grad_logvar, eps.defined());
-  for (int64_t t = frames - 1; t >= 0; --t) {
-    if (mlp) {
-      const at::Tensor dhid = bptt::heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
-      dh.back().addmm_(bptt::stack_backward(posterior_mlp, dact_posterior, dpre_posterior, t, dhid), w0_gz);
-    } else {
-      dh.back().add_(bptt::heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, w0_gz, t));
-    }
-    for (size_t l = back.size(); l-- > 0;) {
-      const at::Tensor d = back[l].step(ws, l, t, dh[l], dc[l], rnn_z[4 * l + 1]);
-      if (l > 0) {
-        dh[l - 1].addmm_(d, rnn_z[4 * l]);
-        continue;
+  if (small::eligible(z, batch)) {
+    const RvaeBackwardState state{ws,     back,        dact_embed, dact_posterior, dpre_embed, dpre_posterior, dstats,
+                                  dz,     grad_mean,   grad_logvar, half_noise,    heads_cat,  w0};
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "rvae_posterior_bptt_backward",
+                               [&] { rvae_backward_small<scalar_t>(state, z_embed, rnn_z, posterior_mlp); });
+  } else {
+    for (int64_t t = frames - 1; t >= 0; --t) {
+      if (mlp) {
+        const at::Tensor dhid = bptt::heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat, t);
+        dh.back().addmm_(bptt::stack_backward(posterior_mlp, dact_posterior, dpre_posterior, t, dhid), w0_gz);
+      } else {
+        dh.back().add_(bptt::heads_backward(dstats, dz, grad_mean, grad_logvar, half_noise, w0_gz, t));
       }
-      const at::Tensor d0 = bptt::stack_backward(z_embed, dact_embed, dpre_embed, t, at::mm(d, rnn_z[0]));
-      if (t > 0 && z_embed.empty()) {
-        dz[t - 1].add_(d0);
-      } else if (t > 0) {
-        dz[t - 1].addmm_(d0, z_embed[0]);
+      for (size_t l = back.size(); l-- > 0;) {
+        const at::Tensor d = back[l].step(ws, l, t, dh[l], dc[l], rnn_z[4 * l + 1]);
+        if (l > 0) {
+          dh[l - 1].addmm_(d, rnn_z[4 * l]);
+          continue;
+        }
+        const at::Tensor d0 = bptt::stack_backward(z_embed, dact_embed, dpre_embed, t, at::mm(d, rnn_z[0]));
+        if (t > 0 && z_embed.empty()) {
+          dz[t - 1].add_(d0);
+        } else if (t > 0) {
+          dz[t - 1].addmm_(d0, z_embed[0]);
+        }
       }
     }
   }
