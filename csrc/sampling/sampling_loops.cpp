@@ -216,39 +216,73 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
     TORCH_CHECK(h_true.device() == z_in.device() && h_true.scalar_type() == z_in.scalar_type(), op,
                 ": h_true must be on the device and of the dtype of z");
   }
-  // The fed-back predictions are detached, so the own-past h depends on h_embed and rnn_h only: its steps record
-  // a graph only when those weights need gradients (not in the E-step of enhancement, where only z does; the
-  // LSTM then also runs on weights packed once, as in sampling: the same values).
+  // The fed-back predictions s_hat_{t-1} = exp(logvar_{t-1}) are detached: the loop only finds them.  On the CPU a
+  // call that records gradients runs the loop without a graph and then computes everything that carries gradients
+  // once over all frames from them: h_embed and the decoder as sequence-level GEMMs, the LSTM as one torch.lstm
+  // call (oneDNN's whole-sequence kernel and its backward), instead of a graph of some twenty ATen calls per step;
+  // the values are the loop's within float rounding.  Elsewhere (CUDA, where torch.lstm on loose weights would
+  // compact them at every call) the loop records its steps, the LSTM's only when its weights need gradients.
   const bool record_h = any_requires_grad({h_embed, rnn_h}, {});
   const bool record = record_h || any_requires_grad({decoder, decoder_out}, {z_in, h_true});
-  at::AutoGradMode grad_mode(record);
+  const bool sequence_pass = record && z_in.is_cpu();
+  const bool step_graph = record && !sequence_pass;
+  // made before the loop's grad mode is set: in the sequence pass these views and copies carry the gradients
   const at::Tensor z = z_in.contiguous();
-
   const auto h_embed_l = linears(h_embed), decoder_l = linears(decoder);
+  const auto out_l = linears(decoder_out)[0];
+  at::AutoGradMode grad_mode(step_graph);
   const LSTMStepper lstm = [&] {
-    const at::AutoGradMode h_mode(record_h);
+    const at::AutoGradMode h_mode(step_graph && record_h);
     return LSTMStepper(rnn_h, exact_lstm, z, batch);
   }();
-  const auto out_l = linears(decoder_out)[0];
 
   Steps logvars(frames);
   Steps used(frames);
   Steps own(frames);
+  Steps fed(frames);  // s_hat_{t-1} of every step, for the sequence-level pass
   LSTMState state = lstm.zero_state(batch, z.options());
   at::Tensor s_prev = at::zeros({batch, x_dim}, z.options());
   for (int64_t t = 0; t < frames; ++t) {
     const at::Tensor h_own = [&] {
-      const at::AutoGradMode h_mode(record_h);
+      const at::AutoGradMode h_mode(step_graph && record_h);
       return lstm(mlp(s_prev, h_embed_l, activation), state);
     }();
     const at::Tensor h = use_own.get(t) ? h_own : h_true[t];
     const at::Tensor logvar = out_l(mlp(at::cat({h, z[t]}, -1), decoder_l, activation));
+    if (sequence_pass) {
+      fed.put(s_prev);
+    } else {
+      logvars.put(logvar);
+      used.put(h);
+      own.put(h_own);
+    }
     s_prev = at::exp(logvar.detach());  // the model's own prediction; scheduled sampling does not backprop into it
-    logvars.put(logvar);
-    used.put(h);
-    own.put(h_own);
   }
-  return {logvars.result(), used.result(), own.result()};
+  if (!sequence_pass) {
+    return {logvars.result(), used.result(), own.result()};
+  }
+  const at::AutoGradMode sequence_grad(true);
+  const at::Tensor s_hat = fed.result();  // (frames, batch, x_dim)
+  const at::Tensor embedded = mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, -1});
+  const int64_t layers = static_cast<int64_t>(rnn_h.size() / 4);
+  const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
+  const at::Tensor h_own = std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers,
+                                                /*dropout=*/0.0, /*train=*/true, /*bidirectional=*/false,
+                                                /*batch_first=*/false));
+  at::Tensor h = h_own;
+  if (!all_own) {
+    const at::Tensor own_mask = at::zeros({frames, 1, 1}, z.options().dtype(at::kBool));
+    for (int64_t t = 0; t < frames; ++t) {
+      if (use_own.get(t)) {
+        own_mask[t].fill_(true);  // fill_, not a copy from host memory: traceable with fake tensors
+      }
+    }
+    h = at::where(own_mask, h_own, h_true);
+  }
+  const at::Tensor joint = at::cat({h, z}, -1);
+  const at::Tensor logvar =
+      out_l(mlp(joint.view({frames * batch, joint.size(2)}), decoder_l, activation)).view({frames, batch, x_dim});
+  return {logvar, h, h_own};
 }
 
 std::tuple<at::Tensor, at::Tensor> srnn_prior(const at::Tensor& eps_in, at::TensorList h_embed, at::TensorList rnn_h,
