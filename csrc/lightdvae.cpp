@@ -30,6 +30,9 @@ TORCH_LIBRARY(lightdvae, m) {
   // `isa` ("avx512", "avx2", "default", "auto") when given; loss_cpu_isas lists those this CPU runs, best first.
   m.def("loss_cpu_isa(str? isa=None) -> str");
   m.def("loss_cpu_isas() -> str[]");
+  // Dropout with a mask hashed from (seed, element index) (csrc/dropout/dropout_cpu.cpp; CPU): x * keep / (1 - p).
+  // Linear in x with a mask fixed by the seed, so its backward is the op itself on the gradient.
+  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

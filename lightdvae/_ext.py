@@ -125,9 +125,9 @@ DEVICE_OPS = (
     "gaussian_kl_with_grad",
     "kv_attention",
 )
-#: CPU_OPS have a CPU kernel only (the posterior loops' explicit backward through time): on CUDA the public
-#: loops run the composite op, differentiated by autograd.
-CPU_OPS = ("dkf_posterior_bptt", "rvae_posterior_bptt", "srnn_posterior_bptt")
+#: CPU_OPS have a CPU kernel only (the posterior loops' explicit backward through time, the hashed dropout): on
+#: CUDA the public functions run the composite loops (differentiated by autograd) and ATen's fused dropout.
+CPU_OPS = ("dkf_posterior_bptt", "rvae_posterior_bptt", "srnn_posterior_bptt", "dropout")
 COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
 _KERNELS: dict[tuple[str, str], bool] = {}
 

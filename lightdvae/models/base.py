@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from lightdvae.ops import gaussian_kl, is_divergence
+from lightdvae.ops import dropout, gaussian_kl, is_divergence
 
 N_FREQ = 513
 
@@ -129,6 +129,23 @@ def activation(name: str) -> nn.Module:
         return _ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(_ACTIVATIONS)}") from None
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` on the package's one-pass kernel (:func:`lightdvae.ops.dropout`: the mask hashed from a seed
+    drawn from torch's generator, nothing saved for the backward; ATen's dropout on CUDA).  ``p`` in ``[0, 1)``."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class DVAE(nn.Module):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightdvae import _ext
+from lightdvae.models.base import Dropout
 from lightdvae.models.base import activation as make_activation
 
 LSTMState = tuple[Tensor, Tensor]
@@ -48,7 +49,7 @@ class MLP(nn.Module):
         dims = [in_dim, *sizes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.act = make_activation(activation)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.in_dim = in_dim
         self.out_dim = dims[-1]
 

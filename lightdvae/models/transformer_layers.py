@@ -50,12 +50,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightdvae.models.base import Dropout
 from lightdvae.models.base import activation as make_activation
 from lightdvae.ops.attention import kv_attention as kv_attention_op
 from lightdvae.ops.attention import (
     kv_attention_ref,  # noqa: F401  (re-exported: the reference semantics)
     select_kv_attention,
 )
+from lightdvae.ops.dropout import dropout as dropout_op
 
 # ---------------------------------------------------------------------------------------------
 # Cached attention: lightdvae.ops.kv_attention (native kernel, falls back to kv_attention_ref)
@@ -223,7 +225,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, act: str, dropout: float):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d_model, ff_dim), make_activation(act), nn.Dropout(dropout), nn.Linear(ff_dim, d_model)
+            nn.Linear(d_model, ff_dim), make_activation(act), Dropout(dropout), nn.Linear(ff_dim, d_model)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -270,7 +272,7 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ff_dim, act, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.norm_first
@@ -298,7 +300,7 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         self.embed = nn.Linear(in_dim, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, n_heads, ff_dim, act, dropout, norm_first) for _ in range(n_layers)
         )
@@ -347,7 +349,7 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ff_dim, act, dropout)
         self.norm3 = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
         """Parallel pass.  x: (B, T, d) query stream; memory: (B, T, d); position t sees memory <= t.
@@ -403,7 +405,7 @@ class DecoderBody(nn.Module):
         self.speech_embed = nn.Linear(x_dim, d_model)
         # only created when used, so that checkpoints of the default configuration keep their state_dict keys
         self.past_rnn = nn.LSTM(d_model, d_model, batch_first=True) if past_encoder == "rnn" else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, n_heads, ff_dim, act, dropout, residual=not no_residual, norm_first=norm_first)
             for _ in range(n_layers)
@@ -581,7 +583,7 @@ class DecoderBody(nn.Module):
 
         x = torch.addmm(_rows(wts.latent_b, p, n, b), latent, wts.latent_w)
         if drop:
-            x = F.dropout(x, drop)
+            x = dropout_op(x, drop)
         if speech is None:
             if mem.end != end or not mem.rows:
                 raise ValueError(
@@ -594,14 +596,14 @@ class DecoderBody(nn.Module):
             if wts.rnn is not None:
                 sp = _lstm_rows(sp, wts.rnn, mem, b, n)
             if drop:
-                sp = F.dropout(sp, drop)
+                sp = dropout_op(sp, drop)
             if self.inv_s:
                 x, sp = sp, x  # query stream = speech, memory = latent
             kv = torch.addmm(wts.memory_b, sp, wts.memory_w).view(b, n, len(self.layers), 2, heads, hd)
             kv_rows = [layer_kv.unbind(0) for layer_kv in kv.permute(2, 3, 0, 4, 1, 5).unbind(0)]
             mem.rows, mem.end = kv_rows, end
 
-        dropout = partial(F.dropout, p=drop) if drop else _keep
+        dropout = partial(dropout_op, p=drop) if drop else _keep
         for lw, lc, kv_mem in zip(wts.layers, cache.layers, kv_rows, strict=True):
             x = _layer_step(x, lw, lc, kv_mem, cache.attend, p, b, n, dropout, self.residual, wts)
         if wts.final_norm is not None:

@@ -6,6 +6,7 @@ forces one.
 """
 
 from lightdvae.ops.attention import kv_attention, kv_attention_ref
+from lightdvae.ops.dropout import dropout, dropout_ref
 from lightdvae.ops.losses import REDUCTIONS, gaussian_kl, gaussian_kl_ref, is_divergence, is_divergence_ref
 from lightdvae.ops.sampling import (
     dkf_posterior,
@@ -28,6 +29,8 @@ __all__ = [
     "dkf_posterior_ref",
     "dkf_prior",
     "dkf_prior_ref",
+    "dropout",
+    "dropout_ref",
     "gaussian_kl",
     "gaussian_kl_ref",
     "is_divergence",

@@ -1,0 +1,163 @@
+"""The hashed-mask dropout (``lightdvae::dropout``, issue #17): its law, its independence across elements and seeds,
+its determinism (seed, generator, instruction set, threads, strides), its backward (the same mask), gradcheck,
+opcheck, the fallbacks, and the models' Dropout module in training."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import requires_native
+
+from lightdvae import _ext
+from lightdvae.models import build
+from lightdvae.models.base import Dropout
+from lightdvae.ops import dropout
+
+pytestmark = requires_native
+N = 1 << 20
+
+
+def _op(x, p, seed):
+    return torch.ops.lightdvae.dropout(x, p, seed)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_each_element_is_kept_with_probability_one_minus_p_and_scaled(p, dtype):
+    x = torch.rand(N, dtype=dtype, generator=torch.Generator().manual_seed(0)) + 0.5
+    y = _op(x, p, 12345)
+    kept = y != 0
+    sigma = math.sqrt(N * p * (1 - p))
+    assert abs(kept.sum().item() - N * (1 - p)) < 6 * sigma
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=dtype)
+    assert torch.equal(y[kept], x[kept] * scale)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_masks_are_independent_across_neighbours_and_seeds(p):
+    """Adjacent elements, elements a row apart and the same element under two seeds are kept together with
+    probability (1 - p)^2 (within 6 sigma of the binomial count)."""
+    ones = torch.ones(N)
+    a, b = _op(ones, p, 1) != 0, _op(ones, p, 2) != 0
+    q = (1 - p) ** 2
+    for name, both in (
+        ("adjacent", a[:-1] & a[1:]),
+        ("513 apart", a[:-513] & a[513:]),
+        ("two seeds", a & b),
+    ):
+        n = both.numel()
+        assert abs(both.sum().item() - n * q) < 6 * math.sqrt(n * q * (1 - q)), name
+
+
+def test_the_mask_is_a_function_of_the_seed_and_the_index_only():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 50, 33, generator=g)
+    y = _op(x, 0.3, 99)
+    assert torch.equal(y, _op(x.clone(), 0.3, 99))
+    assert not torch.equal(y, _op(x, 0.3, 100))
+    # strides do not matter: a transposed view gives what its contiguous copy gives
+    xt = x.transpose(0, 2)
+    assert torch.equal(_op(xt, 0.3, 7), _op(xt.contiguous(), 0.3, 7))
+    # threads do not matter
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _op(x, 0.3, 5)
+        torch.set_num_threads(2)
+        two = _op(x, 0.3, 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_every_instruction_set_draws_the_same_mask():
+    x = torch.randn(3 * 4096 + 17)
+    isas = torch.ops.lightdvae.loss_cpu_isas()
+    before = torch.ops.lightdvae.loss_cpu_isa()
+    try:
+        results = []
+        for isa in isas:
+            torch.ops.lightdvae.loss_cpu_isa(isa)
+            results.append(_op(x, 0.25, 2024))
+    finally:
+        torch.ops.lightdvae.loss_cpu_isa("auto")
+    assert torch.ops.lightdvae.loss_cpu_isa() == before
+    for isa, r in zip(isas, results, strict=True):
+        assert torch.equal(r, results[0]), isa
+
+
+def test_the_seed_comes_from_torchs_generator():
+    x = torch.ones(10000)
+    torch.manual_seed(0)
+    a = dropout(x, 0.2)
+    torch.manual_seed(0)
+    b = dropout(x, 0.2)
+    assert torch.equal(a, b) and not torch.equal(a, dropout(x, 0.2))
+    g = torch.Generator().manual_seed(4)
+    c = dropout(x, 0.2, generator=g)
+    assert torch.equal(c, dropout(x, 0.2, generator=torch.Generator().manual_seed(4)))
+
+
+def test_the_backward_applies_the_same_mask():
+    x = torch.randn(40, 77, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 77, dtype=torch.float64)
+    y = _op(x, 0.4, 31)
+    (y * w).sum().backward()
+    scale = 1.0 / 0.6
+    assert torch.equal(x.grad, torch.where(y != 0, w * scale, torch.zeros_like(w)))
+    assert torch.autograd.gradcheck(lambda t: _op(t, 0.4, 31), (x.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(lambda t: _op(t, 0.4, 31) ** 2, (x.detach().clone().requires_grad_(),))
+
+
+def test_opcheck():
+    torch.library.opcheck(torch.ops.lightdvae.dropout.default, (torch.randn(8, 5, requires_grad=True), 0.3, 11))
+
+
+def test_identity_cases_fallbacks_and_errors():
+    x = torch.randn(100)
+    assert dropout(x, 0.0) is x and dropout(x, 0.5, training=False) is x
+    half = torch.randn(1000).half()
+    y = dropout(half, 0.5)  # a dtype the kernel does not take: ATen's dropout
+    assert y.dtype == torch.float16 and 300 < (y != 0).sum().item() < 700
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)
+    with pytest.raises(RuntimeError, match="p must be in"):
+        _op(x, -0.1, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(1.5)
+    assert _ext.has_kernel("dropout", "cpu") and not _ext.has_kernel("dropout", "cuda")
+
+
+def test_the_module_acts_in_training_only_and_keeps_the_checkpoint_layout():
+    m = Dropout(0.5)
+    x = torch.ones(1000)
+    assert not torch.equal(m(x), x)
+    assert m.eval()(x) is x and repr(m) == "Dropout(p=0.5)"
+    model = build("light-dvae", d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ff_dim=32)
+    assert not any("drop" in k for k in model.state_dict())  # no state: old checkpoints load
+
+
+def test_a_seeded_training_step_repeats():
+    """The masks of a training step come from torch's generator: the same seed gives the same loss and gradients,
+    another seed another loss (dropout 0.1 is on)."""
+
+    def step(seed):
+        torch.manual_seed(0)
+        model = build("light-dvae", d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ff_dim=32).train()
+        x = torch.exp(torch.randn(4, 12, 513, generator=torch.Generator().manual_seed(1)))
+        torch.manual_seed(seed)
+        loss = model.loss(x).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (a, ga), (b, gb), (c, _) = step(5), step(5), step(6)
+    assert torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+    assert not torch.equal(a, c)
+
+
+def test_hashed_and_aten_dropout_have_the_same_first_two_moments():
+    x = torch.randn(N, generator=torch.Generator().manual_seed(8))
+    ours, aten = dropout(x, 0.3), F.dropout(x, 0.3)
+    for stat in (lambda t: t.mean(), lambda t: t.square().mean()):
+        assert abs(stat(ours) - stat(aten)) < 0.02 * stat(x.abs()).item() + 0.01
