@@ -8,8 +8,9 @@ Groups per prior family (vae, dkf, rvae, srnn, hit-dvae, light-dvae) at the pack
 weights, float32: ``enhance_batch`` of ``batch`` equal-length utterances (2.5 s = 157 frames, 8 s = 501 frames)
 for :data:`ITERATIONS` EM iterations, ``impl`` ``reference`` (``LIGHTDVAE_BACKEND=ref``: the models' Python
 loops; DKF, RVAE and SRNN one utterance at a time through the model's own forward), ``native`` (the C++ sampling
-loops and kernels; DKF, RVAE and SRNN in the batched engine) or, for DKF, RVAE and SRNN, ``one-at-a-time`` (the
-C++ loops, each utterance alone through the model's own forward: the path before the batched engine).  The timed
+loops and kernels; DKF, RVAE and SRNN in the batched engine from batch 2, and at batch 1 through the model's own
+forward, whose posterior loops then step on raw pointers) or, for DKF, RVAE and SRNN, ``one-at-a-time`` (the C++
+loops, each utterance alone through the model's own forward: what ``native`` runs at batch 1).  The timed
 call covers the whole enhancement (STFT, the EM, the Wiener filter, the iSTFT); ``extra_info`` has the EM's own
 ``seconds_per_iteration_per_utterance`` (its wall time over iterations and utterances) and
 ``utterances_per_s_per_iteration``.
