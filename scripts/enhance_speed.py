@@ -1,0 +1,68 @@
+"""The E-step speed table of the README (issue #16): ms per EM iteration per utterance of 2.5 s, one thread.
+
+    OMP_NUM_THREADS=1 python scripts/enhance_speed.py [--priors dkf rvae srnn] [--iterations 4]
+
+For each prior (package default sizes, random weights, float32): the reference path at batch 1 (the models'
+pure-PyTorch loops, one utterance through the model's own forward), the native path at batch 1 (what
+``enhance`` runs: the native loops, posterior steps on raw pointers) and at batch 16 (``enhance_batch`` of 16
+utterances: the batched engine), each the EM's own time (``EnhanceResult.seconds``) over its iterations, in one
+run; speed-ups against the reference at batch 1.  The issue's targets: >= 5x at batch 1, >= 20x with 16 utterances
+together; LigHT-DVAE: a batch of 16 under 0.5 s per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from lightdvae.enhance import enhance_batch
+from lightdvae.models import build
+from lightdvae.runtime import backend_scope
+
+SAMPLE_RATE = 16000
+
+
+def waves(seconds: float, n: int) -> list[torch.Tensor]:
+    """``n`` noisy-like waveforms (speech-band noise with a syllable envelope), as benchmarks/test_enhance.py."""
+    g = torch.Generator().manual_seed(0)
+    samples = int(seconds * SAMPLE_RATE)
+    t = torch.arange(samples) / SAMPLE_RATE
+    envelope = torch.sin(2 * torch.pi * 3.0 * t).clamp_min(0.0) + 0.1
+    return [0.1 * envelope * torch.randn(samples, generator=g) for _ in range(n)]
+
+
+def per_iteration(model, batch: list[torch.Tensor], iterations: int, backend: str) -> float:
+    """Seconds of EM per iteration for the whole batch."""
+    with backend_scope(backend):
+        result = enhance_batch(model, batch, iterations=iterations, one_at_a_time=backend == "ref")[0]
+    return result.seconds / result.iterations
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--priors", nargs="+", default=["dkf", "rvae", "srnn", "light-dvae", "hit-dvae"])
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=2.5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data = waves(args.seconds, 16)
+    print(f"ms per EM iteration per utterance of {args.seconds:g} s, {torch.get_num_threads()} thread(s)\n")
+    print("| prior | reference, batch 1 | native, batch 1 | native, batch 16 (per batch) | native, batch 16 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in args.priors:
+        torch.manual_seed(0)
+        model = build(name).eval()
+        per_iteration(model, data[:1], 1, "auto")  # warm-up: first calls build caches
+        ref = per_iteration(model, data[:1], args.iterations, "ref")
+        one = per_iteration(model, data[:1], args.iterations, "auto")
+        many = per_iteration(model, data, args.iterations, "auto")
+        print(
+            f"| {name} | {ref * 1e3:.1f} | {one * 1e3:.1f} ({ref / one:.1f}x) | {many * 1e3:.0f} "
+            f"| {many / 16 * 1e3:.1f} ({ref / (many / 16):.1f}x) |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

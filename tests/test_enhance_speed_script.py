@@ -1,0 +1,30 @@
+"""scripts/enhance_speed.py (the README's E-step speed table, issue #16): its table on the VAE, one iteration; the
+figures themselves are timings and are not checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("enhance_speed", ROOT / "scripts" / "enhance_speed.py")
+enhance_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(enhance_speed)
+
+
+def test_waves_are_reproducible_and_of_the_asked_length():
+    a, b = enhance_speed.waves(0.5, 2), enhance_speed.waves(0.5, 2)
+    assert len(a) == 2 and all(w.numel() == 8000 for w in a)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+def test_the_table_has_one_row_per_prior_with_ratios(capsys):
+    enhance_speed.main(["--priors", "vae", "--iterations", "1", "--seconds", "0.5"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| vae |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert re.fullmatch(r"[\d.]+", cells[1]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[2])
+    assert re.fullmatch(r"\d+", cells[3]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[4])
