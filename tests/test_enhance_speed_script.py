@@ -7,7 +7,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("enhance_speed", ROOT / "scripts" / "enhance_speed.py")
 enhance_speed = importlib.util.module_from_spec(_spec)
