@@ -41,4 +41,32 @@ void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& input,
               input.device());
 }
 
+namespace {
+
+void check_device(const char* op, const at::Tensor& t, c10::DeviceType device) {
+  TORCH_CHECK(t.device().type() == device, op, ": ", c10::DeviceTypeName(device), " kernel called with tensors on ",
+              t.device());
+}
+
+}  // namespace
+
+void check_is_inputs(const char* op, const at::Tensor& power, const at::Tensor& logvar, int64_t reduction,
+                     c10::DeviceType device) {
+  check_reduction(op, reduction);
+  check_floating(op, power, "power", /*allow_half=*/device == c10::DeviceType::CUDA);
+  check_device(op, power, device);
+  check_same_as(op, power, "power", logvar, "logvar");
+}
+
+void check_kl_inputs(const char* op, const at::Tensor& mu_q, const at::Tensor& logvar_q,
+                     const std::optional<at::Tensor>& mu_p, const std::optional<at::Tensor>& logvar_p,
+                     int64_t reduction, c10::DeviceType device) {
+  check_reduction(op, reduction);
+  check_floating(op, mu_q, "mu_q", /*allow_half=*/device == c10::DeviceType::CUDA);
+  check_device(op, mu_q, device);
+  check_same_as(op, mu_q, "mu_q", logvar_q, "logvar_q");
+  if (mu_p.has_value()) check_same_as(op, mu_q, "mu_q", *mu_p, "mu_p");
+  if (logvar_p.has_value()) check_same_as(op, mu_q, "mu_q", *logvar_p, "logvar_p");
+}
+
 }  // namespace lightdvae

@@ -37,15 +37,6 @@ void with_kl_flags(bool has_mu_p, bool has_logvar_p, F&& f) {
   }
 }
 
-void check_kl_inputs(const char* op, const at::Tensor& mu_q, const at::Tensor& logvar_q,
-                     const std::optional<at::Tensor>& mu_p, const std::optional<at::Tensor>& logvar_p,
-                     bool allow_half) {
-  check_floating(op, mu_q, "mu_q", allow_half);
-  check_same_as(op, mu_q, "mu_q", logvar_q, "logvar_q");
-  if (mu_p.has_value()) check_same_as(op, mu_q, "mu_q", *mu_p, "mu_p");
-  if (logvar_p.has_value()) check_same_as(op, mu_q, "mu_q", *logvar_p, "logvar_p");
-}
-
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
@@ -65,10 +56,7 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
 
 at::Tensor is_divergence_cpu(const at::Tensor& power, const at::Tensor& logvar, double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/false);
-  check_same_as(op, power, "power", logvar, "logvar");
-  TORCH_CHECK(power.device().is_cpu(), op, ": CPU kernel called with tensors on ", power.device());
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CPU);
   const at::Tensor s = power.contiguous();
   const at::Tensor lv = logvar.contiguous();
   const int64_t n = s.numel();
@@ -93,9 +81,7 @@ at::Tensor is_divergence_cpu(const at::Tensor& power, const at::Tensor& logvar, 
 at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& power, const at::Tensor& logvar,
                                       double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence_backward";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/false);
-  check_same_as(op, power, "power", logvar, "logvar");
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CPU);
   check_grad(op, grad, power, reduction);
   const at::Tensor s = power.contiguous();
   const at::Tensor lv = logvar.contiguous();
@@ -119,10 +105,7 @@ at::Tensor is_divergence_backward_cpu(const at::Tensor& grad, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cpu(const at::Tensor& power, const at::Tensor& logvar,
                                                                double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence_with_grad";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/false);
-  check_same_as(op, power, "power", logvar, "logvar");
-  TORCH_CHECK(power.device().is_cpu(), op, ": CPU kernel called with tensors on ", power.device());
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CPU);
   const at::Tensor s = power.contiguous();
   const at::Tensor lv = logvar.contiguous();
   const int64_t n = s.numel();
@@ -152,9 +135,7 @@ std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cpu(const at::Tensor&
 at::Tensor gaussian_kl_cpu(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
                            const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
-  TORCH_CHECK(mu_q.device().is_cpu(), op, ": CPU kernel called with tensors on ", mu_q.device());
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CPU);
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
   const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
   const int64_t n = mq.numel();
@@ -183,8 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_
     const at::Tensor& grad, const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
     const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl_backward";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CPU);
   check_grad(op, grad, mu_q, reduction);
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
   const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
@@ -218,9 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_
     const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
     const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl_with_grad";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, /*allow_half=*/false);
-  TORCH_CHECK(mu_q.device().is_cpu(), op, ": CPU kernel called with tensors on ", mu_q.device());
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CPU);
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
   const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
   const int64_t n = mq.numel();

@@ -354,22 +354,9 @@ void launch_map(const Op& op, const Inputs<scalar_t, Op::K>& in, const scalar_t*
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_cuda(const char* op, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, ": CUDA kernel called with a tensor on ", t.device());
-}
-
 // The upstream gradient as a contiguous tensor of the inputs' dtype on their device.
 at::Tensor upstream(const at::Tensor& grad, const at::Tensor& like) {
   return grad.to(like.device(), like.scalar_type()).contiguous();
-}
-
-void check_kl_inputs(const char* op, const at::Tensor& mu_q, const at::Tensor& logvar_q,
-                     const std::optional<at::Tensor>& mu_p, const std::optional<at::Tensor>& logvar_p) {
-  check_floating(op, mu_q, "mu_q", /*allow_half=*/true);
-  check_cuda(op, mu_q);
-  check_same_as(op, mu_q, "mu_q", logvar_q, "logvar_q");
-  if (mu_p.has_value()) check_same_as(op, mu_q, "mu_q", *mu_p, "mu_p");
-  if (logvar_p.has_value()) check_same_as(op, mu_q, "mu_q", *logvar_p, "logvar_p");
 }
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -387,10 +374,7 @@ const scalar_t* ptr_or_null(const at::Tensor& t) {
 
 at::Tensor is_divergence_cuda(const at::Tensor& power, const at::Tensor& logvar, double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/true);
-  check_cuda(op, power);
-  check_same_as(op, power, "power", logvar, "logvar");
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(power.device());
   const at::Tensor s = power.contiguous(), lv = logvar.contiguous();
   const int64_t n = s.numel();
@@ -412,10 +396,7 @@ at::Tensor is_divergence_cuda(const at::Tensor& power, const at::Tensor& logvar,
 at::Tensor is_divergence_backward_cuda(const at::Tensor& grad, const at::Tensor& power, const at::Tensor& logvar,
                                        double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence_backward";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/true);
-  check_cuda(op, power);
-  check_same_as(op, power, "power", logvar, "logvar");
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CUDA);
   check_grad(op, grad, power, reduction);
   const c10::cuda::CUDAGuard guard(power.device());
   const at::Tensor s = power.contiguous(), lv = logvar.contiguous();
@@ -436,10 +417,7 @@ at::Tensor is_divergence_backward_cuda(const at::Tensor& grad, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cuda(const at::Tensor& power, const at::Tensor& logvar,
                                                                 double eps, int64_t reduction) {
   constexpr const char* op = "lightdvae::is_divergence_with_grad";
-  check_reduction(op, reduction);
-  check_floating(op, power, "power", /*allow_half=*/true);
-  check_cuda(op, power);
-  check_same_as(op, power, "power", logvar, "logvar");
+  check_is_inputs(op, power, logvar, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(power.device());
   const at::Tensor s = power.contiguous(), lv = logvar.contiguous();
   const int64_t n = s.numel();
@@ -464,8 +442,7 @@ std::tuple<at::Tensor, at::Tensor> is_divergence_with_grad_cuda(const at::Tensor
 at::Tensor gaussian_kl_cuda(const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
                             const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(mu_q.device());
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
   const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
@@ -490,8 +467,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_
     const at::Tensor& grad, const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
     const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl_backward";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CUDA);
   check_grad(op, grad, mu_q, reduction);
   const c10::cuda::CUDAGuard guard(mu_q.device());
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
@@ -518,8 +494,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_
     const at::Tensor& mu_q, const at::Tensor& logvar_q, const std::optional<at::Tensor>& mu_p,
     const std::optional<at::Tensor>& logvar_p, int64_t reduction) {
   constexpr const char* op = "lightdvae::gaussian_kl_with_grad";
-  check_reduction(op, reduction);
-  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p);
+  check_kl_inputs(op, mu_q, logvar_q, mu_p, logvar_p, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(mu_q.device());
   const at::Tensor mq = mu_q.contiguous(), lq = logvar_q.contiguous();
   const at::Tensor mp = contiguous_or_undefined(mu_p), lp = contiguous_or_undefined(logvar_p);
