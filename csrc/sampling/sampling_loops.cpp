@@ -224,7 +224,7 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   // compact them at every call) the loop records its steps, the LSTM's only when its weights need gradients.
   const bool record_h = any_requires_grad({h_embed, rnn_h}, {});
   const bool record = record_h || any_requires_grad({decoder, decoder_out}, {z_in, h_true});
-  const bool sequence_pass = record && z_in.is_cpu();
+  const bool sequence_pass = record && z_in.is_cpu() && batch > 0;  // oneDNN's LSTM divides by the batch size
   const bool step_graph = record && !sequence_pass;
   // made before the loop's grad mode is set: in the sequence pass these views and copies carry the gradients
   const at::Tensor z = z_in.contiguous();
@@ -263,7 +263,8 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   }
   const at::AutoGradMode sequence_grad(true);
   const at::Tensor s_hat = fed.result();  // (frames, batch, x_dim)
-  const at::Tensor embedded = mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, -1});
+  const at::Tensor embedded =
+      mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, embed_dim});
   const int64_t layers = static_cast<int64_t>(rnn_h.size() / 4);
   const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
   const at::Tensor h_own = std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers,
