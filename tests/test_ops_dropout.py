@@ -129,6 +129,21 @@ def test_identity_cases_fallbacks_and_errors():
     assert _ext.has_kernel("dropout", "cpu") and not _ext.has_kernel("dropout", "cuda")
 
 
+def test_forced_native_backend_uses_the_kernel_on_the_cpu_and_atens_elsewhere(monkeypatch):
+    """LIGHTDVAE_BACKEND=native: the hashed kernel on the CPU; a device without it (CUDA) runs ATen's fused dropout
+    instead of failing, and a dtype the kernel does not take says so."""
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
+    torch.manual_seed(0)
+    y = dropout(torch.ones(1000), 0.5)
+    torch.manual_seed(0)
+    seed = int(torch.randint(0, 2**63 - 1, ()))
+    assert torch.equal(y, _op(torch.ones(1000), 0.5, seed))
+    meta = dropout(torch.ones(10, device="meta"), 0.5)  # a device without the kernel: ATen's dropout
+    assert meta.device.type == "meta" and meta.shape == (10,)
+    with pytest.raises(RuntimeError, match="does not support these inputs"):
+        dropout(torch.ones(10).half(), 0.5)
+
+
 def test_the_module_acts_in_training_only_and_keeps_the_checkpoint_layout():
     m = Dropout(0.5)
     x = torch.ones(1000)

@@ -48,8 +48,10 @@ def dropout(x: Tensor, p: float, training: bool = True, generator: torch.Generat
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
+    if x.device.type != "cpu":  # ATen's CUDA dropout is one fused kernel already: it is the native path there
+        return dropout_ref(x, p, training)
     supported = x.dtype in (torch.float32, torch.float64)
-    if _ext.use_native("dropout", x.device.type, supported):
+    if _ext.use_native("dropout", "cpu", supported):
         seed = int(torch.randint(0, _SEED_BOUND, (), generator=generator))
         return torch.ops.lightdvae.dropout(x, float(p), seed)
     return dropout_ref(x, p, training)
