@@ -24,7 +24,9 @@ small CPU: 2.5 s utterances at batch 1 for every prior, and the VAE at batch 16;
 adds batch 16 for every prior and the 8 s utterances.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +42,13 @@ PRIORS = ["vae", "dkf", "rvae", "srnn", "hit-dvae", "light-dvae"]
 #: the priors with a one-at-a-time path (the model's own forward) besides the batched engine
 RECURRENT = ("dkf", "rvae", "srnn")
 ITERATIONS = int(os.environ.get("LIGHTDVAE_BENCH_ENHANCE_ITERATIONS", "2"))
-SAMPLE_RATE = 16000
+# the waveforms of scripts/enhance_speed.py (the README's speed table), so that both time the same inputs
+_spec = importlib.util.spec_from_file_location(
+    "enhance_speed", Path(__file__).resolve().parent.parent / "scripts" / "enhance_speed.py"
+)
+_enhance_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_enhance_speed)
+_waves = _enhance_speed.waves
 
 pytestmark = pytest.mark.usefixtures("bench_threads")
 
@@ -52,15 +60,6 @@ def _cases():
                 default = seconds == 2.5 and (batch == 1 or prior == "vae")
                 marks = () if default or FULL else (pytest.mark.skip(reason="LIGHTDVAE_BENCH_ENHANCE=full"),)
                 yield pytest.param(prior, seconds, batch, marks=marks, id=f"{prior}-{seconds:g}s-b{batch}")
-
-
-def _waves(seconds: float, batch: int) -> list[torch.Tensor]:
-    """``batch`` noisy-like waveforms of one length (speech-band noise with a syllable envelope)."""
-    g = torch.Generator().manual_seed(0)
-    n = int(seconds * SAMPLE_RATE)
-    t = torch.arange(n) / SAMPLE_RATE
-    envelope = torch.sin(2 * torch.pi * 3.0 * t).clamp_min(0.0) + 0.1
-    return [0.1 * envelope * torch.randn(n, generator=g) for _ in range(batch)]
 
 
 @pytest.mark.parametrize("impl", ["reference", "one-at-a-time", "native"])

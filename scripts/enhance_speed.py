@@ -24,7 +24,8 @@ SAMPLE_RATE = 16000
 
 
 def waves(seconds: float, n: int) -> list[torch.Tensor]:
-    """``n`` noisy-like waveforms (speech-band noise with a syllable envelope), as benchmarks/test_enhance.py."""
+    """``n`` noisy-like waveforms (speech-band noise with a syllable envelope), seeded; benchmarks/test_enhance.py
+    times the same ones."""
     g = torch.Generator().manual_seed(0)
     samples = int(seconds * SAMPLE_RATE)
     t = torch.arange(samples) / SAMPLE_RATE
