@@ -1,7 +1,8 @@
 """SI-SDR of a run's resynthesis of whole test utterances, split at a frame: the frames inside the training
 segment length (positions the model saw in training) against the frames after it.
 
-    python scripts/segment_sisdr.py RUN [RUN ...] [--data builtin] [--split test] [--frames 48] [--past gen]
+    python scripts/segment_sisdr.py RUN [RUN ...]  # RUN: a run folder or pretrained:NAME
+    [--data builtin] [--split test] [--frames 48] [--past gen]
 
 Each utterance is resynthesised whole (original phase, latents at their means, as ``lightdvae eval``), then
 SI-SDR is computed on samples ``[0, frames * hop)`` and on ``[(frames + 2) * hop, end)`` (two frames skipped
@@ -20,11 +21,11 @@ from lightdvae.audio import HOP
 from lightdvae.data import resolve_corpus
 from lightdvae.evaluate import resynthesize_file
 from lightdvae.metrics import si_sdr
-from lightdvae.runs import load_run
+from lightdvae.runs.opening import open_run
 
 
 def segment_scores(run: str, files, frames: int, past: str) -> tuple[np.ndarray, np.ndarray]:
-    model = load_run(run).eval()
+    model = open_run(run).model  # a run folder or a shipped prior (pretrained:NAME)
     inside, after = [], []
     for path in files:
         reference, estimate, _ = resynthesize_file(model, path, past)

@@ -495,12 +495,14 @@ def test_default_options_give_the_previous_outputs():
     assert errs[worst] < GOLDEN_TOL, worst
 
 
-# ---- the norm_first and past_encoder options -----------------------------------------------------------
+# ---- the norm_first, past_encoder and positions options ------------------------------------------------
 
 OPTIONS = {
     "pre-norm": {"norm_first": True},
     "rnn-past": {"past_encoder": "rnn"},
     "both": {"norm_first": True, "past_encoder": "rnn"},
+    "rope": {"positions": "rope"},
+    "rope-rnn-past": {"positions": "rope", "past_encoder": "rnn"},
 }
 OPTION_VARIANTS = [(m, a, o) for m, a in VARIANTS for o in OPTIONS]
 OPTION_IDS = [f"{m}-{a}-{o}" for m, a, o in OPTION_VARIANTS]
@@ -642,6 +644,51 @@ def test_a_saved_run_with_an_option_reloads_with_it(name, option, tmp_path):
     )
 
 
+def test_rotary_scores_depend_on_the_offset_only():
+    """Rotary positions: q at i and k at j score as q at i + s and k at j + s, for any shift s; the rotation keeps
+    norms; position 0 is the identity."""
+    from lightdvae.models.transformer_layers import rotary_tables, rotate
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 1, 8, generator=g, dtype=torch.float64), torch.randn(2, 3, 1, 8, generator=g).double()
+    cos, sin = rotary_tables(40, 8, dtype=torch.float64, device="cpu")
+
+    def score(i: int, j: int) -> torch.Tensor:
+        return (rotate(q, cos[i : i + 1], sin[i : i + 1]) * rotate(k, cos[j : j + 1], sin[j : j + 1])).sum(-1)
+
+    # the angles are float32 (as in both paths of the model): each is off by up to 40 * 2^-24 rad, which moves a
+    # score by at most |q| |k| times twice that
+    tol = float((q.norm(dim=-1) * k.norm(dim=-1)).max()) * 2 * 40 * 2.0**-24
+    for i, j in ((3, 1), (7, 7), (2, 9)):
+        for shift in (1, 13, 30):
+            assert max_err(score(i + shift, j + shift), score(i, j)) < tol
+    assert max_err(score(5, 1), score(4, 1)) > 1e-3  # the offset does matter
+    assert max_err(rotate(q, cos[:1], sin[:1]), q) == 0
+    # cos^2 + sin^2 of float32 values is 1 to float32 rounding
+    assert max_err(rotate(q, cos[5:6], sin[5:6]).norm(dim=-1), q.norm(dim=-1)) < float(q.norm(dim=-1).max()) * 2.0**-22
+    with pytest.raises(ValueError, match="even head dimension"):
+        rotary_tables(4, 7, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_rope_replaces_the_sinusoidal_positions(name):
+    """Same weights, the option switched: outputs differ (the option is wired); with rope the embeddings carry no
+    positions, so a decoder body fed constant inputs gives the same row at every position."""
+    base = tiny(name, "plain").double().eval()
+    rope = tiny(name, "plain", positions="rope").double().eval()
+    rope.load_state_dict(base.state_dict())  # no parameters of its own
+    power = spectrogram(2, 9).double()
+    with torch.no_grad():
+        assert max_err(rope(power, past="gt", sample=False).logvar, base(power, past="gt", sample=False).logvar) > 1e-3
+        body = rope.s_body
+        latent = torch.ones(1, 6, body.latent_embed.in_features, dtype=torch.float64)
+        speech = torch.ones(1, 6, body.speech_embed.in_features, dtype=torch.float64)
+        rows = body(latent, speech)
+        assert max_err(rows, rows[:, :1].expand_as(rows)) < 1e-12
+        sinus = base.s_body(latent, speech)
+        assert max_err(sinus, sinus[:, :1].expand_as(sinus)) > 1e-3
+
+
 def test_options_parameters_and_the_default_checkpoint():
     """Pre-norm adds one LayerNorm per stack; the RNN past one LSTM(d, d) per decoder body; the default config
     builds the modules (and state_dict keys) of the shipped LigHT-DVAE checkpoint."""
@@ -657,9 +704,12 @@ def test_options_parameters_and_the_default_checkpoint():
             "pre-norm": (2 + bodies) * 2 * d,
             "rnn-past": bodies * lstm,
             "both": (2 + bodies) * 2 * d + bodies * lstm,
+            "rope": 0,
+            "rope-rnn-past": bodies * lstm,
         }
     shipped = pretrained("light-dvae")  # loads its state_dict strictly into the default modules
     assert (shipped.config.norm_first, shipped.config.past_encoder) == (False, "linear")
+    assert shipped.config.positions == "sinusoidal"
     assert set(shipped.state_dict()) == set(build("light-dvae").state_dict())
 
 
@@ -671,10 +721,17 @@ def test_option_values_are_checked_and_settable_from_the_cli(tmp_path, capsys):
         build("light-dvae", past_encoder="gru")
     with pytest.raises(ValueError, match="norm_first must be true or false"):
         build("hit-dvae", norm_first="yes")
+    with pytest.raises(ValueError, match="positions must be one of sinusoidal, rope"):
+        build("hit-dvae", positions="alibi")
     base = ["train", "--model", "light-dvae", "--out", str(tmp_path / "run")]
     args = build_parser().parse_args([*base, "--set", "norm_first=true", "--set", "past_encoder=rnn"])
     assert config_from_args(args).model_config == {"norm_first": True, "past_encoder": "rnn"}
-    for bad, message in (("past_encoder=gru", "past_encoder must be one of"), ("norm_first=1", "norm_first must be")):
+    bad_values = (
+        ("past_encoder=gru", "past_encoder must be one of"),
+        ("norm_first=1", "norm_first must be"),
+        ("positions=learned", "positions must be one of"),
+    )
+    for bad, message in bad_values:
         assert main([*base, "--set", bad]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -248,10 +248,12 @@ def test_resume_a_checkpoint_saved_before_an_option_existed(tmp_path, data):
     run = tmp_path / "old"
     last = run / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)
-    del ckpt["config"]["norm_first"], ckpt["config"]["past_encoder"]
+    for key in ("norm_first", "past_encoder", "positions"):
+        del ckpt["config"][key]
     save_checkpoint(last, ckpt)
     meta = json.loads((run / "config.json").read_text())
-    del meta["config"]["norm_first"], meta["config"]["past_encoder"]
+    for key in ("norm_first", "past_encoder", "positions"):
+        del meta["config"][key]
     (run / "config.json").write_text(json.dumps(meta))
     resumed = train(resume_config(run, epochs=2), train_dataset=data[0], val_dataset=data[1])
     assert resumed.epochs == 2 and len(resumed.history) == 2

@@ -2,8 +2,9 @@
 
 Names: ``vae``, ``dkf``, ``rvae``, ``rvae-causal``, ``srnn``, ``hit-dvae``, ``light-dvae``.
 The transformer models take ``inv_s=True`` (Inv-s) and ``no_residual=True`` (Inv-s-NR), and the options
-``norm_first=True`` (pre-norm layers) and ``past_encoder="rnn"`` (an LSTM over the past speech); see
-:mod:`lightdvae.models.transformer`.  A run's label (:func:`model_label`) does not show these two options.
+``norm_first=True`` (pre-norm layers), ``past_encoder="rnn"`` (an LSTM over the past speech) and
+``positions="rope"`` (rotary positions); see :mod:`lightdvae.models.transformer`.  A run's label
+(:func:`model_label`) does not show these options.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ HiT-DVAE        2,996,705   1
 LigHT-DVAE      2,397,537   0.800
 ==============  ==========  ============
 
-Two options, both off by default (a config saved without them loads as before, with the same modules and outputs):
+Three options, all off by default (a config saved without them loads as before, with the same modules and outputs):
 
 - ``norm_first=True``: pre-norm layers (LayerNorm -> sublayer -> dropout -> add) in both encoders and every
   decoder body, each stack ending with a LayerNorm (+256 parameters per stack at d_model 128: HiT-DVAE
@@ -59,6 +59,10 @@ Two options, both off by default (a config saved without them loads as before, w
   4 (2 d^2 + 2 d) parameters per body (HiT-DVAE 3,260,897, LigHT-DVAE 2,529,633).  The step path carries its
   state in the decoder cache, so GEN and generation cost one LSTM cell per frame for it.  Both options combine
   with each other and with Inv-s / Inv-s-NR (under Inv-s the LSTM's output is the query/residual stream).
+- ``positions="rope"``: rotary positions (Su et al. 2021) instead of sinusoidal encodings added to the embeddings:
+  every attention of the encoders and decoder bodies rotates its queries and keys by their time indices, so its
+  scores depend on relative offsets only (no parameters; the cached step path rotates each key once, as it enters
+  the cache).  The default ``"sinusoidal"`` is the published models'.
 
 Past speech at test time (``forward(power, past=...)``; w and z are inferred from the true ``s_{1:T}`` in both):
 
@@ -91,7 +95,7 @@ import torch
 from torch import Tensor, nn
 
 from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, activation, check_past, reparameterize
-from lightdvae.models.transformer_layers import PAST_ENCODERS, DecoderBody, Encoder
+from lightdvae.models.transformer_layers import PAST_ENCODERS, POSITIONS, DecoderBody, Encoder
 
 __all__ = ["HiTDVAE", "HiTDVAEConfig", "LigHTDVAE", "LigHTDVAEConfig", "TransformerDVAEConfig"]
 
@@ -109,7 +113,9 @@ class TransformerDVAEConfig(ModelConfig):
     both encoders and the decoder bodies; ``False`` (default) is post-norm.
     past_encoder: how the shifted past speech s_{0:T-1} enters each decoder body: ``"linear"`` (default, a Linear
     embedding plus positions) or ``"rnn"`` (an LSTM over the Linear embedding, as the published LigHT-DVAE's
-    output-to-hidden connections).  Both options are off by default; configs saved without them load as default.
+    output-to-hidden connections).  positions: ``"sinusoidal"`` (default: encodings added to the embeddings) or
+    ``"rope"`` (rotary queries and keys).  The options are off by default; configs saved without them load as
+    default.
     """
 
     activation: str = "relu"
@@ -125,6 +131,7 @@ class TransformerDVAEConfig(ModelConfig):
     feature_eps: float = 1e-8
     norm_first: bool = False
     past_encoder: str = "linear"
+    positions: str = "sinusoidal"
 
     def __post_init__(self) -> None:
         for name in ("x_dim", "z_dim", "w_dim", "d_model", "n_heads", "enc_layers", "dec_layers", "ff_dim"):
@@ -142,6 +149,8 @@ class TransformerDVAEConfig(ModelConfig):
             raise ValueError(f"norm_first must be true or false, got {self.norm_first!r}")
         if self.past_encoder not in PAST_ENCODERS:
             raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {self.past_encoder!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.no_residual and not self.inv_s:
             raise ValueError(
                 "no_residual=True is the Inv-s-NR ablation and only exists with inv_s=True "
@@ -170,7 +179,7 @@ class _HierarchicalTransformerDVAE(DVAE):
     def __init__(self, config: TransformerDVAEConfig):
         super().__init__(config)
         c = config
-        sizes = (c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout, c.norm_first)
+        sizes = (c.d_model, c.n_heads, c.enc_layers, c.ff_dim, c.activation, c.dropout, c.norm_first, c.positions)
         self.w_encoder = Encoder(c.x_dim, *sizes)
         self.w_head = nn.Linear(c.d_model, 2 * c.w_dim)
         self.z_encoder = Encoder(c.x_dim + c.w_dim, *sizes)
@@ -198,6 +207,7 @@ class _HierarchicalTransformerDVAE(DVAE):
             no_residual=c.no_residual,
             norm_first=c.norm_first,
             past_encoder=c.past_encoder,
+            positions=c.positions,
         )
 
     @property

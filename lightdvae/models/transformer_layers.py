@@ -37,6 +37,13 @@ sinusoidal encoding of its position; ``"rnn"`` runs a one-layer unidirectional L
 over the Linear embedding (no positional encoding: the recurrence carries the order), causal by construction.
 The step path carries the LSTM state ``(h, c)`` in :class:`MemoryKV` (shared with the memory keys/values), and
 runs it on the packed weights with ``torch.lstm_cell``, one position at a time.
+
+Positions (``positions``): ``"sinusoidal"`` (default) adds the sinusoidal encoding of each position to the
+embeddings of every stream (encoders and decoder bodies); ``"rope"`` adds nothing to the embeddings and instead
+rotates the queries and keys of every attention by their positions (rotary embeddings, Su et al. 2021: the
+half-split form, base 10000, over each head's dimensions), so that attention scores depend on the offset between
+query and key only.  In the cached step path the keys are rotated once, when they enter the cache, and the cached
+attention kernel is unchanged.
 """
 
 from __future__ import annotations
@@ -108,7 +115,8 @@ class StepWeights:
     ``(qkv_w, qkv_b, self_out_w, self_out_b, cross_q_w, cross_q_b, cross_out_w, cross_out_b, ff1_w, ff1_b,
     ff2_w, ff2_b, norm1_w, norm1_b, norm2_w, norm2_b, norm3_w, norm3_b, eps)`` with the query/key/value
     projections of the self-attention in one ``(d, 3 d)`` matrix.  A copy taken when the cache is made: a cache
-    is only valid for the weights it was made with (as are the keys/values it holds).  With ``past_encoder="rnn"``
+    is only valid for the weights it was made with (as are the keys/values it holds).  With ``positions="rope"``
+    the biases hold no positions and ``rope`` the rotary tables.  With ``past_encoder="rnn"``
     ``speech_b`` holds the bias alone (no positions) and ``rnn`` the LSTM's weights as ``torch.lstm_cell`` takes
     them; ``final_norm``: see :class:`DecoderBody` (``norm_first``).
     """
@@ -126,6 +134,7 @@ class StepWeights:
     norm_first: bool = False
     final_norm: tuple | None = None  # (weight, bias, eps) of the stack's last LayerNorm (pre-norm only)
     rnn: tuple | None = None  # (w_ih, w_hh, b_ih, b_hh) of the past-speech LSTM (past_encoder="rnn" only)
+    rope: tuple[Tensor, Tensor] | None = None  # (cos, sin) (max_len, head_dim / 2) rotary tables (positions="rope")
 
 
 @dataclass
@@ -185,6 +194,33 @@ def sinusoidal_encoding(start: int, length: int, dim: int, *, dtype: torch.dtype
     return pe.to(dtype)
 
 
+#: The values of ``positions``: how positions enter the transformers (see the module docstring).
+POSITIONS = ("sinusoidal", "rope")
+
+
+def rotary_tables(length: int, head_dim: int, *, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+    """Rotary embedding tables of positions ``0 .. length - 1``: ``(cos, sin)``, each ``(length, head_dim / 2)``.
+
+    Frequency ``k`` of the ``head_dim / 2`` pairs: ``10000^(-2k / head_dim)``; angles computed in float32 element
+    by element (a position gets the same rotation in the parallel and in the step path).
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head dimension, got {head_dim}")
+    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    inv_freq = torch.exp(
+        torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / head_dim)
+    )
+    angle = pos * inv_freq
+    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of x ``(..., n, head_dim)`` at the positions of ``cos``, ``sin`` ``(n, head_dim / 2)``
+    (half-split pairs ``(x[k], x[k + head_dim / 2])``, each rotated by its position's angle)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate query and key/value inputs (self- or cross-attention).
 
@@ -192,11 +228,12 @@ class MultiHeadAttention(nn.Module):
     on the packed weights (:class:`StepWeights`).
     """
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, rope: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.rope = rope  # rotate queries and keys by their positions (0-based in x and in memory alike)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -216,6 +253,9 @@ class MultiHeadAttention(nn.Module):
         if causal and memory.shape[1] != x.shape[1]:
             raise ValueError(f"causal attention needs equal lengths, got {x.shape[1]} queries, {memory.shape[1]} keys")
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+        if self.rope:
+            cos, sin = rotary_tables(max(q.shape[2], k.shape[2]), self.head_dim, dtype=q.dtype, device=q.device)
+            q, k = rotate(q, cos[: q.shape[2]], sin[: q.shape[2]]), rotate(k, cos[: k.shape[2]], sin[: k.shape[2]])
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
@@ -265,10 +305,19 @@ class EncoderLayer(nn.Module):
     Post-norm (default): x = LN(x + SA(x)); x = LN(x + FF(x)).  ``norm_first``: x = x + SA(LN(x)); x = x + FF(LN(x)).
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, act: str, dropout: float, norm_first: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ff_dim: int,
+        act: str,
+        dropout: float,
+        norm_first: bool = False,
+        rope: bool = False,
+    ):
         super().__init__()
         self.norm_first = norm_first
-        self.attn = MultiHeadAttention(d_model, n_heads)
+        self.attn = MultiHeadAttention(d_model, n_heads, rope)
         self.norm1 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ff_dim, act, dropout)
         self.norm2 = nn.LayerNorm(d_model)
@@ -282,7 +331,8 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """Linear embedding of the input + sinusoidal positions -> dropout -> encoder layers (-> LayerNorm when
-    ``norm_first``: pre-norm layers leave their output un-normalised).
+    ``norm_first``: pre-norm layers leave their output un-normalised).  ``positions="rope"``: no positions on the
+    embedding, rotary queries and keys in every layer.
 
     forward: (B, T, in_dim) -> (B, T, d_model).
     """
@@ -297,19 +347,25 @@ class Encoder(nn.Module):
         act: str,
         dropout: float,
         norm_first: bool = False,
+        positions: str = "sinusoidal",
     ):
         super().__init__()
+        _check_positions(positions)
+        self.sinusoidal = positions == "sinusoidal"
         self.embed = nn.Linear(in_dim, d_model)
         self.drop = Dropout(dropout)
+        rope = positions == "rope"
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model, n_heads, ff_dim, act, dropout, norm_first) for _ in range(n_layers)
+            EncoderLayer(d_model, n_heads, ff_dim, act, dropout, norm_first, rope) for _ in range(n_layers)
         )
         # only pre-norm stacks have it: post-norm checkpoints keep their state_dict keys
         self.final_norm = nn.LayerNorm(d_model) if norm_first else None
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.embed(x)
-        h = self.drop(h + sinusoidal_encoding(0, h.shape[1], h.shape[2], dtype=h.dtype, device=h.device))
+        if self.sinusoidal:
+            h = h + sinusoidal_encoding(0, h.shape[1], h.shape[2], dtype=h.dtype, device=h.device)
+        h = self.drop(h)
         for layer in self.layers:
             h = layer(h)
         return h if self.final_norm is None else self.final_norm(h)
@@ -340,12 +396,13 @@ class DecoderLayer(nn.Module):
         dropout: float,
         residual: bool = True,
         norm_first: bool = False,
+        rope: bool = False,
     ):
         super().__init__()
         self.residual, self.norm_first = residual, norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, rope)
         self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, rope)
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ff_dim, act, dropout)
         self.norm3 = nn.LayerNorm(d_model)
@@ -375,7 +432,9 @@ class DecoderBody(nn.Module):
     - ``no_residual=True``: decoder layers without the residual of the attention sublayers;
     - ``norm_first=True``: pre-norm decoder layers and a final LayerNorm (``final_norm``) on the output;
     - ``past_encoder="rnn"``: the speech stream is ``LSTM(Linear(speech))`` (``past_rnn``, no positions) instead
-      of ``Linear(speech) + PE``; dropout then acts on the LSTM's output.
+      of ``Linear(speech) + PE``; dropout then acts on the LSTM's output;
+    - ``positions="rope"``: no positions on either embedding; both attentions of every layer rotate their queries
+      (at the query's index) and keys (at the key's index) instead.
 
     Both attentions are causal (and so is the LSTM), so the output at ``i`` depends on ``latent[:, :i+1]`` and
     ``speech[:, :i+1]`` only.  Output: (B, T, d_model).
@@ -395,10 +454,13 @@ class DecoderBody(nn.Module):
         no_residual: bool = False,
         norm_first: bool = False,
         past_encoder: str = "linear",
+        positions: str = "sinusoidal",
     ):
         super().__init__()
         if past_encoder not in PAST_ENCODERS:
             raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {past_encoder!r}")
+        _check_positions(positions)
+        self.rope = positions == "rope"
         self.inv_s, self.residual, self.norm_first = inv_s, not no_residual, norm_first
         self.d_model, self.n_heads = d_model, n_heads
         self.latent_embed = nn.Linear(latent_dim, d_model)
@@ -407,7 +469,9 @@ class DecoderBody(nn.Module):
         self.past_rnn = nn.LSTM(d_model, d_model, batch_first=True) if past_encoder == "rnn" else None
         self.drop = Dropout(dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(d_model, n_heads, ff_dim, act, dropout, residual=not no_residual, norm_first=norm_first)
+            DecoderLayer(
+                d_model, n_heads, ff_dim, act, dropout, residual=not no_residual, norm_first=norm_first, rope=self.rope
+            )
             for _ in range(n_layers)
         )
         self.final_norm = nn.LayerNorm(d_model) if norm_first else None
@@ -426,11 +490,13 @@ class DecoderBody(nn.Module):
 
     def _streams(self, latent: Tensor, speech: Tensor, start: int) -> tuple[Tensor, Tensor]:
         lat, sp = self.latent_embed(latent), self.speech_embed(speech)
-        pe = self._positions(start, lat.shape[1], lat)
-        if self.past_rnn is None:
-            lat, sp = self.drop(lat + pe), self.drop(sp + pe)
-        else:
-            lat, sp = self.drop(lat + pe), self.drop(self.past_rnn(sp)[0])
+        if not self.rope:
+            pe = self._positions(start, lat.shape[1], lat)
+            lat = lat + pe
+            sp = sp + pe if self.past_rnn is None else sp
+        if self.past_rnn is not None:
+            sp = self.past_rnn(sp)[0]
+        lat, sp = self.drop(lat), self.drop(sp)
         return (sp, lat) if self.inv_s else (lat, sp)  # (query stream, memory)
 
     def forward(self, latent: Tensor, speech: Tensor) -> Tensor:
@@ -493,6 +559,10 @@ class DecoderBody(nn.Module):
         like = self.latent_embed.weight
         # not self._positions: under inference mode that would leave an inference tensor in the shared table
         pe = sinusoidal_encoding(0, max_len, self.d_model, dtype=like.dtype, device=like.device)
+        rope = None
+        if self.rope:  # positions rotate queries and keys instead of adding to the embeddings
+            rope = rotary_tables(max_len, self.d_model // self.n_heads, dtype=like.dtype, device=like.device)
+            pe = torch.zeros_like(pe)
         layers = []
         for layer in self.layers:
             sa, ca, (ff1, _, _, ff2) = layer.self_attn, layer.cross_attn, layer.ff.net
@@ -541,6 +611,7 @@ class DecoderBody(nn.Module):
             norm_first=self.norm_first,
             final_norm=None if fn is None else (fn.weight.detach(), fn.bias.detach(), fn.eps),
             rnn=rnn,
+            rope=rope,
         )
 
     def step(self, latent: Tensor, speech: Tensor | None, cache: DecoderCache) -> Tensor:
@@ -600,6 +671,9 @@ class DecoderBody(nn.Module):
             if self.inv_s:
                 x, sp = sp, x  # query stream = speech, memory = latent
             kv = torch.addmm(wts.memory_b, sp, wts.memory_w).view(b, n, len(self.layers), 2, heads, hd)
+            if wts.rope is not None:  # the memory's keys of every layer, rotated once at their positions
+                cos, sin = (table[p:end, None, None] for table in wts.rope)  # (n, 1, 1, hd / 2)
+                kv[:, :, :, 0] = rotate(kv[:, :, :, 0], cos, sin)
             kv_rows = [layer_kv.unbind(0) for layer_kv in kv.permute(2, 3, 0, 4, 1, 5).unbind(0)]
             mem.rows, mem.end = kv_rows, end
 
@@ -614,6 +688,11 @@ class DecoderBody(nn.Module):
 
 #: The values of ``past_encoder``: how the past speech enters the decoder (see :class:`DecoderBody`).
 PAST_ENCODERS = ("linear", "rnn")
+
+
+def _check_positions(positions: str) -> None:
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
 
 
 def _layer_step(
@@ -645,8 +724,12 @@ def _layer_step(
     def norm(weight: Tensor, bias: Tensor) -> Callable[[Tensor], Tensor]:
         return lambda h: torch.layer_norm(h, shape, weight, bias, eps)
 
+    rope = None if wts.rope is None else tuple(table[p : p + n] for table in wts.rope)
+
     def self_attention(h: Tensor) -> Tensor:  # causal, over the query stream
         q, k, v = torch.addmm(qkv_b, h, qkv_w).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         kvc = lc.self_kv
         out = _merge(attend(q, kvc.k, kvc.v, k, v, p, None, True), b, n, d)
         kvc.length = p + n
@@ -654,6 +737,8 @@ def _layer_step(
 
     def cross_attention(h: Tensor) -> Tensor:  # causal, to the memory
         q = torch.addmm(cq_b, h, cq_w).view(b, n, heads, hd).transpose(1, 2)
+        if rope is not None:
+            q = rotate(q, *rope)
         kvc = lc.cross_kv
         out = _merge(attend(q, kvc.k, kvc.v, *kv_mem, p, None, True), b, n, d)
         kvc.length = p + n
