@@ -162,6 +162,35 @@ def test_generation(benchmark, describe, monkeypatch, bench_threads, impl):
     )
 
 
+@pytest.mark.benchmark(group="light_dvae_generation")
+@pytest.mark.parametrize("loop", ["native-loop", "python-loop"])
+def test_generation_loop(benchmark, describe, monkeypatch, bench_threads, loop):
+    """Whole generation at batch 1, the decoding loop in C++ (``lightdvae::transformer_decode``, one call) against
+    the Python loop over the same native ops (``DecoderBody.step_rows``); both give the same samples bit for bit
+    (tests/test_ops_transformer_decode.py).  ``ms_per_frame_cpu`` in extra_info.  (test_generation above times the
+    Python loop step by step, through a hook on the speech head.)"""
+    if not _ext.has_kernel("transformer_decode", "cpu"):
+        pytest.skip("no native transformer_decode in this build")
+    import lightdvae.models.transformer as transformer_mod
+
+    monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
+    if loop == "python-loop":
+        monkeypatch.setattr(transformer_mod, "native_decoding", lambda *a, **k: False)
+    model, frames = _model(), _frames(benchmark)
+    describe("cpu", impl=loop, batch=1, frames=frames)
+    cpu_times = []
+
+    def generate():
+        t0 = time.process_time()
+        out = model.generate(1, frames, generator=torch.Generator().manual_seed(1))
+        cpu_times.append(time.process_time() - t0)
+        return out
+
+    out = benchmark.pedantic(generate, rounds=1 if benchmark.disabled else 3, iterations=1)
+    assert out.shape == (1, frames, model.config.x_dim) and torch.isfinite(out).all()
+    benchmark.extra_info["ms_per_frame_cpu"] = 1e3 * statistics.median(cpu_times) / frames
+
+
 if "cuda" in DEVICES:  # defined only where a GPU is visible: the CPU runs keep their cases
 
     @pytest.mark.benchmark(group="light_dvae_generation")

@@ -40,6 +40,16 @@ TORCH_LIBRARY(lightdvae, m) {
       "kv_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, int cache_len, "
       "float? softmax_scale, bool causal) -> Tensor");
 
+  // The frame-by-frame decoding loop of HiT-DVAE / LigHT-DVAE (csrc/transformer/decode_loop.cpp; inference only,
+  // CompositeImplicitAutograd): the bodies' weights packed as DecoderBody._pack makes them; z None draws z from
+  // the prior decoder, past None feeds back the decoder's own output; z_body empty: one body for both passes.
+  // Returns (logvar, z, prior [mean ; logvar] or an empty tensor, past_feats).  activation: 0 tanh, 1 relu.
+  m.def(
+      "transformer_decode(Tensor w, Tensor? z, Tensor? past, Tensor[] s_body, Tensor[] z_body, Tensor s_out_w, "
+      "Tensor s_out_b, Tensor prior_w, Tensor prior_b, int frames, int heads, float ln_eps, bool norm_first, "
+      "int activation, bool run_prior, float log_feature_eps, float temperature, Generator? generator) "
+      "-> (Tensor logvar, Tensor z, Tensor prior, Tensor past_feats)");
+
   // Sequential latent sampling loops (SPEC 7.3), CompositeImplicitAutograd (csrc/sampling/).
   // Sequences are time-major (frames, batch, features).  Weights are flat lists in nn.Module layout:
   // Linear stacks [w0, b0, w1, b1, ...], Gaussian heads [w_mean, b_mean, w_logvar, b_logvar], LSTMs

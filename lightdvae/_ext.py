@@ -128,7 +128,15 @@ DEVICE_OPS = (
 #: CPU_OPS have a CPU kernel only (the posterior loops' explicit backward through time, the hashed dropout): on
 #: CUDA the public functions run the composite loops (differentiated by autograd) and ATen's fused dropout.
 CPU_OPS = ("dkf_posterior_bptt", "rvae_posterior_bptt", "srnn_posterior_bptt", "dropout")
-COMPOSITE_OPS = ("dkf_posterior", "dkf_prior", "rvae_posterior", "srnn_posterior", "srnn_own_past", "srnn_prior")
+COMPOSITE_OPS = (
+    "dkf_posterior",
+    "dkf_prior",
+    "rvae_posterior",
+    "srnn_posterior",
+    "srnn_own_past",
+    "srnn_prior",
+    "transformer_decode",
+)
 _KERNELS: dict[tuple[str, str], bool] = {}
 
 

@@ -252,6 +252,25 @@ def test_a_batch_of_one_runs_the_models_own_native_loops(name, config):
     assert isinstance(engine_for(model, 2, lr=1e-3), RecurrentEngine)
 
 
+@pytest.mark.parametrize("name", ["dkf", "rvae"])
+def test_a_batch_of_one_encodes_the_speech_once_per_iteration(name, monkeypatch):
+    """DKF / RVAE alone: the sample pass keeps its speech features for the next E-step (same weights, same mixture),
+    so an EM of n iterations encodes n + 1 times (the first E-step, then each sample pass; one more sample for the
+    final filter) instead of 2 n + 1 on the reference path, with the same result (the batching test above holds
+    both paths to each other)."""
+    model = _model(name)
+    calls = []
+    real = type(model)._encode_speech_tm
+    monkeypatch.setattr(type(model), "_encode_speech_tm", lambda self, x: calls.append(1) or real(self, x))
+    wave = _mixture(0.3, 1)[1]
+    fast = enhance(model, wave, iterations=4, seed=3)
+    fast_calls, calls[:] = len(calls), []
+    reference = enhance(model, wave, iterations=4, seed=3, one_at_a_time=True)
+    assert (fast_calls, len(calls)) == (4 + 1 + 1, 2 * 4 + 1)
+    np.testing.assert_allclose(fast.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
+    assert "_encode_speech_tm" not in vars(model)  # the shadowing attribute is gone after each pass
+
+
 @pytest.mark.parametrize("name, config", RECURRENT)
 def test_the_batched_recurrent_engine_is_the_models_own_forward(name, config):
     """Each utterance of a padded batch, with its own copy of the weights, gets the decoder output, the KL and the

@@ -735,3 +735,31 @@ def test_option_values_are_checked_and_settable_from_the_cli(tmp_path, capsys):
         assert main([*base, "--set", bad]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rope", [False, True])
+def test_attention_under_vmap_batches_and_equals_the_fused_kernel(causal, rope):
+    """Under torch.func.vmap (per-utterance encoder copies in enhancement) attention takes its products' form, which
+    has batching rules (no per-element fallback, no warning); float64: equal to scaled_dot_product_attention to
+    rounding."""
+    import warnings
+
+    from torch.func import functional_call, vmap
+
+    from lightdvae.models.transformer_layers import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4, rope=rope).double()
+    params = {n: p.detach().unsqueeze(0).repeat(3, *[1] * p.dim()) for n, p in attn.named_parameters()}
+    x = torch.randn(3, 7, 16, dtype=torch.float64)
+
+    def one(p, xi):
+        return functional_call(attn, p, (xi[None], xi[None], causal))[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batched = vmap(one)(params, x)
+    with torch.no_grad():
+        loop = torch.stack([attn(x[i : i + 1], x[i : i + 1], causal)[0] for i in range(3)])
+    assert max_err(batched, loop) < F64_TOL

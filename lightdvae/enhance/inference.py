@@ -34,7 +34,7 @@ gets the same numbers in any batch.
 
 from __future__ import annotations
 
-import warnings
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -222,12 +222,11 @@ class HierarchicalEngine(InferenceEngine):
             mean, logvar = self.call("encode_z", p, x[None], w[None])
             return mean[0], logvar[0]
 
-        with warnings.catch_warnings():  # vmap of CPU attention falls back to a loop over the batch, and says so
-            warnings.filterwarnings("ignore", message=".*batching rule.*")
-            w_mean, w_logvar = vmap(encode_w)(params, feats)
-            eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
-            w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
-            z_mean, z_logvar = vmap(encode_z)(params, feats, w)
+        # (the encoders' attention batches under vmap: MultiHeadAttention takes the products' form there)
+        w_mean, w_logvar = vmap(encode_w)(params, feats)
+        eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
+        w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
+        z_mean, z_logvar = vmap(encode_z)(params, feats, w)
         z = torch.addcmul(z_mean, draw(generators, lengths, (c.z_dim,), power), torch.exp(0.5 * z_logvar))
         steps = self.call("decode_stepwise", self.frozen, w.detach(), power.shape[1], z=z.detach(), prior=False)
         if not grad:
@@ -239,20 +238,72 @@ class HierarchicalEngine(InferenceEngine):
 
 class SequentialEngine(InferenceEngine):
     """DKF, RVAE, SRNN: one utterance per batch, through the model's own ``forward(power, past="gen", eps=...)``
-    (the native posterior and own-past loops) with the utterance's inference copy swapped in."""
+    (the native posterior and own-past loops) with the utterance's inference copy swapped in.
+
+    DKF and RVAE encode the speech (their ``_encode_speech_tm``: an embedding and a backward LSTM over the mixture)
+    without noise, so at the same weights the sample pass and the next E-step get the same features: the sample
+    pass computes them with their autograd graph and keeps them, the E-step takes them instead of encoding again
+    (one encoder pass less per EM iteration; the same gradients), as :class:`RecurrentEngine` does.  (SRNN's
+    encoder reads the own-past state h, which changes with every sample.)  ``keep_features=False`` encodes in every
+    pass, as the reference implementation does (the ``one_at_a_time`` reference path)."""
 
     batched = False
+    #: the method of the model whose output is kept between passes (see the class docstring)
+    KEPT_ENCODER = "_encode_speech_tm"
+
+    def __init__(self, model: DVAE, batch: int, lr: float, keep_features: bool = True):
+        super().__init__(model, batch, lr)
+        self.keep_features = keep_features and isinstance(model, (DKF, RVAE))
+        self._updates = 0  # Adam steps taken: the version of the copy
+        self._kept: tuple[tuple, Tensor] | None = None  # (key, features with their graph) of the last sample pass
 
     def posterior_pass(self, power, lengths, generators, grad):
         if power.shape[0] != 1:
             raise ValueError(f"{type(self.model).__name__} enhances one utterance at a time, got {power.shape[0]}")
-        params = {**self.frozen, **{n: p[0] if grad else p[0].detach() for n, p in self.stacked.items()}}
+        reuse = self.keep_features
+        # without gradients the copy stays attached only when its features are kept (no other op records a graph);
+        # its views are taken with gradients on (a view made under no_grad would not carry them)
+        with torch.enable_grad():
+            copy = {n: p[0] if grad or reuse else p[0].detach() for n, p in self.stacked.items()}
+        params = {**self.frozen, **copy}
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
-        with exact_loops(False):  # no bit-parity needed here: the fast loops
+        with exact_loops(False), self._features_kept(power, grad, reuse):  # the fast loops: no bit-parity needed
             out = self.call("forward", params, power, past="gen", eps=eps)
         if not grad:
             return out.logvar, None
         return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
+
+    @contextmanager
+    def _features_kept(self, power: Tensor, grad: bool, reuse: bool):
+        """While the model runs: its speech encoder keeps its output (a pass without gradients) or takes the kept
+        one (the E-step at the same weights and mixture), through an instance attribute that shadows the method."""
+        if not reuse:
+            yield
+            return
+        model, name = self.model, self.KEPT_ENCODER
+        encoder = getattr(model, name)
+        key = (power.data_ptr(), tuple(power.shape), self._updates)
+
+        def kept_encoder(x: Tensor) -> Tensor:
+            if grad:
+                kept, self._kept = self._kept, None
+                return kept[1] if kept is not None and kept[0] == key else encoder(x)
+            with torch.enable_grad():
+                features = encoder(x)
+            self._kept = (key, features)
+            return features.detach()
+
+        model.__dict__[name] = kept_encoder
+        try:
+            yield
+        finally:
+            del model.__dict__[name]
+
+    def step(self, *args, **kwargs) -> Tensor:
+        losses = super().step(*args, **kwargs)
+        self._updates += 1
+        self._kept = None
+        return losses
 
 
 class RecurrentEngine(InferenceEngine):
@@ -333,6 +384,10 @@ def engine_class(model: DVAE, one_at_a_time: bool = False) -> type[InferenceEngi
 
 def engine_for(model: DVAE, batch: int, lr: float, one_at_a_time: bool = False) -> InferenceEngine:
     """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
-    utterances (see :func:`engine_class` for ``one_at_a_time``).  DKF, RVAE and SRNN run a batch of one on the
+    utterances (see :func:`engine_class` for ``one_at_a_time``, the reference path, which also encodes the speech
+    in every pass as the reference implementation does).  DKF, RVAE and SRNN run a batch of one on the
     :class:`SequentialEngine`: the model's own native loops, faster than the batched engine's Python frame loop."""
-    return engine_class(model, one_at_a_time or batch == 1)(model, batch, lr)
+    cls = engine_class(model, one_at_a_time or batch == 1)
+    if cls is SequentialEngine:
+        return cls(model, batch, lr, keep_features=not one_at_a_time)
+    return cls(model, batch, lr)

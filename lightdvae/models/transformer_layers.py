@@ -256,7 +256,21 @@ class MultiHeadAttention(nn.Module):
         if self.rope:
             cos, sin = rotary_tables(max(q.shape[2], k.shape[2]), self.head_dim, dtype=q.dtype, device=q.device)
             q, k = rotate(q, cos[: q.shape[2]], sin[: q.shape[2]]), rotate(k, cos[: k.shape[2]], sin[: k.shape[2]])
+        if torch._C._functorch.is_batchedtensor(q):
+            # under torch.func.vmap (the enhancement's per-utterance encoder copies) scaled_dot_product_attention has
+            # no batching rule and runs once per vmapped element; the same attention in products batches
+            return self._merge(_attention_products(q, k, v, causal))
         return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+def _attention_products(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, is_causal=causal)`` as two products and a softmax (the math
+    backend's formula), for callers that need ops with vmap batching rules.  (B, H, T, hd) -> (B, H, T, hd)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if causal:
+        hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(hidden, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class FeedForward(nn.Module):
@@ -684,6 +698,42 @@ class DecoderBody(nn.Module):
             x = torch.layer_norm(x, (self.d_model,), *wts.final_norm)
         cache.position = end
         return x
+
+
+def native_decoding(bodies: list[DecoderBody], dtype: torch.dtype, device) -> bool:
+    """Whether the native decoding loop (``lightdvae::transformer_decode``, csrc/transformer/decode_loop.cpp) runs
+    these bodies: eval mode, no Inv-s, the Linear past with sinusoidal positions, a ReLU or tanh feed-forward, one
+    LayerNorm eps, the native cached attention for these caches (and this module's ``kv_attention`` hook not
+    replaced), and the backend allows the op.  It returns what the Python loop over :meth:`DecoderBody.step_rows`
+    returns, bit for bit; the Python loop runs everything else."""
+    from lightdvae import _ext
+
+    for body in bodies:
+        if body.training or body.inv_s or not body.residual or body.past_rnn is not None or body.rope:
+            return False
+        if type(body.layers[0].ff.net[1]) not in _INPLACE_ACTIVATIONS or len(_layer_norm_eps(bodies)) != 1:
+            return False
+    if kv_attention is not kv_attention_op or not _ext.use_native("transformer_decode", torch.device(device).type):
+        return False
+    body = bodies[0]
+    probe = torch.empty(1, body.n_heads, 1, body.d_model // body.n_heads, dtype=dtype, device=device)
+    return select_kv_attention(probe, probe) is torch.ops.lightdvae.kv_attention.default
+
+
+def native_weights(body: DecoderBody, max_len: int) -> tuple[list[Tensor], float, int]:
+    """A body's packed weights (:meth:`DecoderBody._pack`) as ``lightdvae::transformer_decode`` takes them: the flat
+    list (see csrc/transformer/decode_loop.cpp), the LayerNorm eps and the activation code (1 ReLU, 0 tanh)."""
+    wts = body._pack(max_len)
+    flat = [wts.latent_w, wts.latent_b, wts.speech_w, wts.speech_b, wts.memory_w, wts.memory_b]
+    for layer in wts.layers:
+        flat.extend(layer[:18])
+    if wts.final_norm is not None:
+        flat.extend(wts.final_norm[:2])
+    return flat, _layer_norm_eps([body]).pop(), int(wts.activation is torch.relu_)
+
+
+def _layer_norm_eps(bodies: list[DecoderBody]) -> set[float]:
+    return {m.eps for body in bodies for m in body.modules() if isinstance(m, nn.LayerNorm)}
 
 
 #: The values of ``past_encoder``: how the past speech enters the decoder (see :class:`DecoderBody`).
