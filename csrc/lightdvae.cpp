@@ -44,10 +44,12 @@ TORCH_LIBRARY(lightdvae, m) {
   // CompositeImplicitAutograd): the bodies' weights packed as DecoderBody._pack makes them; z None draws z from
   // the prior decoder, past None feeds back the decoder's own output; z_body empty: one body for both passes.
   // Returns (logvar, z, prior [mean ; logvar] or an empty tensor, past_feats).  activation: 0 tanh, 1 relu.
+  // exact=False: a CPU batch of at most 4 runs on raw pointers (within float rounding, not bit for bit).
   m.def(
       "transformer_decode(Tensor w, Tensor? z, Tensor? past, Tensor[] s_body, Tensor[] z_body, Tensor s_out_w, "
       "Tensor s_out_b, Tensor prior_w, Tensor prior_b, int frames, int heads, float ln_eps, bool norm_first, "
-      "int activation, bool run_prior, float log_feature_eps, float temperature, Generator? generator) "
+      "int activation, bool run_prior, float log_feature_eps, float temperature, Generator? generator, "
+      "bool exact=True) "
       "-> (Tensor logvar, Tensor z, Tensor prior, Tensor past_feats)");
 
   // Sequential latent sampling loops (SPEC 7.3), CompositeImplicitAutograd (csrc/sampling/).

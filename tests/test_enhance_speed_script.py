@@ -27,3 +27,4 @@ def test_the_table_has_one_row_per_prior_with_ratios(capsys):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert re.fullmatch(r"[\d.]+", cells[1]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[2])
     assert re.fullmatch(r"\d+", cells[3]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[4])
+    assert float(cells[5]) > 0 and re.fullmatch(r"\d+", cells[6])  # the work of an iteration, and its rate

@@ -15,6 +15,7 @@ import lightdvae.models.transformer as transformer_mod
 from lightdvae import _ext
 from lightdvae.models import build
 from lightdvae.models.transformer_layers import native_decoding
+from lightdvae.ops.sampling import exact_loops
 
 pytestmark = pytest.mark.skipif(
     not _ext.has_kernel("transformer_decode", "cpu"),
@@ -37,9 +38,10 @@ def decode(model, mode: str, batch: int, frames: int, dtype: torch.dtype, native
             m.setattr(transformer_mod, "native_decoding", lambda *a, **k: False)
         g = torch.Generator().manual_seed(3)
         c = model.config
-        w = torch.randn(batch, c.w_dim, generator=g, dtype=dtype).to(device)
-        z = torch.randn(batch, frames, c.z_dim, generator=g, dtype=dtype).to(device)
-        past = (torch.rand(batch, frames, c.x_dim, generator=g, dtype=dtype) + 0.01).to(device)
+        # drawn in float64 whatever the dtype: float32 and float64 runs decode the same inputs
+        w = torch.randn(batch, c.w_dim, generator=g, dtype=torch.float64).to(device, dtype)
+        z = torch.randn(batch, frames, c.z_dim, generator=g, dtype=torch.float64).to(device, dtype)
+        past = (torch.rand(batch, frames, c.x_dim, generator=g, dtype=torch.float64) + 0.01).to(device, dtype)
         if mode == "generate":
             gen = torch.Generator(device).manual_seed(5)
             return model.decode_stepwise(w, frames, temperature=0.7, generator=gen)
@@ -143,3 +145,43 @@ def test_bad_arguments_raise_one_clear_error():
     args[9] = 4  # more frames than the packed position tables hold
     with pytest.raises(ValueError, match="position tables hold 3 positions, fewer than 4"):
         op(*args)
+
+
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.double() - b.double()).abs() / (b.double().abs() + 1.0)).max())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+@pytest.mark.parametrize("name", ["hit-dvae", "light-dvae"])
+def test_small_batches_on_raw_pointers_stay_within_rounding(name, norm_first, mode, monkeypatch):
+    """Inside exact_loops(False) batches of 1-4 decode on raw pointers (decode_small.h).  float64: equal to the exact
+    loop to rounding (~1e-15 measured); float32: as close to the float64 result as the exact float32 loop is (within
+    4x its error, plus 2^-20 for the last bits) -- except generation, whose noise is drawn in the model's dtype (the
+    float32 arithmetic is the same code as in the other modes); batch 5 stays on the exact loop, bit for bit."""
+    for batch, activation in ((1, "relu"), (4, "tanh")):
+        model64 = tiny(name, norm_first=norm_first, activation=activation).double()
+        model32 = tiny(name, norm_first=norm_first, activation=activation)
+        exact64 = decode(model64, mode, batch, 11, torch.float64, True, monkeypatch)
+        exact32 = decode(model32, mode, batch, 11, torch.float32, True, monkeypatch)
+        with exact_loops(False):
+            raw64 = decode(model64, mode, batch, 11, torch.float64, True, monkeypatch)
+            raw32 = decode(model32, mode, batch, 11, torch.float32, True, monkeypatch)
+        for key, ref in exact64.items():
+            if ref is None:
+                assert raw64[key] is None and raw32[key] is None
+                continue
+            err64, err_raw32, err_exact32 = (
+                _max_rel(raw64[key], ref),
+                _max_rel(raw32[key], ref),
+                _max_rel(exact32[key], ref),
+            )
+            print(f"{name} b{batch} {mode} {key}: f64 {err64:.1e}; f32 raw {err_raw32:.1e} exact {err_exact32:.1e}")
+            assert err64 < 1e-10, key
+            if mode != "generate":
+                assert err_raw32 <= 4 * err_exact32 + 2.0**-20, key
+    model = tiny(name, norm_first=norm_first)
+    exact = decode(model, mode, 5, 7, torch.float32, True, monkeypatch)
+    with exact_loops(False):
+        same = decode(model, mode, 5, 7, torch.float32, True, monkeypatch)
+    assert all(v is None or torch.equal(same[k], v) for k, v in exact.items())

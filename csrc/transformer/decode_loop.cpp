@@ -10,6 +10,9 @@
 // runs wherever ATen does (on CUDA each call launches its kernel; nothing is read back inside the loop).
 // Inference only: the caller runs it under torch.inference_mode().
 //
+// exact = false lets a small CPU batch run on raw pointers instead (decode_small.h: within float rounding of
+// these calls, several times faster at batch 1; the enhancement's E-step asks for it).
+//
 // What it covers is what the Python wrapper sends it: eval mode (no dropout), post- or pre-norm layers with
 // residuals, the Linear past-speech embedding with sinusoidal positions (folded into the packed biases), ReLU or
 // tanh feed-forward blocks, one LayerNorm eps per body.  Inv-s, the RNN-encoded past, rotary positions and
@@ -28,6 +31,8 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include "transformer/decode_small.h"
 
 namespace lightdvae {
 namespace {
@@ -158,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
     at::TensorList s_body, at::TensorList z_body, const at::Tensor& s_out_w, const at::Tensor& s_out_b,
     const at::Tensor& prior_w, const at::Tensor& prior_b, int64_t frames, int64_t heads, double ln_eps,
     bool norm_first, int64_t activation, bool run_prior, double log_feature_eps, double temperature,
-    std::optional<at::Generator> generator) {
+    std::optional<at::Generator> generator, bool exact) {
   TORCH_CHECK_VALUE(frames >= 1, "transformer_decode: frames must be >= 1, got ", frames);
   TORCH_CHECK_VALUE(w.dim() == 2, "transformer_decode: w must be (batch, w_dim), got ", w.sizes());
   TORCH_CHECK_VALUE(activation == 0 || activation == 1, "transformer_decode: activation must be 0 (tanh) or 1 (relu)");
@@ -184,6 +189,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
                       "transformer_decode: past must be (", batch, ", ", frames, ", ", x_dim, "), got ", past->sizes());
   }
   const auto opts = w.options();
+  // Without bit-parity, a small CPU batch runs on raw pointers (decode_small.h).
+  if (!exact && w.is_cpu() && batch <= decode_small::kMaxBatch &&
+      (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble)) {
+    for (const auto* t : {&s_out_w, &s_out_b, &prior_w, &prior_b}) {
+      TORCH_CHECK_VALUE(t->scalar_type() == w.scalar_type() && t->is_cpu(), "transformer_decode: the heads must be ",
+                        w.scalar_type(), " on the CPU like w");
+    }
+    return AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "transformer_decode_small", [&] {
+      return decode_small::decode<scalar_t>(w, z, past, s_body, z_body, s_out_w, s_out_b, prior_w, prior_b, frames,
+                                            heads, ln_eps, norm_first, relu, run_prior, log_feature_eps, temperature,
+                                            generator);
+    });
+  }
 
   Memory s_mem, z_mem;
   s_mem.k = zeros_per_layer(sb, batch, frames, opts);

@@ -107,6 +107,7 @@ from lightdvae.models.transformer_layers import (
     native_decoding,
     native_weights,
 )
+from lightdvae.ops.sampling_bptt import exact_loops_enabled
 
 __all__ = ["HiTDVAE", "HiTDVAEConfig", "LigHTDVAE", "LigHTDVAEConfig", "TransformerDVAEConfig"]
 
@@ -414,7 +415,9 @@ class _HierarchicalTransformerDVAE(DVAE):
     ) -> dict[str, Tensor | None] | None:
         """:meth:`_decode_loop` in one native call (``lightdvae::transformer_decode``: the same ATen calls in C++,
         the same values bit for bit, no Python per frame), or ``None`` where it does not cover the model (see
-        :func:`~lightdvae.models.transformer_layers.native_decoding`) or a forward hook on ``s_out`` must run."""
+        :func:`~lightdvae.models.transformer_layers.native_decoding`) or a forward hook on ``s_out`` must run.
+        Inside :func:`lightdvae.ops.sampling.exact_loops` ``(False)`` a CPU batch of at most 4 decodes on raw pointers
+        (csrc/transformer/decode_small.h): within float rounding of the exact loop instead of bit for bit."""
         bodies = [self.s_body] if self.shared_decoder or not run_prior else [self.s_body, self.z_body]
         if _hooked(self.s_out) or not native_decoding(bodies, w.dtype, w.device):
             return None
@@ -439,6 +442,7 @@ class _HierarchicalTransformerDVAE(DVAE):
             math.log(c.feature_eps),
             float(temperature),
             generator,
+            exact_loops_enabled(),
         )
         return {
             "logvar": logvar,
