@@ -71,7 +71,7 @@ def test_plain_pip_install_builds_against_the_installed_torch(tmp_path):
     info = _info(bin_dir, env, tmp_path)
     assert info["torch"].startswith("2.13.0"), info
     assert info["native_extension"] is True, info
-    assert all(info["native_cpu_ops"].values()), info
+    assert all(info["native_cpu_ops"].values()) and all(info["native_loops"].values()), info
     assert info["built_against_torch"].startswith(info["torch"]), info
     requires = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "show", "lightdvae"], env=env, capture_output=True, text=True
@@ -89,6 +89,7 @@ def test_plain_pip_install_without_torch_gets_native_ops(tmp_path):
     _pip(bin_dir, env, ".", cwd=src)
     info = _info(bin_dir, env, tmp_path)
     assert info["native_extension"] is True and all(info["native_cpu_ops"].values()), info
+    assert all(info["native_loops"].values()) and "transformer_decode" in info["native_loops"], info
     assert info["built_against_torch"].startswith(info["torch"]), info
     if info["torch_cuda"] is not None and shutil.which("nvcc"):  # a CUDA toolkit: the CUDA kernels are compiled
         assert info["cuda_kernels_compiled"] is True, info

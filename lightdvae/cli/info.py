@@ -43,6 +43,8 @@ def collect() -> dict:
         "native_extension": _ext.HAS_NATIVE,
         "built_against_torch": _built_against(build),
         "native_cpu_ops": {op: _ext.has_kernel(op, "cpu") for op in ops},
+        # C++ loops of ATen calls (sampling and decoding loops): they run wherever ATen does
+        "native_loops": {op: _ext.has_kernel(op, "cpu") for op in _ext.COMPOSITE_OPS},
         "cuda_kernels_compiled": _ext.cuda_kernels_compiled(),
         "gpu_visible": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
