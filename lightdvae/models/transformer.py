@@ -101,9 +101,9 @@ from torch import Tensor, nn
 from lightdvae.models.base import DVAE, DVAEOutput, ModelConfig, activation, check_past, reparameterize
 from lightdvae.models.transformer_layers import (
     PAST_ENCODERS,
-    POSITIONS,
     DecoderBody,
     Encoder,
+    check_positions,
     native_decoding,
     native_weights,
 )
@@ -161,8 +161,7 @@ class TransformerDVAEConfig(ModelConfig):
             raise ValueError(f"norm_first must be true or false, got {self.norm_first!r}")
         if self.past_encoder not in PAST_ENCODERS:
             raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {self.past_encoder!r}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        check_positions(self.positions)
         if self.no_residual and not self.inv_s:
             raise ValueError(
                 "no_residual=True is the Inv-s-NR ablation and only exists with inv_s=True "
@@ -395,12 +394,18 @@ class _HierarchicalTransformerDVAE(DVAE):
             z_prev = z_t
 
         prior_all = torch.stack(priors, 1) if priors else None
+        return self._loop_outputs(torch.stack(logvars, 1), torch.stack(zs, 1), prior_all, torch.stack(fed, 1))
+
+    def _loop_outputs(self, logvar: Tensor, z: Tensor, prior: Tensor | None, fed: Tensor) -> dict[str, Tensor | None]:
+        """The dict of :meth:`decode_stepwise` from a loop's stacked outputs; ``prior``: ``[mean ; logvar]`` of the
+        z prior, ``(B, T, 2 z_dim)``, or ``None`` when the prior pass did not run."""
+        z_dim = self.config.z_dim
         return {
-            "logvar": torch.stack(logvars, 1),
-            "z": torch.stack(zs, 1),
-            "prior_mean": None if prior_all is None else prior_all[..., : c.z_dim],
-            "prior_logvar": None if prior_all is None else prior_all[..., c.z_dim :],
-            "past_feats": torch.stack(fed, 1),
+            "logvar": logvar,
+            "z": z,
+            "prior_mean": None if prior is None else prior[..., :z_dim],
+            "prior_logvar": None if prior is None else prior[..., z_dim:],
+            "past_feats": fed,
         }
 
     def _native_decode_loop(
@@ -444,13 +449,7 @@ class _HierarchicalTransformerDVAE(DVAE):
             generator,
             exact_loops_enabled(),
         )
-        return {
-            "logvar": logvar,
-            "z": zs,
-            "prior_mean": prior[..., : c.z_dim] if run_prior else None,
-            "prior_logvar": prior[..., c.z_dim :] if run_prior else None,
-            "past_feats": fed,
-        }
+        return self._loop_outputs(logvar, zs, prior if run_prior else None, fed)
 
     # ---- method vocabulary ---------------------------------------------------------------------
 

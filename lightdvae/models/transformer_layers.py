@@ -364,7 +364,7 @@ class Encoder(nn.Module):
         positions: str = "sinusoidal",
     ):
         super().__init__()
-        _check_positions(positions)
+        check_positions(positions)
         self.sinusoidal = positions == "sinusoidal"
         self.embed = nn.Linear(in_dim, d_model)
         self.drop = Dropout(dropout)
@@ -473,7 +473,7 @@ class DecoderBody(nn.Module):
         super().__init__()
         if past_encoder not in PAST_ENCODERS:
             raise ValueError(f"past_encoder must be one of {', '.join(PAST_ENCODERS)}, got {past_encoder!r}")
-        _check_positions(positions)
+        check_positions(positions)
         self.rope = positions == "rope"
         self.inv_s, self.residual, self.norm_first = inv_s, not no_residual, norm_first
         self.d_model, self.n_heads = d_model, n_heads
@@ -571,12 +571,12 @@ class DecoderBody(nn.Module):
             return w.detach().t().contiguous()
 
         like = self.latent_embed.weight
-        # not self._positions: under inference mode that would leave an inference tensor in the shared table
-        pe = sinusoidal_encoding(0, max_len, self.d_model, dtype=like.dtype, device=like.device)
         rope = None
         if self.rope:  # positions rotate queries and keys instead of adding to the embeddings
             rope = rotary_tables(max_len, self.d_model // self.n_heads, dtype=like.dtype, device=like.device)
-            pe = torch.zeros_like(pe)
+            pe = torch.zeros(max_len, self.d_model, dtype=like.dtype, device=like.device)
+        else:  # not self._positions: under inference mode that would leave an inference tensor in the shared table
+            pe = sinusoidal_encoding(0, max_len, self.d_model, dtype=like.dtype, device=like.device)
         layers = []
         for layer in self.layers:
             sa, ca, (ff1, _, _, ff2) = layer.self_attn, layer.cross_attn, layer.ff.net
@@ -711,8 +711,10 @@ def native_decoding(bodies: list[DecoderBody], dtype: torch.dtype, device) -> bo
     for body in bodies:
         if body.training or body.inv_s or not body.residual or body.past_rnn is not None or body.rope:
             return False
-        if type(body.layers[0].ff.net[1]) not in _INPLACE_ACTIVATIONS or len(_layer_norm_eps(bodies)) != 1:
+        if type(body.layers[0].ff.net[1]) not in _INPLACE_ACTIVATIONS:
             return False
+    if len(_layer_norm_eps(bodies)) != 1:
+        return False
     if kv_attention is not kv_attention_op or not _ext.use_native("transformer_decode", torch.device(device).type):
         return False
     body = bodies[0]
@@ -740,7 +742,8 @@ def _layer_norm_eps(bodies: list[DecoderBody]) -> set[float]:
 PAST_ENCODERS = ("linear", "rnn")
 
 
-def _check_positions(positions: str) -> None:
+def check_positions(positions: str) -> None:
+    """Raises ValueError unless ``positions`` is one of :data:`POSITIONS`."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
 
