@@ -168,8 +168,11 @@ def test_learning_rate_per_model_and_override():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["reproduce", "--models", "vae,nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown model key(s) nope" in capsys.readouterr().err
-    assert main(["demo", "--minutes", "0.5", "--out", str(tmp_path / "y")]) == 2
-    assert "give at least 2 minutes" in capsys.readouterr().err
+    assert main(["demo", "--minutes", "0.5", "--no-shipped", "--out", str(tmp_path / "y")]) == 2
+    assert "give at least 4 minutes" in capsys.readouterr().err
+    assert main(["demo", "--minutes", "4", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "after the evaluation and the shipped priors: give at least 7 minutes (or --no-shipped)" in err
     with pytest.raises(SystemExit) as exc:
         main(["reproduce", "--lr", "0", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and "invalid positive number value: '0'" in capsys.readouterr().err
@@ -178,6 +181,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["reproduce", "--models", "vae", "--out", str(tmp_path / "z")]) == 2
     assert "not an experiment folder" in capsys.readouterr().err
     assert (tmp_path / "z" / "notes.txt").read_text() == "mine"
+
+
+def test_the_demo_plan_keeps_each_shipped_prior_its_measured_share():
+    from lightdvae.cli.demo import AFTER_TRAINING, training_minutes
+    from lightdvae.models.shipped import pretrained_card, pretrained_names
+
+    names = pretrained_names()
+    assert training_minutes(10.0, 3) == pytest.approx(10.0 - 3 * AFTER_TRAINING["model"] - AFTER_TRAINING["report"])
+    kept = 10.0 - training_minutes(10.0, 3, names)
+    with_w = sum(pretrained_card(n)["model"] in ("hit-dvae", "light-dvae") for n in names)
+    assert kept == pytest.approx(
+        3 * AFTER_TRAINING["model"]
+        + AFTER_TRAINING["report"]
+        + with_w * AFTER_TRAINING["shipped with w"]
+        + (len(names) - with_w) * AFTER_TRAINING["shipped"]
+    )
+    assert AFTER_TRAINING["shipped with w"] > AFTER_TRAINING["shipped"]  # the w exchange samples once more
 
 
 def test_a_missing_metric_package_stops_before_any_training(tmp_path, monkeypatch):
