@@ -95,7 +95,7 @@ TORCH_LIBRARY(lightdvae, m) {
       "-> (Tensor z, Tensor mean, Tensor logvar)");
   m.def(
       "srnn_own_past(Tensor z, Tensor? h_true, bool[] use_own, Tensor[] h_embed, Tensor[] rnn_h, "
-      "Tensor[] decoder, Tensor[] decoder_out, int activation, bool exact_lstm) "
+      "Tensor[] decoder, Tensor[] decoder_out, int activation, bool exact_lstm, bool exact=True) "
       "-> (Tensor logvar, Tensor h_used, Tensor h_own)");
   m.def(
       "srnn_prior(Tensor eps, Tensor[] h_embed, Tensor[] rnn_h, Tensor[] prior_mlp, Tensor[] prior_heads, "

@@ -311,3 +311,60 @@ def test_own_past_records_its_lstm_only_when_its_weights_need_gradients(native):
     (grad,) = torch.autograd.grad((out[0] * weight).sum(), z)
     (grad_ref,) = torch.autograd.grad((ref[0] * weight).sum(), z_ref)
     report_close("dz", grad, grad_ref, rtol=0, atol=1e-12 * grad_ref.abs().max().item())
+
+
+def _addmm_calls(fn) -> tuple[object, int]:
+    """``fn()`` and the number of ``aten::addmm`` calls it made (each ATen loop step makes several)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, sum(e.count for e in prof.key_averages() if e.key == "aten::addmm")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])  # raw-pointer steps up to batch 4, the ATen loop above
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("grad", [False, True])
+def test_inexact_own_past_runs_small_batches_on_raw_pointers(native, batch, layers, grad):
+    """Inside exact_loops(False) SRNN's own-past loop runs batches <= 4 on raw pointers (no ATen call per step):
+    without gradients all of it, with them the search for the fed-back predictions before the sequence-level pass.
+    Outputs and gradients within float rounding of the exact loop: float64 within a few ulps of the reference,
+    float32 no further from float64 than 4x the exact loop's own float32 error."""
+    frames = 151
+    args, opts = make_case("srnn_own_past", batch, frames, torch.float64, layers=layers)
+    g = torch.Generator().manual_seed(5)
+    hidden = args[4][1].shape[1]
+    weights = [
+        torch.randn(batch, frames, w, generator=g, dtype=torch.float64) for w in (args[-1][0].shape[0],) + 2 * (hidden,)
+    ]
+
+    def run(args, exact):
+        leaves = _leaves(args) if grad else args
+        with torch.set_grad_enabled(grad), sampling.exact_loops(exact):
+            outs, calls = _addmm_calls(lambda: sampling.srnn_own_past(*leaves, **opts))
+        grads = []
+        if grad:
+            loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights, strict=True))
+            grads = torch.autograd.grad(loss, _tensors(leaves), allow_unused=True)
+        return [o.detach() for o in outs], [x for x in grads if x is not None], calls
+
+    truth, truth_grads, _ = run(args, True)
+    fast64, grads64, _ = run(args, False)
+    for i, (a, b) in enumerate(zip(fast64 + grads64, truth + truth_grads, strict=True)):
+        _compare(f"float64 output/gradient {i}", a, b, b, torch.float64)
+    args32 = [
+        a.float()
+        if isinstance(a, torch.Tensor)
+        else [t.float() for t in a]
+        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
+        else a
+        for a in args
+    ]
+    exact, exact_grads, exact_calls = run(args32, True)
+    fast, fast_grads, fast_calls = run(args32, False)
+    assert len(fast_grads) == len(truth_grads) == (len(_tensors(args)) if grad else 0)
+    for i, (a, b, c) in enumerate(zip(fast + fast_grads, exact + exact_grads, truth + truth_grads, strict=True)):
+        _compare(f"output/gradient {i}", a, b, c, torch.float32)
+    assert exact_calls >= 3 * frames  # the ATen loop: h_embed, the cell's two products, the decoder, the head
+    raw = batch <= 4
+    assert (fast_calls < frames) == raw, (fast_calls, exact_calls)

@@ -81,11 +81,6 @@ at::Tensor lstm_step(const RvaeWorkspace& ws, size_t l, int64_t t, const at::Ten
 
 // ---- the raw-pointer loops (small batch; small_batch.h): the same steps as the ATen loops
 
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
 // lstm_step on raw pointers: one LSTM cell step of layer l at frame t from x (batch, in); returns h.
 template <typename T>
 const T* lstm_step_small(const RvaeWorkspace& ws, size_t l, int64_t t, const T* x, const small::Layer<T>& ih,
@@ -99,18 +94,7 @@ const T* lstm_step_small(const RvaeWorkspace& ws, size_t l, int64_t t, const T* 
   T* c = small::at_step<T>(ws.lstm, 4 * l + 1, t);
   T* tanh_c = small::at_step<T>(ws.lstm, 4 * l + 2, t);
   T* h = small::at_step<T>(ws.lstm, 4 * l + 3, t);
-  for (int64_t b = 0; b < batch; ++b) {
-    T* g = gates + b * 4 * hidden;
-    for (int64_t j = 0; j < 2 * hidden; ++j) g[j] = sigmoid(g[j]);
-    for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) g[j] = std::tanh(g[j]);
-    for (int64_t j = 3 * hidden; j < 4 * hidden; ++j) g[j] = sigmoid(g[j]);
-    for (int64_t j = 0; j < hidden; ++j) {
-      const int64_t r = b * hidden + j;
-      c[r] = g[hidden + j] * c_prev[r] + g[j] * g[2 * hidden + j];
-      tanh_c[r] = std::tanh(c[r]);
-      h[r] = g[3 * hidden + j] * tanh_c[r];
-    }
-  }
+  small::lstm_cell(gates, c_prev, c, tanh_c, h, batch, hidden);
   return h;
 }
 

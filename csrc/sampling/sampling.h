@@ -56,7 +56,7 @@ Tensors3 srnn_posterior(const at::Tensor& g, const std::optional<at::Tensor>& ep
                         at::TensorList heads, int64_t activation);
 Tensors3 srnn_own_past(const at::Tensor& z, const std::optional<at::Tensor>& h_true, const c10::List<bool>& use_own,
                        at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
-                       int64_t activation, bool exact_lstm);
+                       int64_t activation, bool exact_lstm, bool exact);
 std::tuple<at::Tensor, at::Tensor> srnn_prior(const at::Tensor& eps, at::TensorList h_embed, at::TensorList rnn_h,
                                               at::TensorList prior_mlp, at::TensorList prior_heads,
                                               at::TensorList decoder, at::TensorList decoder_out, int64_t activation,

@@ -15,6 +15,7 @@
 
 #include "sampling/cells.h"
 #include "sampling/sampling.h"
+#include "sampling/small_batch.h"
 
 namespace lightdvae {
 namespace {
@@ -186,9 +187,113 @@ Tensors3 srnn_posterior(const at::Tensor& g_in, const std::optional<at::Tensor>&
   return {zs.result(), means.result(), logvars.result()};
 }
 
+namespace {
+
+// The sequence-level pass of srnn_own_past with gradients (CPU): from the fed-back predictions s_hat (frames, batch,
+// x_dim) that a loop without a graph found, h_embed and the decoder as sequence-level GEMMs and the LSTM as one
+// torch.lstm call, all recording gradients.
+Tensors3 own_past_sequence(const at::Tensor& s_hat, const at::Tensor& z, const at::Tensor& h_true,
+                           const c10::List<bool>& use_own, bool all_own, const std::vector<Linear>& h_embed_l,
+                           const std::vector<Linear>& decoder_l, const Linear& out_l, at::TensorList rnn_h,
+                           int64_t activation) {
+  const at::AutoGradMode sequence_grad(true);
+  const int64_t frames = s_hat.size(0), batch = s_hat.size(1), x_dim = s_hat.size(2), h_dim = rnn_h[1].size(1);
+  const at::Tensor embedded = mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, -1});
+  const int64_t layers = static_cast<int64_t>(rnn_h.size() / 4);
+  const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
+  const at::Tensor h_own = std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers,
+                                                /*dropout=*/0.0, /*train=*/true, /*bidirectional=*/false,
+                                                /*batch_first=*/false));
+  at::Tensor h = h_own;
+  if (!all_own) {
+    const at::Tensor own_mask = at::zeros({frames, 1, 1}, z.options().dtype(at::kBool));
+    for (int64_t t = 0; t < frames; ++t) {
+      if (use_own.get(t)) {
+        own_mask[t].fill_(true);  // fill_, not a copy from host memory: traceable with fake tensors
+      }
+    }
+    h = at::where(own_mask, h_own, h_true);
+  }
+  const at::Tensor joint = at::cat({h, z}, -1);
+  const at::Tensor logvar =
+      out_l(mlp(joint.view({frames * batch, joint.size(2)}), decoder_l, activation)).view({frames, batch, x_dim});
+  return {logvar, h, h_own};
+}
+
+// srnn_own_past's loop on raw pointers at small batch (issue 16: the enhancement's E-step and sample pass decode one
+// SRNN utterance on its own past twice per iteration; the ATen loop is ~45 calls a frame, dispatch-bound at batch
+// 1).  The same function -- h_embed, the LSTM cell (ATen's LSTMCell arithmetic, its two biases added first), the
+// decoder on [h_t ; z_t], the fed-back exp(logvar) -- with every product an accumulation over contiguous rows
+// (small_batch.h).  z and h_true (if defined) time-major and contiguous; writes fed[t] = s_hat_{t-1} when `fed` is
+// given (the sequence pass recomputes the rest), else logvar, used and own (frames, batch, width), all contiguous.
+template <typename T>
+void own_past_small(const at::Tensor& z, const at::Tensor& h_true, const c10::List<bool>& use_own,
+                    at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
+                    int64_t activation, T* fed, T* logvar, T* used, T* own) {
+  const int64_t frames = z.size(0), batch = z.size(1), z_dim = z.size(2);
+  const auto embed = small::layers<T>(h_embed), dec = small::layers<T>(decoder);
+  const small::Layer<T> out(decoder_out[0], decoder_out[1]);
+  const int64_t x_dim = out.out, hidden = rnn_h[1].size(1), layers = static_cast<int64_t>(rnn_h.size() / 4);
+  std::vector<small::Layer<T>> ih;
+  std::vector<at::Tensor> hh_t;
+  for (size_t i = 0; i + 3 < rnn_h.size(); i += 4) {
+    ih.emplace_back(rnn_h[i], rnn_h[i + 2] + rnn_h[i + 3]);
+    hh_t.push_back(small::contiguous_t(rnn_h[i + 1]));
+  }
+  auto widest = [](const std::vector<small::Layer<T>>& stack) {
+    int64_t w = 0;
+    for (const auto& l : stack) w = std::max(w, l.out);
+    return w;
+  };
+  const int64_t joint = hidden + z_dim;
+  std::vector<T> s_prev(batch * x_dim, T(0)), lv(batch * x_dim), gates(batch * 4 * hidden), joined(batch * joint);
+  std::vector<T> h(layers * batch * hidden, T(0)), c(layers * batch * hidden, T(0));
+  std::vector<T> a(batch * std::max(widest(embed), widest(dec))), b(a.size());
+  const T* zp = z.const_data_ptr<T>();
+  const T* hp = h_true.defined() ? h_true.const_data_ptr<T>() : nullptr;
+  // a Linear stack with the activation after every layer, ping-ponging between a and b; returns its output
+  auto stack = [&](const std::vector<small::Layer<T>>& layers_, const T* x) {
+    T* y = a.data();
+    for (const auto& layer : layers_) {
+      layer(y, x, batch);
+      small::activate(y, batch * layer.out, activation);
+      x = y;
+      y = y == a.data() ? b.data() : a.data();
+    }
+    return x;
+  };
+  for (int64_t t = 0; t < frames; ++t) {
+    if (fed != nullptr) std::copy(s_prev.begin(), s_prev.end(), fed + t * batch * x_dim);
+    const T* x = stack(embed, s_prev.data());
+    for (int64_t l = 0; l < layers; ++l) {  // gates = (x W_ih^T + b_ih + b_hh) + h W_hh^T, then the cell
+      T* hl = h.data() + l * batch * hidden;
+      T* cl = c.data() + l * batch * hidden;
+      ih[l](gates.data(), x, batch);
+      small::mm_acc(gates.data(), hl, hh_t[l].const_data_ptr<T>(), batch, hidden, 4 * hidden, 4 * hidden);
+      small::lstm_cell(gates.data(), cl, cl, static_cast<T*>(nullptr), hl, batch, hidden);
+      x = hl;
+    }
+    const T* h_own = h.data() + (layers - 1) * batch * hidden;
+    const T* h_used = use_own.get(t) ? h_own : hp + t * batch * hidden;
+    for (int64_t r = 0; r < batch; ++r) {
+      std::copy(h_used + r * hidden, h_used + (r + 1) * hidden, joined.data() + r * joint);
+      std::copy(zp + (t * batch + r) * z_dim, zp + (t * batch + r + 1) * z_dim, joined.data() + r * joint + hidden);
+    }
+    out(lv.data(), stack(dec, joined.data()), batch);
+    for (int64_t i = 0; i < batch * x_dim; ++i) s_prev[i] = std::exp(lv[i]);
+    if (fed == nullptr) {
+      std::copy(lv.begin(), lv.end(), logvar + t * batch * x_dim);
+      std::copy(h_used, h_used + batch * hidden, used + t * batch * hidden);
+      std::copy(h_own, h_own + batch * hidden, own + t * batch * hidden);
+    }
+  }
+}
+
+}  // namespace
+
 Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& h_true_in, const c10::List<bool>& use_own,
                        at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
-                       int64_t activation, bool exact_lstm) {
+                       int64_t activation, bool exact_lstm, bool exact) {
   constexpr const char* op = "lightdvae::srnn_own_past";
   check_sequence(op, z_in, "z");
   check_activation(op, activation);
@@ -231,6 +336,30 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   const auto h_embed_l = linears(h_embed), decoder_l = linears(decoder);
   const auto out_l = linears(decoder_out)[0];
   at::AutoGradMode grad_mode(step_graph);
+  // Without bit-parity (exact = false, lightdvae.ops.sampling.exact_loops), a small CPU batch whose loop records
+  // nothing runs on raw pointers.
+  if (!exact && !exact_lstm && !step_graph && small::eligible(z, batch)) {
+    const at::Tensor ht = h_true.defined() ? h_true.contiguous() : at::Tensor();
+    const auto time_major = [&](int64_t width) { return at::empty({frames, batch, width}, z.options()); };
+    const int64_t h_dim_ = rnn_h[1].size(1);
+    at::Tensor fed_all, logvar_all, used_all, own_all;
+    if (sequence_pass) {
+      fed_all = time_major(x_dim);
+    } else {
+      logvar_all = time_major(x_dim);
+      used_all = time_major(h_dim_);
+      own_all = time_major(h_dim_);
+    }
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_own_past_small", [&] {
+      auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
+      own_past_small<scalar_t>(z, ht, use_own, h_embed, rnn_h, decoder, decoder_out, activation, ptr(fed_all),
+                               ptr(logvar_all), ptr(used_all), ptr(own_all));
+    });
+    if (!sequence_pass) {
+      return {logvar_all, used_all, own_all};
+    }
+    return own_past_sequence(fed_all, z, h_true, use_own, all_own, h_embed_l, decoder_l, out_l, rnn_h, activation);
+  }
   const LSTMStepper lstm = [&] {
     const at::AutoGradMode h_mode(step_graph && record_h);
     return LSTMStepper(rnn_h, exact_lstm, z, batch);
@@ -261,29 +390,8 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   if (!sequence_pass) {
     return {logvars.result(), used.result(), own.result()};
   }
-  const at::AutoGradMode sequence_grad(true);
-  const at::Tensor s_hat = fed.result();  // (frames, batch, x_dim)
-  const at::Tensor embedded =
-      mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, embed_dim});
-  const int64_t layers = static_cast<int64_t>(rnn_h.size() / 4);
-  const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
-  const at::Tensor h_own = std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers,
-                                                /*dropout=*/0.0, /*train=*/true, /*bidirectional=*/false,
-                                                /*batch_first=*/false));
-  at::Tensor h = h_own;
-  if (!all_own) {
-    const at::Tensor own_mask = at::zeros({frames, 1, 1}, z.options().dtype(at::kBool));
-    for (int64_t t = 0; t < frames; ++t) {
-      if (use_own.get(t)) {
-        own_mask[t].fill_(true);  // fill_, not a copy from host memory: traceable with fake tensors
-      }
-    }
-    h = at::where(own_mask, h_own, h_true);
-  }
-  const at::Tensor joint = at::cat({h, z}, -1);
-  const at::Tensor logvar =
-      out_l(mlp(joint.view({frames * batch, joint.size(2)}), decoder_l, activation)).view({frames, batch, x_dim});
-  return {logvar, h, h_own};
+  return own_past_sequence(fed.result(), z, h_true, use_own, all_own, h_embed_l, decoder_l, out_l, rnn_h,
+                           activation);
 }
 
 std::tuple<at::Tensor, at::Tensor> srnn_prior(const at::Tensor& eps_in, at::TensorList h_embed, at::TensorList rnn_h,

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sampling/bptt.h"
+#include "small_gemm.h"
 #include "sampling/cells.h"
 
 namespace lightdvae::small {
@@ -37,22 +38,11 @@ inline bool eligible(const at::Tensor& like, int64_t batch) {
          (like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble);
 }
 
-// y (rows, n) += x (rows, k) . w, w a (k, n) block with row stride ldw: per row, k scaled rows of w added (contiguous,
-// vectorised; no reduction, so the order of the additions is fixed whatever the ISA).
+// y (rows, n) += x (rows, k) . w, w a (k, n) block with row stride ldw (small_gemm.h: each output sums its terms in
+// order, so the result does not depend on the ISA).
 template <typename T>
 inline void mm_acc(T* y, const T* x, const T* w, int64_t rows, int64_t k, int64_t n, int64_t ldw) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* yr = y + r * n;
-    const T* xr = x + r * k;
-    for (int64_t j = 0; j < k; ++j) {
-      const T a = xr[j];
-      const T* wj = w + j * ldw;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        yr[i] += a * wj[i];
-      }
-    }
-  }
+  small_gemm::rows_times(y, n, x, k, w, ldw, rows, k, n);
 }
 
 // y (rows, n) = bias broadcast over the rows.
@@ -72,6 +62,30 @@ inline void activate(T* y, int64_t n, int64_t activation) {
   } else {
     for (int64_t i = 0; i < n; ++i) {
       y[i] = y[i] > T(0) ? y[i] : T(0);  // relu; NaN stays NaN as in ATen (NaN > 0 is false: NaN < 0 too)
+    }
+  }
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// ATen's LSTMCell after its products, for `rows` rows: gates (rows, 4H) = [i, f, g, o] pre-activation, activated in
+// place; c = f * c_prev + i * g (c may be c_prev itself), tanh_c = tanh(c) (unless null), h = o * tanh(c).
+template <typename T>
+inline void lstm_cell(T* gates, const T* c_prev, T* c, T* tanh_c, T* h, int64_t rows, int64_t hidden) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* g = gates + b * 4 * hidden;
+    for (int64_t j = 0; j < 2 * hidden; ++j) g[j] = sigmoid(g[j]);
+    for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) g[j] = std::tanh(g[j]);
+    for (int64_t j = 3 * hidden; j < 4 * hidden; ++j) g[j] = sigmoid(g[j]);
+    for (int64_t j = 0; j < hidden; ++j) {
+      const int64_t r = b * hidden + j;
+      c[r] = g[hidden + j] * c_prev[r] + g[j] * g[2 * hidden + j];
+      const T tc = std::tanh(c[r]);
+      if (tanh_c != nullptr) tanh_c[r] = tc;
+      h[r] = g[3 * hidden + j] * tc;
     }
   }
 }

@@ -18,10 +18,7 @@
 // tanh feed-forward blocks, one LayerNorm eps per body.  Inv-s, the RNN-encoded past, rotary positions and
 // training-mode decoding stay on the Python loop.
 //
-// Packed body (a Tensor[]): [latent_w (in, d), latent_b (T, d), speech_w (F, d), speech_b (T, d), memory_w
-// (d, L*2*d), memory_b (L*2*d)], then per layer the 18 tensors of StepWeights.layers (qkv_w, qkv_b, self_out_w,
-// self_out_b, cross_q_w, cross_q_b, cross_out_w, cross_out_b, ff1_w, ff1_b, ff2_w, ff2_b, norm1..3 weight and
-// bias), then with norm_first the final LayerNorm's weight and bias.
+// The packed bodies' layout: body.h.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -32,13 +29,13 @@
 #include <utility>
 #include <vector>
 
+#include "transformer/body.h"
 #include "transformer/decode_small.h"
 
 namespace lightdvae {
 namespace {
 
-constexpr int64_t kHead = 6;       // tensors before the first layer's
-constexpr int64_t kPerLayer = 18;  // tensors per layer
+using transformer::Body;
 
 using AttendFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, int64_t, std::optional<double>, bool);
@@ -49,30 +46,6 @@ const c10::TypedOperatorHandle<AttendFn>& attend_op() {
       c10::Dispatcher::singleton().findSchemaOrThrow("lightdvae::kv_attention", "").typed<AttendFn>();
   return op;
 }
-
-// The weights of one decoder body and its sizes.
-struct Body {
-  at::TensorList w;
-  int64_t layers, heads, d, hd;
-  double eps;
-  bool norm_first, relu;
-
-  Body(at::TensorList weights, int64_t heads_, double eps_, bool norm_first_, bool relu_, const char* name)
-      : w(weights), heads(heads_), eps(eps_), norm_first(norm_first_), relu(relu_) {
-    const int64_t tail = norm_first ? 2 : 0;
-    const int64_t n = static_cast<int64_t>(w.size());
-    TORCH_CHECK_VALUE(n > kHead + tail && (n - kHead - tail) % kPerLayer == 0, "transformer_decode: ", name,
-                      " holds ", n, " tensors; expected 6 + 18 per layer", norm_first ? " + 2" : "");
-    layers = (n - kHead - tail) / kPerLayer;
-    d = w[0].size(1);
-    TORCH_CHECK_VALUE(heads > 0 && d % heads == 0, "transformer_decode: d_model ", d, " is not divisible by ",
-                      heads, " heads");
-    hd = d / heads;
-    TORCH_CHECK_VALUE(w[4].size(1) == layers * 2 * d, "transformer_decode: ", name, "'s memory projection is ",
-                      w[4].sizes(), "; expected (", d, ", ", layers * 2 * d, ")");
-  }
-  const at::Tensor* layer(int64_t l) const { return w.data() + kHead + l * kPerLayer; }
-};
 
 // The cross-attention memory of a body: its key/value caches per layer and the rows of the position computed
 // last (shared by LigHT-DVAE's two passes, as MemoryKV in Python).
@@ -145,7 +118,7 @@ at::Tensor body_step(const Body& body, Cache& cache, const at::Tensor& latent, c
     });
   }
   if (body.norm_first) {
-    x = at::layer_norm(x, shape, w[w.size() - 2], w[w.size() - 1], body.eps);
+    x = at::layer_norm(x, shape, body.final_norm_weight(), body.final_norm_bias(), body.eps);
   }
   return x;
 }
@@ -197,9 +170,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
                         w.scalar_type(), " on the CPU like w");
     }
     return AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "transformer_decode_small", [&] {
-      return decode_small::decode<scalar_t>(w, z, past, s_body, z_body, s_out_w, s_out_b, prior_w, prior_b, frames,
-                                            heads, ln_eps, norm_first, relu, run_prior, log_feature_eps, temperature,
-                                            generator);
+      return decode_small::decode<scalar_t>(w, z, past, sb, shared ? nullptr : &zb, s_out_w, s_out_b, prior_w,
+                                            prior_b, frames, run_prior, log_feature_eps, temperature, generator);
     });
   }
 

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "common.h"
+#include "small_gemm.h"
+#include "transformer/body.h"
 
 namespace lightdvae::decode_small {
 
@@ -29,22 +31,12 @@ namespace lightdvae::decode_small {
 // arithmetic); from batch 4 on ATen's products are as fast.
 constexpr int64_t kMaxBatch = 4;
 
-// y[r] (n) = b (n) + x[r] (k) . w for `rows` rows (row strides xs, ys), w a contiguous (k, n) matrix: each row of
-// w is read once for all rows and added scaled (no reduction, so the order of the additions is fixed whatever the
-// vector width).
+// y[r] (n) = b (n) + x[r] (k) . w for `rows` rows (row strides xs, ys), w a contiguous (k, n) matrix (small_gemm.h:
+// each weight read once for all rows; each output sums its terms in order, whatever the vector width).
 template <typename T>
-LDV_CPU_CLONES void affine(T* __restrict y, const T* __restrict b, const T* __restrict x, const T* __restrict w,
-                           int64_t rows, int64_t k, int64_t n, int64_t xs, int64_t ys) {
+void affine(T* y, const T* b, const T* x, const T* w, int64_t rows, int64_t k, int64_t n, int64_t xs, int64_t ys) {
   for (int64_t r = 0; r < rows; ++r) std::copy(b, b + n, y + r * ys);
-  for (int64_t j = 0; j < k; ++j) {
-    const T* __restrict wj = w + j * n;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T a = x[r * xs + j];
-      T* __restrict yr = y + r * ys;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) yr[i] += a * wj[i];
-    }
-  }
+  small_gemm::rows_times(y, ys, x, xs, w, n, rows, k, n);
 }
 
 // In place: y = LayerNorm(y) * g + b over n elements (biased variance, as torch).
@@ -194,13 +186,14 @@ T logaddexp(T a, T c) {
   return m + std::log1p(std::exp(-std::abs(a - c)));
 }
 
+// The raw weights of a body parsed and checked by transformer::Body (contiguous copies kept alive in `keep`).
 template <typename T>
-Weights<T> weights_of(at::TensorList flat, std::vector<at::Tensor>& keep, int64_t heads, double eps, bool norm_first,
-                      bool relu) {
+Weights<T> weights_of(const transformer::Body& body, std::vector<at::Tensor>& keep) {
   auto ptr = [&](const at::Tensor& t) {
     keep.push_back(t.contiguous());
     return keep.back().const_data_ptr<T>();
   };
+  const at::TensorList flat = body.w;
   Weights<T> w;
   w.latent_w = ptr(flat[0]);
   w.latent_b = ptr(flat[1]);
@@ -208,36 +201,40 @@ Weights<T> weights_of(at::TensorList flat, std::vector<at::Tensor>& keep, int64_
   w.speech_b = ptr(flat[3]);
   w.memory_w = ptr(flat[4]);
   w.memory_b = ptr(flat[5]);
-  w.in_dim = flat[0].size(0);
-  w.x_dim = flat[2].size(0);
-  w.d = flat[0].size(1);
-  w.heads = heads;
-  w.hd = w.d / heads;
-  w.eps = eps;
-  w.norm_first = norm_first;
-  w.relu = relu;
-  w.n_layers = (static_cast<int64_t>(flat.size()) - 6 - (norm_first ? 2 : 0)) / 18;
-  w.ff = flat[6 + 8].size(1);
-  for (int64_t i = 0; i < 18 * w.n_layers; ++i) w.layers.push_back(ptr(flat[6 + i]));
-  if (norm_first) {
-    w.final_w = ptr(flat[flat.size() - 2]);
-    w.final_b = ptr(flat[flat.size() - 1]);
+  w.in_dim = body.in_dim;
+  w.x_dim = body.x_dim;
+  w.d = body.d;
+  w.heads = body.heads;
+  w.hd = body.hd;
+  w.eps = body.eps;
+  w.norm_first = body.norm_first;
+  w.relu = body.relu;
+  w.n_layers = body.layers;
+  w.ff = body.ff;
+  for (int64_t l = 0; l < body.layers; ++l) {
+    const at::Tensor* lw = body.layer(l);
+    for (int64_t i = 0; i < transformer::kPerLayer; ++i) w.layers.push_back(ptr(lw[i]));
+  }
+  if (body.norm_first) {
+    w.final_w = ptr(body.final_norm_weight());
+    w.final_b = ptr(body.final_norm_bias());
   }
   return w;
 }
 
-// The loop of transformer_decode (decode_loop.cpp) on raw pointers; same arguments, same outputs.
+// The loop of transformer_decode (decode_loop.cpp) on raw pointers; the same arguments (the bodies as parsed
+// there; z_body nullptr: one body for both passes), the same outputs.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode(
     const at::Tensor& w_in, const std::optional<at::Tensor>& z_in, const std::optional<at::Tensor>& past_in,
-    at::TensorList s_body, at::TensorList z_body, const at::Tensor& s_out_w, const at::Tensor& s_out_b,
-    const at::Tensor& prior_w, const at::Tensor& prior_b, int64_t frames, int64_t heads, double ln_eps,
-    bool norm_first, bool relu, bool run_prior, double log_feature_eps, double temperature,
-    const std::optional<at::Generator>& generator) {
+    const transformer::Body& s_body, const transformer::Body* z_body, const at::Tensor& s_out_w,
+    const at::Tensor& s_out_b, const at::Tensor& prior_w, const at::Tensor& prior_b, int64_t frames, bool run_prior,
+    double log_feature_eps, double temperature, const std::optional<at::Generator>& generator) {
   std::vector<at::Tensor> keep;
-  const bool shared = z_body.empty();
-  const Weights<T> sb = weights_of<T>(s_body, keep, heads, ln_eps, norm_first, relu);
-  const Weights<T> zb = shared ? sb : weights_of<T>(z_body, keep, heads, ln_eps, norm_first, relu);
+  const bool shared = z_body == nullptr;
+  const int64_t heads = s_body.heads;
+  const Weights<T> sb = weights_of<T>(s_body, keep);
+  const Weights<T> zb = shared ? sb : weights_of<T>(*z_body, keep);
   const int64_t batch = w_in.size(0), w_dim = w_in.size(1), d = sb.d, x_dim = s_out_w.size(0);
   const int64_t z_dim = prior_w.size(0) / 2, lat = z_dim + w_dim;
   const auto opts = w_in.options();

@@ -222,11 +222,17 @@ class HierarchicalEngine(InferenceEngine):
             mean, logvar = self.call("encode_z", p, x[None], w[None])
             return mean[0], logvar[0]
 
-        # (the encoders' attention batches under vmap: MultiHeadAttention takes the products' form there)
-        w_mean, w_logvar = vmap(encode_w)(params, feats)
+        if len(lengths) == 1:  # one copy: the plain modules (a vmap of one turns every product into a bmm)
+            one = {n: p[0] for n, p in params.items()}
+            w_mean, w_logvar = self.call("encode_w", one, feats)
+        else:  # (the encoders' attention batches under vmap: MultiHeadAttention takes the products' form there)
+            w_mean, w_logvar = vmap(encode_w)(params, feats)
         eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
         w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
-        z_mean, z_logvar = vmap(encode_z)(params, feats, w)
+        if len(lengths) == 1:
+            z_mean, z_logvar = self.call("encode_z", one, feats, w)
+        else:
+            z_mean, z_logvar = vmap(encode_z)(params, feats, w)
         z = torch.addcmul(z_mean, draw(generators, lengths, (c.z_dim,), power), torch.exp(0.5 * z_logvar))
         with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)
             steps = self.call("decode_stepwise", self.frozen, w.detach(), power.shape[1], z=z.detach(), prior=False)

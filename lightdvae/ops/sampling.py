@@ -39,7 +39,9 @@ kernels (see ``exact_lstm``), otherwise within float rounding, which SRNN's own-
 
 ``exact_loops(False)`` (a context manager, :mod:`lightdvae.ops.sampling_bptt`) lets the loops trade that bit-parity
 for speed within a block: the posterior loops run as their ``_bptt`` op (raw-pointer steps at batch <= 4) with or
-without gradients, and ``exact_lstm`` is taken as False.
+without gradients, SRNN's own-past loop runs its steps on raw pointers at batch <= 4 (the loop it runs without a
+graph: all of it without gradients, the search for the fed-back predictions with them), and ``exact_lstm`` is taken
+as False.
 
 ``exact_lstm`` (the loops with an LSTM step): True runs the kernel that ``nn.LSTM`` runs
 (``torch.lstm``: oneDNN on the CPU in float32, cuDNN on CUDA, ATen's LSTM cell otherwise), so the
@@ -504,6 +506,7 @@ def srnn_own_past(
             list(decoder_out),
             code,
             bool(exact_lstm),
+            exact_loops_enabled(),
         )
         return tuple(o.transpose(0, 1) for o in out)
     return srnn_own_past_ref(z, h_true, flags, h_embed, rnn_h, decoder, decoder_out, activation, exact_lstm)

@@ -37,8 +37,9 @@ _EXACT = threading.local()
 @contextlib.contextmanager
 def exact_loops(enabled: bool) -> Iterator[None]:
     """Within the block (this thread), ``enabled=False`` lets the native loops trade bit-parity with their
-    references for speed: the posterior loops run as their ``_bptt`` op with or without gradients, and the loops
-    with an LSTM step take ATen's LSTM cell instead of ``exact_lstm``'s kernel.  Results stay within float
+    references for speed: the posterior loops run as their ``_bptt`` op with or without gradients, SRNN's own-past
+    loop and the transformer DVAEs' decoding loop run small batches on raw pointers, and the loops with an LSTM
+    step take ATen's LSTM cell instead of ``exact_lstm``'s kernel.  Results stay within float
     rounding of the exact ones.  Nests; restores the previous setting on exit."""
     previous = exact_loops_enabled()
     _EXACT.value = bool(enabled)
