@@ -14,7 +14,9 @@ SRNN, batch 128 x 50 frames, Adam, the whole model).
 
 impl: ``reference`` runs the models' Python loops (``LIGHTDVAE_BACKEND=ref``), ``native`` the C++
 loops with the model's default ``exact_lstm``; ``native-cell`` / ``native-exact`` the other LSTM
-setting of SRNN / RVAE (see lightdvae.ops.sampling).  Target: native at least 3x faster than
+setting of SRNN / RVAE (see lightdvae.ops.sampling); ``native-inexact`` (posterior loops and SRNN's
+``gen_decode``) the C++ loops inside ``exact_loops(False)``, as enhancement runs them: raw-pointer steps
+up to batch 4 (csrc/sampling/small_batch.h, csrc/small_gemm.h).  Target: native at least 3x faster than
 reference for the loops at batch 1..16 on a CPU.
 
 The loops are latency-bound chains of small ops, so they are timed on one thread
@@ -29,6 +31,7 @@ from conftest import DEVICES, synchronize
 
 from lightdvae import _ext
 from lightdvae.models import build
+from lightdvae.ops.sampling import exact_loops
 
 FRAMES = 500
 BATCHES = [1, 16]
@@ -46,7 +49,7 @@ def _backend(monkeypatch, impl, device, model=None):
     if not _ext.has_kernel("dkf_posterior", device):
         pytest.skip(f"no native sampling loops for {device} in this build")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
-    if impl == "native-cell":
+    if impl in ("native-cell", "native-inexact"):
         model.exact_lstm = False
     elif impl == "native-exact":
         model.exact_lstm = True
@@ -87,8 +90,9 @@ LOOP_IMPLS = {
 }
 
 
-def _cases(loops):
-    return [(name, impl) for name in loops for impl in LOOP_IMPLS[name]]
+def _cases(loops, inexact=False):
+    """(model, impl) pairs; ``inexact`` adds ``native-inexact`` (the loops inside ``exact_loops(False)``)."""
+    return [(name, impl) for name in loops for impl in LOOP_IMPLS[name] + ["native-inexact"] * inexact]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,24 +106,31 @@ def _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device
     features, eps = _features(model, name, batch, device), _eps(batch, device)
     describe(device, impl=impl, model=name, batch=batch, frames=FRAMES, exact_lstm=getattr(model, "exact_lstm", None))
 
+    exact = impl != "native-inexact"
     if train:
 
         def step():
             model.zero_grad(set_to_none=True)
-            z, mean, logvar = model.sample_posterior(features, eps=eps)
+            with exact_loops(exact):
+                z, mean, logvar = model.sample_posterior(features, eps=eps)
             (z.square().sum() + mean.sum() + logvar.sum()).backward()
 
         _run_timed(benchmark, device, step)
         return
+
+    def sample():
+        with exact_loops(exact):
+            return model.sample_posterior(features, eps=eps)
+
     with torch.no_grad():
-        z = _run_timed(benchmark, device, lambda: model.sample_posterior(features, eps=eps))[0]
+        z = _run_timed(benchmark, device, sample)[0]
     assert z.shape == (batch, FRAMES, 16) and torch.isfinite(z).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("loop", ["posterior", "posterior_train"])
-@pytest.mark.parametrize("name, impl", _cases(["dkf"]))
+@pytest.mark.parametrize("name, impl", _cases(["dkf"], inexact=True))
 @pytest.mark.benchmark(group="dkf")
 def test_dkf(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
     _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device, loop == "posterior_train")
@@ -128,7 +139,7 @@ def test_dkf(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("loop", ["posterior", "posterior_train"])
-@pytest.mark.parametrize("name, impl", _cases(["rvae"]))
+@pytest.mark.parametrize("name, impl", _cases(["rvae"], inexact=True))
 @pytest.mark.benchmark(group="rvae")
 def test_rvae(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
     _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device, loop == "posterior_train")
@@ -137,7 +148,7 @@ def test_rvae(benchmark, describe, monkeypatch, name, impl, loop, batch, device)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("loop", ["posterior", "posterior_train"])
-@pytest.mark.parametrize("name, impl", _cases(["srnn"]))
+@pytest.mark.parametrize("name, impl", _cases(["srnn"], inexact=True))
 @pytest.mark.benchmark(group="srnn")
 def test_srnn_posterior(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
     _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device, loop == "posterior_train")
@@ -171,7 +182,7 @@ def test_generation(benchmark, describe, monkeypatch, name, impl, loop, batch, d
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("loop", ["gen_decode"])
-@pytest.mark.parametrize("name, impl", _cases(["srnn"]))
+@pytest.mark.parametrize("name, impl", _cases(["srnn"], inexact=True))
 @pytest.mark.benchmark(group="srnn")
 def test_srnn_gen_decode(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
     model = _model(name, device, prior_on_own_past=True)
@@ -181,8 +192,13 @@ def test_srnn_gen_decode(benchmark, describe, monkeypatch, name, impl, loop, bat
     z = torch.randn(batch, FRAMES, 16, generator=g).to(device)
     h_true = torch.randn(batch, FRAMES, 128, generator=g).tanh().to(device)
     use_own = torch.ones(FRAMES, dtype=torch.bool)
+
+    def decode():
+        with exact_loops(impl != "native-inexact"):
+            return model.decode_own_past(z, h_true, use_own)
+
     with torch.no_grad():
-        logvar = _run_timed(benchmark, device, lambda: model.decode_own_past(z, h_true, use_own))[0]
+        logvar = _run_timed(benchmark, device, decode)[0]
     assert torch.isfinite(logvar).all()
 
 

@@ -9,6 +9,10 @@ utterances: the batched engine), each the EM's own time (``EnhanceResult.seconds
 run; speed-ups against the reference at batch 1.  The issue's targets: >= 5x at batch 1, >= 20x with 16 utterances
 together; LigHT-DVAE: a batch of 16 under 0.5 s per iteration.
 
+``--parts`` instead times the parts of a transformer prior's iteration at batch 1 one by one (the README's "why
+the transformer priors stay near 2x"): the decoding loop as the E-step runs it, the w and z encoders forward and
+backward, the parallel decoder with input gradients, the encoders forward alone.
+
 The last two columns are the work of one EM iteration of the batch of 16 (``torch.utils.flop_counter``: the
 products and attention, which is what a GEMM floor is made of) and the rate the native path ran it at: a target
 below ``GFLOP / (this CPU's GEMM rate)`` cannot be met by any implementation of the same computation.
@@ -17,6 +21,7 @@ below ``GFLOP / (this CPU's GEMM rate)`` cannot be met by any implementation of 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -56,13 +61,74 @@ def gflop_per_iteration(model, batch: list[torch.Tensor]) -> float:
     return (counts[1] - counts[0]) / 1e9
 
 
+def _median_ms(fn, rounds: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[rounds // 2] * 1e3
+
+
+def parts(name: str, seconds: float) -> dict[str, float]:
+    """Median ms of the parts of one EM iteration of the transformer prior ``name`` at batch 1 (random weights,
+    a random spectrogram of ``seconds``), each run alone."""
+    from lightdvae.ops.sampling import exact_loops
+
+    torch.manual_seed(0)
+    model = build(name).eval()
+    frames = int(seconds * SAMPLE_RATE) // 256 + 1
+    feats = torch.randn(1, frames, 513)
+    with torch.no_grad():
+        w = model.encode_w(feats)[0]
+        z = model.encode_z(feats, w)[0]
+
+    def loop():
+        with torch.no_grad(), exact_loops(False):
+            model.decode_stepwise(w, frames, z=z, prior=False)
+
+    def encoders_backward():
+        w_mean, w_logvar = model.encode_w(feats)
+        z_mean, z_logvar = model.encode_z(feats, w_mean)
+        (w_mean.sum() + w_logvar.sum() + z_mean.sum() + z_logvar.sum()).backward()
+
+    with torch.no_grad():
+        past = torch.exp(model.decode_stepwise(w, frames, z=z, prior=False)["logvar"])
+
+    def decoder_backward():  # the decoder is frozen in the E-step: gradients of z and w only
+        zz, ww = z.clone().requires_grad_(), w.clone().requires_grad_()
+        logvar, mean_p, logvar_p = model.decode(zz, ww, past)
+        torch.autograd.grad(logvar.sum() + mean_p.sum() + logvar_p.sum(), [zz, ww])
+
+    def encoders():
+        with torch.no_grad():
+            model.encode_z(feats, model.encode_w(feats)[0])
+
+    times = {
+        "decoding loop (x2 per iteration)": _median_ms(loop),
+        "encoders forward + backward": _median_ms(encoders_backward),
+        "encoders forward (sample pass)": _median_ms(encoders),
+    }
+    for p in model.parameters():
+        p.requires_grad_(False)
+    times["parallel decoder, input gradients"] = _median_ms(decoder_backward)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--priors", nargs="+", default=["dkf", "rvae", "srnn", "light-dvae", "hit-dvae"])
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.5)
+    parser.add_argument("--parts", action="store_true", help="time the parts of a transformer prior's iteration")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.parts:
+        for name in [p for p in args.priors if p in ("light-dvae", "hit-dvae")]:
+            for part, ms in parts(name, args.seconds).items():
+                print(f"{name}: {part}: {ms:.1f} ms", flush=True)
+        return
     data = waves(args.seconds, 16)
     print(f"ms per EM iteration per utterance of {args.seconds:g} s, {torch.get_num_threads()} thread(s)\n")
     print(

@@ -28,3 +28,10 @@ def test_the_table_has_one_row_per_prior_with_ratios(capsys):
     assert re.fullmatch(r"[\d.]+", cells[1]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[2])
     assert re.fullmatch(r"\d+", cells[3]) and re.fullmatch(r"[\d.]+ \([\d.]+x\)", cells[4])
     assert float(cells[5]) > 0 and re.fullmatch(r"\d+", cells[6])  # the work of an iteration, and its rate
+
+
+def test_parts_time_each_part_of_a_transformer_iteration(capsys):
+    enhance_speed.main(["--parts", "--priors", "light-dvae", "vae", "--seconds", "0.2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("light-dvae: ") for line in lines)  # the VAE has no loop
+    assert all(re.search(r": [\d.]+ ms$", line) for line in lines)
