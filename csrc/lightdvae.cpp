@@ -49,7 +49,7 @@ TORCH_LIBRARY(lightdvae, m) {
       "transformer_decode(Tensor w, Tensor? z, Tensor? past, Tensor[] s_body, Tensor[] z_body, Tensor s_out_w, "
       "Tensor s_out_b, Tensor prior_w, Tensor prior_b, int frames, int heads, float ln_eps, bool norm_first, "
       "int activation, bool run_prior, float log_feature_eps, float temperature, Generator? generator, "
-      "bool exact=True) "
+      "bool exact=True, Tensor? rope_cos=None, Tensor? rope_sin=None) "
       "-> (Tensor logvar, Tensor z, Tensor prior, Tensor past_feats)");
 
   // Sequential latent sampling loops (SPEC 7.3), CompositeImplicitAutograd (csrc/sampling/).

@@ -3,7 +3,8 @@
 It makes the same ATen calls as the Python loop over ``DecoderBody.step_rows``, in the same order, on the same
 packed weights and caches: its outputs must equal the Python loop's exactly (not within a tolerance), in every mode
 of ``decode_stepwise`` (posterior z with and without the prior pass, teacher forcing, z drawn from the prior with a
-seeded generator), for both models, post- and pre-norm, float32 and float64, batch 1 and several.
+seeded generator), for both models, post- and pre-norm, sinusoidal and rotary positions, float32 and float64,
+batch 1 and several.
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ def decode(model, mode: str, batch: int, frames: int, dtype: torch.dtype, native
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
 @pytest.mark.parametrize("name", ["hit-dvae", "light-dvae"])
-def test_native_loop_equals_the_python_loop_exactly(name, norm_first, mode, monkeypatch):
+def test_native_loop_equals_the_python_loop_exactly(name, norm_first, positions, mode, monkeypatch):
     for dtype, batch, activation in (
         (torch.float32, 1, "relu"),
         (torch.float64, 3, "tanh"),
         (torch.float32, 5, "relu"),
     ):
-        model = tiny(name, norm_first=norm_first, activation=activation).to(dtype)
+        model = tiny(name, norm_first=norm_first, activation=activation, positions=positions).to(dtype)
         assert native_decoding([model.s_body], dtype, "cpu")
         ours = decode(model, mode, batch, 9, dtype, True, monkeypatch)
         theirs = decode(model, mode, batch, 9, dtype, False, monkeypatch)
@@ -76,10 +78,11 @@ def test_native_loop_equals_the_python_loop_exactly(name, norm_first, mode, monk
     not torch.cuda.is_available() or not _ext.has_kernel("kv_attention", "cuda"), reason="needs a GPU and CUDA kernels"
 )
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
 @pytest.mark.parametrize("name", ["hit-dvae", "light-dvae"])
-def test_native_loop_on_cuda_equals_the_python_loop(name, mode, monkeypatch):
+def test_native_loop_on_cuda_equals_the_python_loop(name, positions, mode, monkeypatch):
     """On the GPU the loop's ATen calls launch the same CUDA kernels as the Python loop's, in the same order."""
-    model = tiny(name).cuda()
+    model = tiny(name, positions=positions).cuda()
     assert native_decoding([model.s_body], torch.float32, "cuda")
     ours = decode(model, mode, 4, 9, torch.float32, True, monkeypatch, "cuda")
     theirs = decode(model, mode, 4, 9, torch.float32, False, monkeypatch, "cuda")
@@ -104,7 +107,6 @@ def test_the_native_loop_runs_where_it_applies_and_not_elsewhere(monkeypatch):
     not_covered = [
         tiny("light-dvae", inv_s=True),
         tiny("hit-dvae", past_encoder="rnn"),
-        tiny("light-dvae", positions="rope"),
         tiny("hit-dvae").train(),
     ]
     for model in not_covered:
@@ -145,6 +147,14 @@ def test_bad_arguments_raise_one_clear_error():
     args[9] = 4  # more frames than the packed position tables hold
     with pytest.raises(ValueError, match="position tables hold 3 positions, fewer than 4"):
         op(*args)
+    args[9] = 3
+    cos = torch.zeros(3, 4)  # head size 8 in TINY: (positions, 4)
+    with pytest.raises(ValueError, match="give both rope_cos and rope_sin"):
+        op(*args, True, cos, None)
+    with pytest.raises(ValueError, match=r"rotary tables must be \(>= 3, 4\), got \[2, 4\]"):
+        op(*args, True, cos[:2], cos[:2])
+    with pytest.raises(ValueError, match="rotary tables must be Float"):
+        op(*args, True, cos.double(), cos.double())
 
 
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -152,16 +162,17 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
 @pytest.mark.parametrize("name", ["hit-dvae", "light-dvae"])
-def test_small_batches_on_raw_pointers_stay_within_rounding(name, norm_first, mode, monkeypatch):
+def test_small_batches_on_raw_pointers_stay_within_rounding(name, norm_first, positions, mode, monkeypatch):
     """Inside exact_loops(False) batches of 1-4 decode on raw pointers (decode_small.h).  float64: equal to the exact
     loop to rounding (~1e-15 measured); float32: as close to the float64 result as the exact float32 loop is (within
     4x its error, plus 2^-20 for the last bits) -- except generation, whose noise is drawn in the model's dtype (the
     float32 arithmetic is the same code as in the other modes); batch 5 stays on the exact loop, bit for bit."""
     for batch, activation in ((1, "relu"), (4, "tanh")):
-        model64 = tiny(name, norm_first=norm_first, activation=activation).double()
-        model32 = tiny(name, norm_first=norm_first, activation=activation)
+        model64 = tiny(name, norm_first=norm_first, activation=activation, positions=positions).double()
+        model32 = tiny(name, norm_first=norm_first, activation=activation, positions=positions)
         exact64 = decode(model64, mode, batch, 11, torch.float64, True, monkeypatch)
         exact32 = decode(model32, mode, batch, 11, torch.float32, True, monkeypatch)
         with exact_loops(False):
@@ -180,7 +191,7 @@ def test_small_batches_on_raw_pointers_stay_within_rounding(name, norm_first, mo
             assert err64 < 1e-10, key
             if mode != "generate":
                 assert err_raw32 <= 4 * err_exact32 + 2.0**-20, key
-    model = tiny(name, norm_first=norm_first)
+    model = tiny(name, norm_first=norm_first, positions=positions)
     exact = decode(model, mode, 5, 7, torch.float32, True, monkeypatch)
     with exact_loops(False):
         same = decode(model, mode, 5, 7, torch.float32, True, monkeypatch)

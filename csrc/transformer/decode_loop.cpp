@@ -14,9 +14,10 @@
 // these calls, several times faster at batch 1; the enhancement's E-step asks for it).
 //
 // What it covers is what the Python wrapper sends it: eval mode (no dropout), post- or pre-norm layers with
-// residuals, the Linear past-speech embedding with sinusoidal positions (folded into the packed biases), ReLU or
-// tanh feed-forward blocks, one LayerNorm eps per body.  Inv-s, the RNN-encoded past, rotary positions and
-// training-mode decoding stay on the Python loop.
+// residuals, the Linear past-speech embedding with sinusoidal positions (folded into the packed biases) or rotary
+// ones (rope_cos / rope_sin: the queries and keys of every attention rotated at their positions, each memory key
+// once as it is computed, as DecoderBody.step_rows does), ReLU or tanh feed-forward blocks, one LayerNorm eps per
+// body.  Inv-s, the RNN-encoded past and training-mode decoding stay on the Python loop.
 //
 // The packed bodies' layout: body.h.
 #include <ATen/ATen.h>
@@ -68,16 +69,40 @@ std::vector<at::Tensor> zeros_per_layer(const Body& body, int64_t batch, int64_t
   return out;
 }
 
+// Rotary positions: the (positions, hd / 2) cos and sin tables of transformer_layers.rotary_tables, or undefined.
+struct Rope {
+  at::Tensor cos, sin;
+  bool on() const { return cos.defined(); }
+};
+
+// transformer_layers.rotate: x (..., hd) rotated by the angles of cos / sin (broadcast over x's leading dims),
+// half-split pairs; the same calls as the Python function.
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto halves = x.chunk(2, -1);
+  return at::cat({halves[0] * cos - halves[1] * sin, halves[0] * sin + halves[1] * cos}, -1);
+}
+
 // DecoderBody.step_rows at one position p: latent (B, in) and, unless the memory of p was computed through a
 // cache sharing it, speech (B, F) -> (B, d).  The same calls as the Python step, in the same order.
-at::Tensor body_step(const Body& body, Cache& cache, const at::Tensor& latent, const at::Tensor* speech, int64_t p) {
+at::Tensor body_step(const Body& body, Cache& cache, const at::Tensor& latent, const at::Tensor* speech, int64_t p,
+                     const Rope& rope) {
   const auto& w = body.w;
   const int64_t b = latent.size(0), d = body.d, heads = body.heads, hd = body.hd;
   Memory& mem = *cache.memory;
+  at::Tensor cos_p, sin_p;  // the angles of position p, (1, hd / 2)
+  if (rope.on()) {
+    cos_p = rope.cos.narrow(0, p, 1);
+    sin_p = rope.sin.narrow(0, p, 1);
+  }
   at::Tensor x = at::addmm(w[1].narrow(0, p, 1), latent, w[0]);
   if (speech != nullptr) {
     at::Tensor sp = at::addmm(w[3].narrow(0, p, 1), *speech, w[2]);
-    at::Tensor kv = at::addmm(w[5], sp, w[4]).view({b, 1, body.layers, 2, heads, hd}).permute({2, 3, 0, 4, 1, 5});
+    at::Tensor kv = at::addmm(w[5], sp, w[4]).view({b, 1, body.layers, 2, heads, hd});
+    if (rope.on()) {  // the memory's keys of every layer, rotated once at their position
+      const at::Tensor keys = kv.select(3, 0);
+      keys.copy_(rotate(keys, cos_p.view({1, 1, 1, hd / 2}), sin_p.view({1, 1, 1, hd / 2})));
+    }
+    kv = kv.permute({2, 3, 0, 4, 1, 5});
     mem.rows.clear();
     for (int64_t l = 0; l < body.layers; ++l) {
       at::Tensor layer_kv = kv.select(0, l);
@@ -97,12 +122,19 @@ at::Tensor body_step(const Body& body, Cache& cache, const at::Tensor& latent, c
     };
     x = residual(x, 0, [&](const at::Tensor& h) {  // causal self-attention over the query stream
       at::Tensor qkv = at::addmm(lw[1], h, lw[0]).view({b, 1, 3, heads, hd}).permute({2, 0, 3, 1, 4});
-      at::Tensor out =
-          attend.call(qkv.select(0, 0), cache.k[l], cache.v[l], qkv.select(0, 1), qkv.select(0, 2), p, std::nullopt, true);
+      at::Tensor q = qkv.select(0, 0), k = qkv.select(0, 1);
+      if (rope.on()) {
+        q = rotate(q, cos_p, sin_p);
+        k = rotate(k, cos_p, sin_p);
+      }
+      at::Tensor out = attend.call(q, cache.k[l], cache.v[l], k, qkv.select(0, 2), p, std::nullopt, true);
       return at::addmm(lw[3], out.view({b, d}), lw[2]);
     });
     x = residual(x, 1, [&](const at::Tensor& h) {  // causal cross-attention to the memory
       at::Tensor q = at::addmm(lw[5], h, lw[4]).view({b, 1, heads, hd}).transpose(1, 2);
+      if (rope.on()) {
+        q = rotate(q, cos_p, sin_p);
+      }
       const auto& [k_new, v_new] = mem.rows[l];
       at::Tensor out = attend.call(q, mem.k[l], mem.v[l], k_new, v_new, p, std::nullopt, true);
       return at::addmm(lw[7], out.view({b, d}), lw[6]);
@@ -136,7 +168,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
     at::TensorList s_body, at::TensorList z_body, const at::Tensor& s_out_w, const at::Tensor& s_out_b,
     const at::Tensor& prior_w, const at::Tensor& prior_b, int64_t frames, int64_t heads, double ln_eps,
     bool norm_first, int64_t activation, bool run_prior, double log_feature_eps, double temperature,
-    std::optional<at::Generator> generator, bool exact) {
+    std::optional<at::Generator> generator, bool exact, const std::optional<at::Tensor>& rope_cos,
+    const std::optional<at::Tensor>& rope_sin) {
   TORCH_CHECK_VALUE(frames >= 1, "transformer_decode: frames must be >= 1, got ", frames);
   TORCH_CHECK_VALUE(w.dim() == 2, "transformer_decode: w must be (batch, w_dim), got ", w.sizes());
   TORCH_CHECK_VALUE(activation == 0 || activation == 1, "transformer_decode: activation must be 0 (tanh) or 1 (relu)");
@@ -161,6 +194,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
     TORCH_CHECK_VALUE(past->dim() == 3 && past->size(0) == batch && past->size(1) == frames && past->size(2) == x_dim,
                       "transformer_decode: past must be (", batch, ", ", frames, ", ", x_dim, "), got ", past->sizes());
   }
+  TORCH_CHECK_VALUE(rope_cos.has_value() == rope_sin.has_value(), "transformer_decode: give both rope_cos and "
+                    "rope_sin, or neither");
+  Rope rope;
+  if (rope_cos.has_value()) {
+    for (const auto* t : {&*rope_cos, &*rope_sin}) {
+      TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) >= frames && t->size(1) * 2 == sb.hd && zb.hd == sb.hd,
+                        "transformer_decode: the rotary tables must be (>= ", frames, ", ", sb.hd / 2, "), got ",
+                        t->sizes());
+      TORCH_CHECK_VALUE(t->scalar_type() == w.scalar_type() && t->device() == w.device(), "transformer_decode: ",
+                        "the rotary tables must be ", w.scalar_type(), " on ", w.device(), " like w");
+    }
+    rope = {*rope_cos, *rope_sin};
+  }
   const auto opts = w.options();
   // Without bit-parity, a small CPU batch runs on raw pointers (decode_small.h).
   if (!exact && w.is_cpu() && batch <= decode_small::kMaxBatch &&
@@ -171,7 +217,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
     }
     return AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "transformer_decode_small", [&] {
       return decode_small::decode<scalar_t>(w, z, past, sb, shared ? nullptr : &zb, s_out_w, s_out_b, prior_w,
-                                            prior_b, frames, run_prior, log_feature_eps, temperature, generator);
+                                            prior_b, frames, run_prior, log_feature_eps, temperature, generator,
+                                            rope.cos, rope.sin);
     });
   }
 
@@ -201,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
   for (int64_t i = 0; i < frames; ++i) {
     at::Tensor prior_t;
     if (run_prior) {
-      at::Tensor h = body_step(zb, z_cache, at::cat({z_prev, w}, -1), &mem, i);
+      at::Tensor h = body_step(zb, z_cache, at::cat({z_prev, w}, -1), &mem, i, rope);
       prior_t = at::addmm(prior_b, h, prior_wt);
       priors.push_back(prior_t);
     }
@@ -212,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_decode(
       at::Tensor eps = at::randn({batch, z_dim}, generator, opts);
       z_t = at::addcmul(prior_t.slice(1, 0, z_dim), at::exp(prior_t.slice(1, z_dim) * 0.5), eps, temperature);
     }
-    at::Tensor h = body_step(sb, s_cache, at::cat({z_t, w}, -1), share ? nullptr : &mem, i);
+    at::Tensor h = body_step(sb, s_cache, at::cat({z_t, w}, -1), share ? nullptr : &mem, i, rope);
     at::Tensor logvar_t = at::linear(h, s_out_w, s_out_b);
     mem = past.has_value() ? past->select(1, i) : at::logaddexp(logvar_t, log_eps);
     logvars.push_back(logvar_t);

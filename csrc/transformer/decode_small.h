@@ -83,6 +83,7 @@ template <typename T>
 struct Weights {
   const T *latent_w, *latent_b, *speech_w, *speech_b, *memory_w, *memory_b, *final_w = nullptr, *final_b = nullptr;
   std::vector<const T*> layers;  // 18 per layer
+  const T *cos = nullptr, *sin = nullptr;  // rotary tables (positions, hd / 2), or none
   int64_t in_dim, x_dim, d, n_layers, heads, hd, ff;
   double eps;
   bool norm_first, relu;
@@ -99,6 +100,16 @@ struct KV {
   int64_t at(int64_t l, int64_t b, int64_t h, int64_t t) const { return (((l * batch + b) * heads + h) * frames + t) * hd; }
 };
 
+// transformer_layers.rotate of one head's row x (hd) in place at the angles c, s (hd / 2 each).
+template <typename T>
+void rotate(T* x, const T* c, const T* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const T x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * c[i] - x2 * s[i];
+    x[i + half] = x1 * s[i] + x2 * c[i];
+  }
+}
+
 // The exact loop's body_step at position p on raw rows: latent (batch, in_dim) and speech (batch, x_dim) or
 // nullptr (the memory of p already in `memory`) -> out (batch, d).  `self` and `memory` are this use's caches.
 template <typename T>
@@ -113,6 +124,9 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
   T* att = q + rows * d;  // attention outputs (rows, d)
   T* big = att + rows * d;  // qkv (rows, 3d), memory keys/values (rows, 2 d L), feed-forward hidden (rows, ff)
   T* scores = big + rows * wide;
+  const int64_t half = hd / 2;
+  const T* cos_p = w.cos != nullptr ? w.cos + p * half : nullptr;  // the angles of position p
+  const T* sin_p = w.cos != nullptr ? w.sin + p * half : nullptr;
   affine(x, w.latent_b + p * d, latent, w.latent_w, rows, w.in_dim, d, w.in_dim, d);
   if (speech != nullptr) {
     const int64_t kv = 2 * d * w.n_layers;
@@ -121,7 +135,8 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t l = 0; l < w.n_layers; ++l) {
         for (int64_t hh = 0; hh < heads; ++hh) {
-          const T* kr = big + r * kv + l * 2 * d + hh * hd;
+          T* kr = big + r * kv + l * 2 * d + hh * hd;
+          if (cos_p != nullptr) rotate(kr, cos_p, sin_p, half);  // each memory key rotated once, at its position
           std::copy(kr, kr + hd, memory.k.data() + memory.at(l, r, hh, p));
           std::copy(kr + d, kr + d + hd, memory.v.data() + memory.at(l, r, hh, p));
         }
@@ -145,8 +160,12 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
     residual(0, [&] {  // causal self-attention
       affine(big, lw[1], h, lw[0], rows, d, 3 * d, d, 3 * d);
       for (int64_t r = 0; r < rows; ++r) {
-        const T* qkv = big + r * 3 * d;
+        T* qkv = big + r * 3 * d;
         for (int64_t hh = 0; hh < heads; ++hh) {
+          if (cos_p != nullptr) {
+            rotate(qkv + hh * hd, cos_p, sin_p, half);
+            rotate(qkv + d + hh * hd, cos_p, sin_p, half);
+          }
           std::copy(qkv + d + hh * hd, qkv + d + (hh + 1) * hd, self.k.data() + self.at(l, r, hh, p));
           std::copy(qkv + 2 * d + hh * hd, qkv + 2 * d + (hh + 1) * hd, self.v.data() + self.at(l, r, hh, p));
           attend(att + r * d + hh * hd, qkv + hh * hd, self.k.data() + self.at(l, r, hh, 0),
@@ -159,6 +178,7 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
       affine(q, lw[5], h, lw[4], rows, d, d, d, d);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t hh = 0; hh < heads; ++hh) {
+          if (cos_p != nullptr) rotate(q + r * d + hh * hd, cos_p, sin_p, half);
           attend(att + r * d + hh * hd, q + r * d + hh * hd, memory.k.data() + memory.at(l, r, hh, 0),
                  memory.v.data() + memory.at(l, r, hh, 0), p + 1, hd, scores);
         }
@@ -223,18 +243,26 @@ Weights<T> weights_of(const transformer::Body& body, std::vector<at::Tensor>& ke
 }
 
 // The loop of transformer_decode (decode_loop.cpp) on raw pointers; the same arguments (the bodies as parsed
-// there; z_body nullptr: one body for both passes), the same outputs.
+// there; z_body nullptr: one body for both passes; rope_cos / rope_sin undefined without rotary positions), the same
+// outputs.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode(
     const at::Tensor& w_in, const std::optional<at::Tensor>& z_in, const std::optional<at::Tensor>& past_in,
     const transformer::Body& s_body, const transformer::Body* z_body, const at::Tensor& s_out_w,
     const at::Tensor& s_out_b, const at::Tensor& prior_w, const at::Tensor& prior_b, int64_t frames, bool run_prior,
-    double log_feature_eps, double temperature, const std::optional<at::Generator>& generator) {
+    double log_feature_eps, double temperature, const std::optional<at::Generator>& generator,
+    const at::Tensor& rope_cos, const at::Tensor& rope_sin) {
   std::vector<at::Tensor> keep;
   const bool shared = z_body == nullptr;
   const int64_t heads = s_body.heads;
-  const Weights<T> sb = weights_of<T>(s_body, keep);
-  const Weights<T> zb = shared ? sb : weights_of<T>(*z_body, keep);
+  Weights<T> sb = weights_of<T>(s_body, keep);
+  Weights<T> zb = shared ? sb : weights_of<T>(*z_body, keep);
+  if (rope_cos.defined()) {  // both bodies rotate with the same tables (same head size, checked by the caller)
+    keep.push_back(rope_cos.contiguous());
+    sb.cos = zb.cos = keep.back().const_data_ptr<T>();
+    keep.push_back(rope_sin.contiguous());
+    sb.sin = zb.sin = keep.back().const_data_ptr<T>();
+  }
   const int64_t batch = w_in.size(0), w_dim = w_in.size(1), d = sb.d, x_dim = s_out_w.size(0);
   const int64_t z_dim = prior_w.size(0) / 2, lat = z_dim + w_dim;
   const auto opts = w_in.options();

@@ -82,7 +82,7 @@ Cost of the cached loops (issue #5): a frame runs the decoder body once per use 
 :mod:`~lightdvae.models.transformer_layers`), under ``torch.inference_mode()``.  LigHT-DVAE's two uses of its one
 body read the same past speech, so (in ``eval()`` mode) they share the cross-attention keys/values of that memory:
 the prior pass computes them, the speech pass reuses them.  Where it applies (eval mode, no Inv-s, the Linear
-past with sinusoidal positions: the published models) the whole loop is one native call,
+past with sinusoidal or rotary positions) the whole loop is one native call,
 ``lightdvae::transformer_decode`` (csrc/transformer/decode_loop.cpp): the same ATen calls in C++, the same values
 bit for bit, no Python per frame (1.7-2.5x at batch 1); a forward hook on ``s_out`` keeps the Python loop, so
 that it sees every frame.  ``benchmarks/test_kv_attention.py`` and ``benchmarks/test_resynthesis.py`` time
@@ -427,7 +427,7 @@ class _HierarchicalTransformerDVAE(DVAE):
         if _hooked(self.s_out) or not native_decoding(bodies, w.dtype, w.device):
             return None
         c = self.config
-        (s_flat, eps, act), *rest = [native_weights(body, frames) for body in bodies]
+        (s_flat, eps, act, rope), *rest = [native_weights(body, frames) for body in bodies]
         logvar, zs, prior, fed = torch.ops.lightdvae.transformer_decode(
             w,
             z,
@@ -448,6 +448,7 @@ class _HierarchicalTransformerDVAE(DVAE):
             float(temperature),
             generator,
             exact_loops_enabled(),
+            *(rope or (None, None)),  # both bodies rotate by the same tables (same head size)
         )
         return self._loop_outputs(logvar, zs, prior if run_prior else None, fed)
 

@@ -702,14 +702,14 @@ class DecoderBody(nn.Module):
 
 def native_decoding(bodies: list[DecoderBody], dtype: torch.dtype, device) -> bool:
     """Whether the native decoding loop (``lightdvae::transformer_decode``, csrc/transformer/decode_loop.cpp) runs
-    these bodies: eval mode, no Inv-s, the Linear past with sinusoidal positions, a ReLU or tanh feed-forward, one
-    LayerNorm eps, the native cached attention for these caches (and this module's ``kv_attention`` hook not
-    replaced), and the backend allows the op.  It returns what the Python loop over :meth:`DecoderBody.step_rows`
-    returns, bit for bit; the Python loop runs everything else."""
+    these bodies: eval mode, no Inv-s, the Linear past (sinusoidal or rotary positions), a ReLU or tanh
+    feed-forward, one LayerNorm eps, the native cached attention for these caches (and this module's
+    ``kv_attention`` hook not replaced), and the backend allows the op.  It returns what the Python loop over
+    :meth:`DecoderBody.step_rows` returns, bit for bit; the Python loop runs everything else."""
     from lightdvae import _ext
 
     for body in bodies:
-        if body.training or body.inv_s or not body.residual or body.past_rnn is not None or body.rope:
+        if body.training or body.inv_s or not body.residual or body.past_rnn is not None:
             return False
         if type(body.layers[0].ff.net[1]) not in _INPLACE_ACTIVATIONS:
             return False
@@ -722,16 +722,19 @@ def native_decoding(bodies: list[DecoderBody], dtype: torch.dtype, device) -> bo
     return select_kv_attention(probe, probe) is torch.ops.lightdvae.kv_attention.default
 
 
-def native_weights(body: DecoderBody, max_len: int) -> tuple[list[Tensor], float, int]:
+def native_weights(
+    body: DecoderBody, max_len: int
+) -> tuple[list[Tensor], float, int, tuple[Tensor, Tensor] | None]:
     """A body's packed weights (:meth:`DecoderBody._pack`) as ``lightdvae::transformer_decode`` takes them: the flat
-    list (see csrc/transformer/decode_loop.cpp), the LayerNorm eps and the activation code (1 ReLU, 0 tanh)."""
+    list (see csrc/transformer/body.h), the LayerNorm eps, the activation code (1 ReLU, 0 tanh) and the rotary
+    tables ``(cos, sin)`` (None with sinusoidal positions)."""
     wts = body._pack(max_len)
     flat = [wts.latent_w, wts.latent_b, wts.speech_w, wts.speech_b, wts.memory_w, wts.memory_b]
     for layer in wts.layers:
         flat.extend(layer[:18])
     if wts.final_norm is not None:
         flat.extend(wts.final_norm[:2])
-    return flat, _layer_norm_eps([body]).pop(), int(wts.activation is torch.relu_)
+    return flat, _layer_norm_eps([body]).pop(), int(wts.activation is torch.relu_), wts.rope
 
 
 def _layer_norm_eps(bodies: list[DecoderBody]) -> set[float]:
