@@ -722,9 +722,7 @@ def native_decoding(bodies: list[DecoderBody], dtype: torch.dtype, device) -> bo
     return select_kv_attention(probe, probe) is torch.ops.lightdvae.kv_attention.default
 
 
-def native_weights(
-    body: DecoderBody, max_len: int
-) -> tuple[list[Tensor], float, int, tuple[Tensor, Tensor] | None]:
+def native_weights(body: DecoderBody, max_len: int) -> tuple[list[Tensor], float, int, tuple[Tensor, Tensor] | None]:
     """A body's packed weights (:meth:`DecoderBody._pack`) as ``lightdvae::transformer_decode`` takes them: the flat
     list (see csrc/transformer/body.h), the LayerNorm eps, the activation code (1 ReLU, 0 tanh) and the rotary
     tables ``(cos, sin)`` (None with sinusoidal positions)."""
