@@ -223,8 +223,8 @@ Tensors3 own_past_sequence(const at::Tensor& s_hat, const at::Tensor& z, const a
 // srnn_own_past's loop on raw pointers at small batch (issue 16: the enhancement's E-step and sample pass decode one
 // SRNN utterance on its own past twice per iteration; the ATen loop is ~45 calls a frame, dispatch-bound at batch
 // 1).  The same function -- h_embed, the LSTM cell (ATen's LSTMCell arithmetic, its two biases added first), the
-// decoder on [h_t ; z_t], the fed-back exp(logvar) -- with every product an accumulation over contiguous rows
-// (small_batch.h).  z and h_true (if defined) time-major and contiguous; writes fed[t] = s_hat_{t-1} when `fed` is
+// decoder on [h_t ; z_t], the fed-back exp(logvar) -- with every product through small_gemm.h (each weight read once
+// per step for all rows).  z and h_true (if defined) time-major and contiguous; writes fed[t] = s_hat_{t-1} when `fed` is
 // given (the sequence pass recomputes the rest), else logvar, used and own (frames, batch, width), all contiguous.
 template <typename T>
 void own_past_small(const at::Tensor& z, const at::Tensor& h_true, const c10::List<bool>& use_own,
@@ -341,14 +341,13 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   if (!exact && !exact_lstm && !step_graph && small::eligible(z, batch)) {
     const at::Tensor ht = h_true.defined() ? h_true.contiguous() : at::Tensor();
     const auto time_major = [&](int64_t width) { return at::empty({frames, batch, width}, z.options()); };
-    const int64_t h_dim_ = rnn_h[1].size(1);
     at::Tensor fed_all, logvar_all, used_all, own_all;
     if (sequence_pass) {
       fed_all = time_major(x_dim);
     } else {
       logvar_all = time_major(x_dim);
-      used_all = time_major(h_dim_);
-      own_all = time_major(h_dim_);
+      used_all = time_major(h_dim);
+      own_all = time_major(h_dim);
     }
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_own_past_small", [&] {
       auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
