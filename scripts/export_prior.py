@@ -51,7 +51,8 @@ def main() -> None:
     test = {}
     for past in ("gen", "gt"):
         out = Path(f"pretrained-{args.name}") / "eval" / f"test-{past}"
-        test[past] = _scores(evaluate_run(f"pretrained:{args.name}", past=past, out=out, quiet=True))
+        # the scores of the file just written: an earlier export's evaluation there is replaced
+        test[past] = _scores(evaluate_run(f"pretrained:{args.name}", past=past, out=out, quiet=True, overwrite=True))
     card_path = Path(args.out) / f"{args.name}.json"
     full = json.loads(card_path.read_text())
     atomic_write_json(card_path, {**full, "test": test, "test_split": "builtin test (GEN and GT past)"})
