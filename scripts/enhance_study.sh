@@ -7,7 +7,8 @@
 # FIXTURES (default ../shared/fixtures/dvae) holds the DVAE authors' VoiceBank checkpoints (vb_vae, vb_dkf,
 # vb_rvae, vb_srnn: checkpoint.pt + config.ini); those absent are left out.  Each step resumes when run again.
 # Priors: the shipped ones (lightdvae info) and the imported VoiceBank ones, at the reference's settings
-# (100 iterations, K = 8, Adam 1e-3, beta 1), and the VAE priors also with beta 0.01 (their training weight).
+# (100 iterations, K = 8, Adam 1e-3, beta 1), and the VAE and LigHT-DVAE priors also with beta 0.01 (their training
+# weight).
 set -euo pipefail
 OUT=${1:-runs/enhance-study}
 FIXTURES=${2:-../shared/fixtures/dvae}
@@ -37,7 +38,7 @@ for prior in "${priors[@]}"; do
     echo "== $prior"
     lightdvae enhance "$prior" --data "noisy:$SET" --out "$OUT/results/$tag" --threads "$THREADS" --quiet
     case "$prior" in
-        pretrained:vae | */vb-vae) lightdvae enhance "$prior" --data "noisy:$SET" --beta 0.01 --out "$OUT/results/$tag-beta0.01" \
+        pretrained:vae | */vb-vae | pretrained:light-dvae) lightdvae enhance "$prior" --data "noisy:$SET" --beta 0.01 --out "$OUT/results/$tag-beta0.01" \
                   --threads "$THREADS" --quiet ;;
     esac
 done

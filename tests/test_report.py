@@ -451,3 +451,22 @@ def test_a_column_at_the_floor_of_its_scale_is_said_to_be_so(tmp_path):
     assert rows["VAE"][5].startswith("**-2.50**")  # SI-SDR has no floor
     assert "**" not in rows["VAE"][6] + rows["DKF"][6]  # PESQ-WB 1.05 / 1.07: nobody is best at the floor
     assert "Nothing bold in PESQ-WB: the best mean is at the floor of the scale" in text
+
+
+def test_imported_checkpoints_are_named_not_tabulated_as_zero_trainings():
+    """Imported runs (no training here) get one line, not a row of zeros, in the training table; the cost table
+    leaves out a run with nothing timed."""
+    from lightdvae.report.cost_section import cost_section
+    from lightdvae.report.runs_section import training_section
+
+    imported = {"dir": Path("vb-dkf"), "meta": {"model": "dkf", "config": {}}, "log": [], "status": {}}
+    trained_meta = {"model": "vae", "config": {}, "parameters": 10, "training": {"lr": 1e-3, "epochs": 3}}
+    rows = [{"epoch": e, "seconds": 2.0, "kl_warm": 1.0} for e in (1, 2, 3)]
+    trained = {"dir": Path("vae"), "meta": trained_meta, "log": rows, "status": {"state": "finished"}}
+    alone = "\n".join(training_section([imported]))
+    assert "Imported checkpoints, not trained here: DKF." in alone and "| DKF |" not in alone
+    both = "\n".join(training_section([trained, imported]))
+    assert "| VAE | 10 |" in both and "| DKF |" not in both and "Imported checkpoints, not trained here: DKF." in both
+    cost = "\n".join(cost_section([trained, imported], [], [], []))
+    assert "| VAE |" in cost and "| DKF |" not in cost
+    assert "| DKF |" not in "\n".join(cost_section([imported], [], [], []))

@@ -103,7 +103,9 @@ def cost_section(
     """``## Cost``: the runs' recorded times and the measured native-vs-reference table of each ``cost.json``,
     with one line for what is missing."""
     lines = ["## Cost", ""]
-    if runs:
+    rows = [_run_row(r, evals, generations) for r in runs]
+    rows = [row for row in rows if any(cell not in ("", "?") for cell in row[1:])]  # imported and never timed: none
+    if rows:
         header = [
             "model",
             "device",
@@ -118,7 +120,7 @@ def cost_section(
             "`lightdvae eval` (GEN past) and in `lightdvae generate` per second of audio, each on the device its "
             "command ran on (a shared machine slows them alike only when the load is steady).",
             "",
-            table(header, [_run_row(r, evals, generations) for r in runs], ["l", "l"] + ["r"] * 5),
+            table(header, rows, ["l", "l"] + ["r"] * 5),
             "",
         ]
     for cost in costs:

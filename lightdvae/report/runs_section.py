@@ -123,6 +123,10 @@ def training_section(runs: Sequence[dict], note: Sequence[str] = ()) -> list[str
             "status.json (`lightdvae train --model NAME --out RUN`); pass the run folders to `lightdvae report`._",
             "",
         ]
+    imported = [r for r in runs if not _training(r) and not r["log"]]  # checkpoints brought in, not trained here
+    runs = [r for r in runs if r not in imported]
+    if not runs:
+        return lines + [_imported_line(imported), ""]
     labels = _labels(runs)
     header = [
         "model",
@@ -139,7 +143,14 @@ def training_section(runs: Sequence[dict], note: Sequence[str] = ()) -> list[str
     ]
     body = [training_row(r, lab) for r, lab in zip(runs, labels, strict=True)]
     align = ["l"] + ["r"] * (len(header) - 2) + ["l"]
-    return lines + [_settings(runs, labels), "", table(header, body, align), "", *note] + ([""] if note else [])
+    lines += [_settings(runs, labels), "", table(header, body, align), ""]
+    if imported:
+        lines += [_imported_line(imported), ""]
+    return lines + [*note] + ([""] if note else [])
+
+
+def _imported_line(runs: Sequence[dict]) -> str:
+    return "Imported checkpoints, not trained here: " + ", ".join(_labels(runs)) + "."
 
 
 def training_row(run: dict, label: str | None = None) -> list[str]:
