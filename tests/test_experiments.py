@@ -185,19 +185,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_the_demo_plan_keeps_each_shipped_prior_its_measured_share():
     from lightdvae.cli.demo import AFTER_TRAINING, training_minutes
+    from lightdvae.models import SEES_PAST_SPEECH
     from lightdvae.models.shipped import pretrained_card, pretrained_names
 
     names = pretrained_names()
     assert training_minutes(10.0, 3) == pytest.approx(10.0 - 3 * AFTER_TRAINING["model"] - AFTER_TRAINING["report"])
     kept = 10.0 - training_minutes(10.0, 3, names)
-    with_w = sum(pretrained_card(n)["model"] in ("hit-dvae", "light-dvae") for n in names)
+    with_past = sum(pretrained_card(n)["model"] in SEES_PAST_SPEECH for n in names)
     assert kept == pytest.approx(
         3 * AFTER_TRAINING["model"]
         + AFTER_TRAINING["report"]
-        + with_w * AFTER_TRAINING["shipped with w"]
-        + (len(names) - with_w) * AFTER_TRAINING["shipped"]
+        + with_past * AFTER_TRAINING["shipped with past"]
+        + (len(names) - with_past) * AFTER_TRAINING["shipped"]
     )
-    assert AFTER_TRAINING["shipped with w"] > AFTER_TRAINING["shipped"]  # the w exchange samples once more
+    assert AFTER_TRAINING["shipped with past"] > AFTER_TRAINING["shipped"]  # evaluated twice (GEN and GT)
 
 
 def test_a_missing_metric_package_stops_before_any_training(tmp_path, monkeypatch):

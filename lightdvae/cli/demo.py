@@ -8,10 +8,10 @@ them on the test split with their own past (GEN) and with the true past (GT), sa
 FDSD, and writes OUT/report/README.md with the tables and figures.  Beside them, the shipped converged priors
 (``lightdvae info``) are evaluated and sampled on the same test split (``--no-shipped``: not), so the report shows
 what the models do when trained and what minutes of training give.  Run the same command again to resume an
-interrupted demo; ``--minutes`` is the whole demo's budget: training gets what the later stages leave (about 0.8
-min per trained model, 1.1 per shipped HiT/LigHT-DVAE prior (with the w exchange) and 0.45 per other shipped prior
-on a 2-core CPU; LigHT-DVAE gets twice a baseline's share), the rest goes to evaluation, generation and the
-report.
+interrupted demo; ``--minutes`` is the whole demo's budget: training gets what the later stages leave (about 0.7
+min per trained model, 0.8 per shipped prior that sees past speech (evaluated with the GT past too) and 0.4 per
+other shipped prior on a 2-core CPU; LigHT-DVAE gets twice a baseline's share), the rest goes to evaluation,
+generation and the report.
 """
 
 from __future__ import annotations
@@ -22,23 +22,24 @@ import math
 from lightdvae.cli import UserError, positive_float, positive_int
 
 #: Minutes the stages after training take on the 2-core reference machine, what ``--minutes`` keeps for them;
-#: training gets the rest.  Measured in a 10-minute demo (stage times in its
-#: experiment.json, the shipped priors' from their folders' times): evaluation (GEN and GT), generation with FDSD
-#: and cost, per trained model, 47 s; per shipped prior, evaluation and generation, 25 s, and 65 s for a HiT or
-#: LigHT-DVAE, whose w exchange needs a second generation; the report and the start, 15 s.
-AFTER_TRAINING = {"model": 0.8, "shipped": 0.45, "shipped with w": 1.1, "report": 0.4}
+#: training gets the rest.  Measured in two 10-minute demos (stage times in their experiment.json, the shipped
+#: priors' from their folders' times; one with a training paused beside it, one on an idle machine): evaluation
+#: (GEN and GT), generation with FDSD and cost, per trained model, 36-47 s; per shipped prior, evaluation and
+#: generation, 24 s for the VAE and 42-48 s for those evaluated with the GT past too (SRNN (SS), and HiT and
+#: LigHT-DVAE with their w exchange); the start and the report, 10-15 s.
+AFTER_TRAINING = {"model": 0.7, "shipped": 0.4, "shipped with past": 0.8, "report": 0.3}
 MIN_PER_MODEL = 0.25  #: minutes of training a baseline gets at least (LigHT-DVAE twice that)
 
 
 def training_minutes(minutes: float, models: int, shipped: list[str] | tuple[str, ...] = ()) -> float:
     """The part of a demo's ``minutes`` that goes to training ``models`` models beside the ``shipped`` priors
-    (their names: a HiT/LigHT-DVAE prior costs more, its w exchange samples again)."""
-    from lightdvae.models import HAS_W
+    (their names: a prior that sees past speech costs more, it is evaluated with the GT past too)."""
+    from lightdvae.models import SEES_PAST_SPEECH
     from lightdvae.models.shipped import pretrained_card
 
     rest = AFTER_TRAINING["model"] * models + AFTER_TRAINING["report"]
     for name in shipped:
-        rest += AFTER_TRAINING["shipped with w" if pretrained_card(name)["model"] in HAS_W else "shipped"]
+        rest += AFTER_TRAINING["shipped with past" if pretrained_card(name)["model"] in SEES_PAST_SPEECH else "shipped"]
     return minutes - rest
 
 
