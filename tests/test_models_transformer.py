@@ -690,8 +690,9 @@ def test_rope_replaces_the_sinusoidal_positions(name):
 
 
 def test_options_parameters_and_the_default_checkpoint():
-    """Pre-norm adds one LayerNorm per stack; the RNN past one LSTM(d, d) per decoder body; the default config
-    builds the modules (and state_dict keys) of the shipped LigHT-DVAE checkpoint."""
+    """Pre-norm adds one LayerNorm per stack; the RNN past one LSTM(d, d) per decoder body; rotary positions
+    nothing, so the default config builds the modules (and state_dict keys) of the shipped LigHT-DVAE checkpoint,
+    which uses them (the recipe: README, "Rotary positions win at convergence")."""
     from lightdvae.models import pretrained
 
     d = 128
@@ -709,7 +710,7 @@ def test_options_parameters_and_the_default_checkpoint():
         }
     shipped = pretrained("light-dvae")  # loads its state_dict strictly into the default modules
     assert (shipped.config.norm_first, shipped.config.past_encoder) == (False, "linear")
-    assert shipped.config.positions == "sinusoidal"
+    assert shipped.config.positions == "rope"
     assert set(shipped.state_dict()) == set(build("light-dvae").state_dict())
 
 
