@@ -207,6 +207,23 @@ class HierarchicalEngine(InferenceEngine):
 
     padding_neutral = False
 
+    def _encoder(self, params: dict[str, Tensor], batch: int):
+        """``encode(method, *inputs)``: each utterance's copy of the encoders on its own rows of ``inputs``.  One copy
+        runs the plain modules (a vmap of one turns every product into a bmm); several are ``vmap``-ped (their
+        attention batches there: MultiHeadAttention takes the products' form)."""
+        if batch == 1:
+            one = {n: p[0] for n, p in params.items()}
+            return lambda method, *inputs: self.call(method, one, *inputs)
+
+        def encode(method, *inputs):
+            def per_copy(p, *rows):
+                mean, logvar = self.call(method, p, *(r[None] for r in rows))
+                return mean[0], logvar[0]
+
+            return vmap(per_copy)(params, *inputs)
+
+        return encode
+
     def posterior_pass(self, power, lengths, generators, grad):
         if len(set(lengths)) != 1:
             raise ValueError("HiT-DVAE / LigHT-DVAE enhance utterances of one length per batch (bucket them)")
@@ -214,25 +231,11 @@ class HierarchicalEngine(InferenceEngine):
         c = self.model.config
         feats = self.model.features(power)
 
-        def encode_w(p, x):
-            mean, logvar = self.call("encode_w", p, x[None])
-            return mean[0], logvar[0]
-
-        def encode_z(p, x, w):
-            mean, logvar = self.call("encode_z", p, x[None], w[None])
-            return mean[0], logvar[0]
-
-        if len(lengths) == 1:  # one copy: the plain modules (a vmap of one turns every product into a bmm)
-            one = {n: p[0] for n, p in params.items()}
-            w_mean, w_logvar = self.call("encode_w", one, feats)
-        else:  # (the encoders' attention batches under vmap: MultiHeadAttention takes the products' form there)
-            w_mean, w_logvar = vmap(encode_w)(params, feats)
+        encode = self._encoder(params, len(lengths))
+        w_mean, w_logvar = encode("encode_w", feats)
         eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
         w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
-        if len(lengths) == 1:
-            z_mean, z_logvar = self.call("encode_z", one, feats, w)
-        else:
-            z_mean, z_logvar = vmap(encode_z)(params, feats, w)
+        z_mean, z_logvar = encode("encode_z", feats, w)
         z = torch.addcmul(z_mean, draw(generators, lengths, (c.z_dim,), power), torch.exp(0.5 * z_logvar))
         with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)
             steps = self.call("decode_stepwise", self.frozen, w.detach(), power.shape[1], z=z.detach(), prior=False)
