@@ -16,7 +16,9 @@ impl: ``reference`` runs the models' Python loops (``LIGHTDVAE_BACKEND=ref``), `
 loops with the model's default ``exact_lstm``; ``native-cell`` / ``native-exact`` the other LSTM
 setting of SRNN / RVAE (see lightdvae.ops.sampling); ``native-inexact`` (posterior loops and SRNN's
 ``gen_decode``) the C++ loops inside ``exact_loops(False)``, as enhancement runs them: raw-pointer steps
-up to batch 4 (csrc/sampling/small_batch.h, csrc/small_gemm.h).  Target: native at least 3x faster than
+up to batch 4 (csrc/sampling/small_batch.h, csrc/small_gemm.h), on CUDA one row-kernel launch per loop
+(csrc/sampling/row_loops.h); ``native-composite`` (DKF, SRNN) trains through the composite loop's autograd
+instead of the explicit backward (``LIGHTDVAE_LOOP_BACKWARD=composite``).  Target: native at least 3x faster than
 reference for the loops at batch 1..16 on a CPU.
 
 The loops are latency-bound chains of small ops, so they are timed on one thread
@@ -49,6 +51,7 @@ def _backend(monkeypatch, impl, device, model=None):
     if not _ext.has_kernel("dkf_posterior", device):
         pytest.skip(f"no native sampling loops for {device} in this build")
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
+    monkeypatch.setenv("LIGHTDVAE_LOOP_BACKWARD", "composite" if impl == "native-composite" else "bptt")
     if impl in ("native-cell", "native-inexact"):
         model.exact_lstm = False
     elif impl == "native-exact":
@@ -90,9 +93,12 @@ LOOP_IMPLS = {
 }
 
 
-def _cases(loops, inexact=False):
-    """(model, impl) pairs; ``inexact`` adds ``native-inexact`` (the loops inside ``exact_loops(False)``)."""
-    return [(name, impl) for name in loops for impl in LOOP_IMPLS[name] + ["native-inexact"] * inexact]
+def _cases(loops, inexact=False, composite=False):
+    """(model, impl) pairs; ``inexact`` adds ``native-inexact`` (the loops inside ``exact_loops(False)``),
+    ``composite`` adds ``native-composite`` (training through the composite loop's autograd instead of the explicit
+    backward through time: on CUDA the ATen loop's launches per step against one row-kernel launch per direction)."""
+    extra = ["native-inexact"] * inexact + ["native-composite"] * composite
+    return [(name, impl) for name in loops for impl in LOOP_IMPLS[name] + extra]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("loop", ["posterior", "posterior_train"])
-@pytest.mark.parametrize("name, impl", _cases(["dkf"], inexact=True))
+@pytest.mark.parametrize("name, impl", _cases(["dkf"], inexact=True, composite=True))
 @pytest.mark.benchmark(group="dkf")
 def test_dkf(benchmark, describe, monkeypatch, name, impl, loop, batch, device):
     _posterior_bench(benchmark, describe, monkeypatch, name, impl, batch, device, loop == "posterior_train")

@@ -87,6 +87,9 @@ TORCH_LIBRARY(lightdvae, m) {
       "srnn_posterior_bptt_backward(Tensor grad_z, Tensor grad_mean, Tensor grad_logvar, Tensor? eps, Tensor g, "
       "Tensor z, Tensor logvar, Tensor workspace, Tensor[] posterior_mlp, Tensor[] heads, int activation) "
       "-> (Tensor grad_g, Tensor grad_eps, Tensor[] grad_posterior_mlp, Tensor[] grad_heads)");
+  // Testing switch (posterior_bptt.cpp): with `enabled` true the CPU runs the CUDA row loops' code serially
+  // (sampling/row_loops.h) in the DKF and SRNN ops above; returns the setting (after the change, if any).
+  m.def("_row_loops_on_cpu(bool? enabled=None) -> bool");
   m.def(
       "rvae_posterior(Tensor gx, Tensor? eps, Tensor[] z_embed, Tensor[] rnn_z, Tensor[] posterior_mlp, "
       "Tensor[] heads, int activation, bool exact_lstm) -> (Tensor z, Tensor mean, Tensor logvar)");

@@ -124,10 +124,12 @@ DEVICE_OPS = (
     "gaussian_kl",
     "gaussian_kl_with_grad",
     "kv_attention",
+    "dkf_posterior_bptt",
+    "srnn_posterior_bptt",
 )
-#: CPU_OPS have a CPU kernel only (the posterior loops' explicit backward through time, the hashed dropout): on
-#: CUDA the public functions run the composite loops (differentiated by autograd) and ATen's fused dropout.
-CPU_OPS = ("dkf_posterior_bptt", "rvae_posterior_bptt", "srnn_posterior_bptt", "dropout")
+#: CPU_OPS have a CPU kernel only (RVAE's explicit backward through time, the hashed dropout): on CUDA the public
+#: functions run RVAE's composite loop (differentiated by autograd) and ATen's fused dropout.
+CPU_OPS = ("rvae_posterior_bptt", "dropout")
 COMPOSITE_OPS = (
     "dkf_posterior",
     "dkf_prior",

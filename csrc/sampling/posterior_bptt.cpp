@@ -4,16 +4,22 @@
 // workspace holding every per-step activation; <loop>_bptt_backward takes the output gradients and that workspace
 // and returns the gradient of every input (see bptt.h for how the work is split between the step-by-step part and
 // the part batched over all steps).  lightdvae/ops/sampling.py registers the backward as the forward's autograd
-// formula.  The code is ATen calls on the device of the inputs; it is registered for the CPU (on CUDA the models
-// run the composite ops).  DKF's and SRNN's loops here, RVAE's in rvae_bptt.cpp.
+// formula.  The code is ATen calls on the device of the inputs, except each loop's step-by-step part: on CUDA one
+// kernel launch (row_loops.h: a thread block per batch row), on the CPU raw-pointer steps at batch <= 4
+// (small_batch.h) and ATen calls above.  DKF's and SRNN's loops here (CPU and CUDA), RVAE's in rvae_bptt.cpp (CPU).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 #include <vector>
 
+#include <atomic>
+
+#include <c10/core/DeviceGuard.h>
+
 #include "sampling/bptt.h"
 #include "sampling/cells.h"
+#include "sampling/row_tensors.h"
 #include "sampling/sampling.h"
 #include "sampling/small_batch.h"
 
@@ -130,6 +136,76 @@ void dkf_backward_small(const DkfBackwardState& s, at::TensorList z_to_g, at::Te
   }
 }
 
+// The loops of dkf_posterior_bptt and its backward as row loops (row_loops.h): one CUDA launch each, or their code
+// serially on the CPU.
+template <typename T>
+void dkf_forward_rows(rows::Path path, const at::Tensor& gx, const at::Tensor& eps, at::TensorList z_to_g,
+                      at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation,
+                      const DkfWorkspace& ws, const at::Tensor& z, const at::Tensor& stats) {
+  rows::Hold<T> hold;
+  rows::DkfForward<T> a;
+  a.frames = gx.size(0);
+  a.batch = gx.size(1);
+  a.z_dim = static_cast<int>(z.size(2));
+  a.g_dim = static_cast<int>(gx.size(2));
+  a.activation = static_cast<int>(activation);
+  a.g_terms = static_cast<T>(g_terms);
+  a.gx = hold(gx);
+  a.eps = eps.defined() ? hold(eps) : nullptr;
+  a.zeros = hold(at::zeros({a.z_dim}, gx.options()));
+  a.z_to_g = hold.forward(z_to_g);
+  a.posterior = hold.forward(posterior_mlp);
+  a.heads = hold.heads(heads_w);
+  a.z_to_g_out = rows::regions<T>(ws.z_to_g);
+  a.posterior_out = rows::regions<T>(ws.posterior);
+  a.g = hold.out(ws.g[0]);
+  a.z = hold.out(z);
+  a.stats = hold.out(stats);
+  if (path == rows::Path::kSerial) {
+    rows::dkf_forward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::dkf_forward_cuda(a, rows::team_size(rows::widest({z_to_g, posterior_mlp}, 2 * a.z_dim)));
+#endif
+}
+
+template <typename T>
+void dkf_backward_rows(rows::Path path, const DkfBackwardState& s, at::TensorList z_to_g, at::TensorList posterior_mlp,
+                       double g_terms) {
+  rows::Hold<T> hold;
+  rows::DkfBackward<T> a;
+  a.frames = s.dz.size(0);
+  a.batch = s.dz.size(1);
+  a.z_dim = static_cast<int>(s.dz.size(2));
+  a.g_dim = static_cast<int>(s.dg.size(2));
+  a.hidden = static_cast<int>(s.heads_cat.size(1));
+  a.alpha = static_cast<T>(1.0 / g_terms);
+  a.dstats = hold.out(s.dstats);
+  a.dz = hold.out(s.dz);
+  a.grad_mean = hold(s.grad_mean);
+  a.grad_logvar = hold(s.grad_logvar);
+  a.half_noise = s.half_noise.defined() ? hold(s.half_noise) : nullptr;
+  a.heads_cat = hold(s.heads_cat);
+  a.dg = hold.out(s.dg);
+  a.z_to_g = hold.backward(z_to_g);
+  a.posterior = hold.backward(posterior_mlp);
+  a.dact_z_to_g = rows::regions<T>(s.dact_z_to_g);
+  a.dpre_z_to_g = rows::regions<T>(s.dpre_z_to_g);
+  a.dact_posterior = rows::regions<T>(s.dact_posterior);
+  a.dpre_posterior = rows::regions<T>(s.dpre_posterior);
+  const int widest = rows::widest({z_to_g, posterior_mlp}, std::max({a.hidden, a.g_dim, 2 * a.z_dim}));
+  a.scratch_width = a.hidden + widest;
+  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
+  if (path == rows::Path::kSerial) {
+    rows::dkf_backward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::dkf_backward_cuda(a, rows::team_size(widest));
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
     const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_to_g,
     at::TensorList posterior_mlp, at::TensorList heads_w, double g_terms, int64_t activation) {
@@ -147,6 +223,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
   at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, gx.options());
   at::Tensor scale = at::empty({batch, z_dim}, gx.options());
+  const rows::Path rows_path = rows::path(gx, {z_to_g, posterior_mlp});
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(gx.device());
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "dkf_posterior_bptt", [&] {
+      dkf_forward_rows<scalar_t>(rows_path, gx, eps, z_to_g, posterior_mlp, heads_w, g_terms, activation, ws, z, stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   if (small::eligible(gx, batch)) {
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "dkf_posterior_bptt", [&] {
       dkf_forward_small<scalar_t>(gx, eps, z_to_g, posterior_mlp, heads_w, g_terms, activation, ws, z, stats);
@@ -208,9 +292,14 @@ Grads5 dkf_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& g
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
   at::Tensor dg = at::empty({frames, batch, g_dim}, z.options());
-  if (small::eligible(z, batch)) {
-    const DkfBackwardState state{dact_z_to_g, dact_posterior, dpre_z_to_g,  dpre_posterior, dstats,
-                                 dz,          grad_mean,      grad_logvar,  half_noise,     heads_cat, dg};
+  const DkfBackwardState state{dact_z_to_g, dact_posterior, dpre_z_to_g,  dpre_posterior, dstats,
+                               dz,          grad_mean,      grad_logvar,  half_noise,     heads_cat, dg};
+  const rows::Path rows_path = rows::path(z, {z_to_g, posterior_mlp});
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(z.device());
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "dkf_posterior_bptt_backward",
+                               [&] { dkf_backward_rows<scalar_t>(rows_path, state, z_to_g, posterior_mlp, g_terms); });
+  } else if (small::eligible(z, batch)) {
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "dkf_posterior_bptt_backward",
                                [&] { dkf_backward_small<scalar_t>(state, z_to_g, posterior_mlp, g_terms); });
   } else {
@@ -323,6 +412,70 @@ void srnn_backward_small(const Regions& dact, const Regions& dpre, at::TensorLis
   }
 }
 
+// The loops of srnn_posterior_bptt and its backward as row loops (row_loops.h).
+template <typename T>
+void srnn_forward_rows(rows::Path path, const at::Tensor& projected, const at::Tensor& w_z_t,
+                       at::TensorList posterior_mlp, at::TensorList heads_w, const Regions& posterior,
+                       int64_t activation, const at::Tensor& eps, const at::Tensor& z, const at::Tensor& stats) {
+  rows::Hold<T> hold;
+  rows::SrnnForward<T> a;
+  a.frames = z.size(0);
+  a.batch = z.size(1);
+  a.z_dim = static_cast<int>(z.size(2));
+  a.out = static_cast<int>(projected.size(2));
+  a.activation = static_cast<int>(activation);
+  a.projected = hold(projected);
+  a.w_z = hold(w_z_t);
+  a.eps = eps.defined() ? hold(eps) : nullptr;
+  a.zeros = hold(at::zeros({a.z_dim}, z.options()));
+  a.posterior = hold.forward(posterior_mlp);
+  a.heads = hold.heads(heads_w);
+  a.posterior_out = rows::regions<T>(posterior);
+  a.z = hold.out(z);
+  a.stats = hold.out(stats);
+  if (path == rows::Path::kSerial) {
+    rows::srnn_forward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::srnn_forward_cuda(a, rows::team_size(rows::widest({posterior_mlp}, std::max(a.out, 2 * a.z_dim))));
+#endif
+}
+
+template <typename T>
+void srnn_backward_rows(rows::Path path, const Regions& dact, const Regions& dpre, at::TensorList posterior_mlp,
+                        const at::Tensor& heads_cat, const at::Tensor& w_joint, const at::Tensor& dstats,
+                        const at::Tensor& dz, const at::Tensor& grad_mean, const at::Tensor& grad_logvar,
+                        const at::Tensor& half_noise) {
+  rows::Hold<T> hold;
+  rows::SrnnBackward<T> a;
+  a.frames = dz.size(0);
+  a.batch = dz.size(1);
+  a.z_dim = static_cast<int>(dz.size(2));
+  a.g_dim = static_cast<int>(w_joint.size(1)) - a.z_dim;
+  a.hidden = static_cast<int>(heads_cat.size(1));
+  a.dstats = hold.out(dstats);
+  a.dz = hold.out(dz);
+  a.grad_mean = hold(grad_mean);
+  a.grad_logvar = hold(grad_logvar);
+  a.half_noise = half_noise.defined() ? hold(half_noise) : nullptr;
+  a.heads_cat = hold(heads_cat);
+  a.w_joint = hold(w_joint);
+  a.posterior = hold.backward(posterior_mlp);
+  a.dact = rows::regions<T>(dact);
+  a.dpre = rows::regions<T>(dpre);
+  const int widest = rows::widest({posterior_mlp}, std::max(a.hidden, 2 * a.z_dim));
+  a.scratch_width = a.hidden + widest;
+  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, dz.options()));
+  if (path == rows::Path::kSerial) {
+    rows::srnn_backward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::srnn_backward_cuda(a, rows::team_size(widest));
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(const at::Tensor& g_in,
                                                                               const std::optional<at::Tensor>& eps_in,
                                                                               at::TensorList posterior_mlp,
@@ -346,6 +499,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(c
   at::Tensor z = at::empty({frames, batch, z_dim}, g.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, g.options());
   at::Tensor scale = at::empty({batch, z_dim}, g.options());
+  const rows::Path rows_path = rows::path(g, {posterior_mlp});
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(g.device());
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "srnn_posterior_bptt", [&] {
+      srnn_forward_rows<scalar_t>(rows_path, projected, w_z_t, posterior_mlp, heads_w, posterior, activation, eps, z,
+                                  stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   if (small::eligible(g, batch)) {
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "srnn_posterior_bptt", [&] {
       srnn_forward_small<scalar_t>(projected, w_z_t, posterior_mlp, heads_w, posterior, activation, eps, z, stats);
@@ -398,7 +560,14 @@ Grads4 srnn_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& 
 
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = heads_grad_buffer(grad_logvar, eps.defined());
-  if (small::eligible(z, batch)) {
+  const rows::Path rows_path = rows::path(z, {posterior_mlp});
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(z.device());
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_posterior_bptt_backward", [&] {
+      srnn_backward_rows<scalar_t>(rows_path, dact, dpre, posterior_mlp, heads_cat, w_joint, dstats, dz, grad_mean,
+                                   grad_logvar, half_noise);
+    });
+  } else if (small::eligible(z, batch)) {
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_posterior_bptt_backward", [&] {
       srnn_backward_small<scalar_t>(dact, dpre, posterior_mlp, heads_cat, w_joint, dstats, dz, grad_mean, grad_logvar,
                                     half_noise);
@@ -427,13 +596,37 @@ Grads4 srnn_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& 
           std::move(grads_heads)};
 }
 
+std::atomic<bool> row_loops_on_cpu{false};
+
+bool set_row_loops_on_cpu(const std::optional<bool>& enabled) {
+  if (enabled.has_value()) row_loops_on_cpu.store(*enabled);
+  return row_loops_on_cpu.load();
+}
+
 }  // namespace
+
+bool rows::on_cpu() { return row_loops_on_cpu.load(); }
 
 TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
   m.impl("dkf_posterior_bptt", &dkf_posterior_bptt);
   m.impl("dkf_posterior_bptt_backward", &dkf_posterior_bptt_backward);
   m.impl("srnn_posterior_bptt", &srnn_posterior_bptt);
   m.impl("srnn_posterior_bptt_backward", &srnn_posterior_bptt_backward);
+}
+
+#if defined(LIGHTDVAE_WITH_CUDA)
+// The same entry points on CUDA: the ATen orchestration around one row-kernel launch per loop.
+TORCH_LIBRARY_IMPL(lightdvae, CUDA, m) {
+  m.impl("dkf_posterior_bptt", &dkf_posterior_bptt);
+  m.impl("dkf_posterior_bptt_backward", &dkf_posterior_bptt_backward);
+  m.impl("srnn_posterior_bptt", &srnn_posterior_bptt);
+  m.impl("srnn_posterior_bptt_backward", &srnn_posterior_bptt_backward);
+}
+#endif
+
+// No tensor arguments: the dispatcher runs the CompositeImplicitAutograd kernel.
+TORCH_LIBRARY_IMPL(lightdvae, CompositeImplicitAutograd, m) {
+  m.impl("_row_loops_on_cpu", &set_row_loops_on_cpu);
 }
 
 }  // namespace lightdvae

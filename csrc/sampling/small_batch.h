@@ -28,14 +28,20 @@ namespace lightdvae::small {
 // cost is dispatch); the raw steps grow by a row's arithmetic per row and pass the ATen loop at batch 6 to 8.
 constexpr int64_t kMaxBatch = 4;
 
-// Whether a loop on `like` (its first input) with `batch` rows runs here: CPU, float32 or float64, real tensors.
-inline bool eligible(const at::Tensor& like, int64_t batch) {
-  if (batch < 1 || batch > kMaxBatch || !like.is_cpu() || c10::impl::dispatch_mode_enabled()) {
+// Whether raw pointers into `like` (a loop's first input) may be taken: float32 or float64, a real tensor (no
+// dispatch mode, no Python or functionalisation wrapper).  Also the condition of the row loops (row_loops.h).
+inline bool plain(const at::Tensor& like) {
+  if (c10::impl::dispatch_mode_enabled()) {
     return false;
   }
   const auto traced = c10::python_ks | c10::DispatchKeySet(c10::DispatchKey::Functionalize);
   return !like.key_set().has_any(traced) &&
          (like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble);
+}
+
+// Whether a loop on `like` (its first input) with `batch` rows runs here: CPU, at most kMaxBatch rows, plain.
+inline bool eligible(const at::Tensor& like, int64_t batch) {
+  return batch >= 1 && batch <= kMaxBatch && like.is_cpu() && plain(like);
 }
 
 // y (rows, n) += x (rows, k) . w, w a (k, n) block with row stride ldw (small_gemm.h: each output sums its terms in

@@ -10,15 +10,16 @@ The native loops are CompositeImplicitAutograd C++ ops: a C++ loop of ATen calls
 the device of their inputs (on CUDA, each ATen call launches its CUDA kernel from the C++ loop, and
 the loop never reads device memory back, so the host does not wait on the GPU between steps), in
 any floating dtype that ATen supports there, and they are differentiable through ATen's autograd.
-When no input needs a gradient they run without recording one.  (The CUDA path is ATen's kernels
-step by step; there is no fused CUDA kernel for the small recurrent cells.)
+When no input needs a gradient they run without recording one.
 
 In training the posterior loops that have one run as their ``<loop>_bptt`` op instead
 (:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
 by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
-all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU, for
-``dkf_posterior``, ``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``.
-``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
+all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU for
+``dkf_posterior``, ``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``, on CUDA for
+``dkf_posterior`` and ``srnn_posterior``, whose step-by-step parts there are one kernel launch each way
+(a thread block per batch row walks every frame: ``csrc/sampling/row_loops.h``) instead of some twenty
+launches per step.  ``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
 
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
 the loops run time-major inside, and the returned sequences are batch-first views of time-major
@@ -56,6 +57,7 @@ and whenever gradients are recorded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -120,6 +122,30 @@ def _check_eps(op: str, eps: Tensor | None, batch: int, frames: int) -> None:
 def _tm(t: Tensor | None) -> Tensor | None:
     """Batch-first -> time-major view."""
     return None if t is None else t.transpose(0, 1)
+
+
+def _float32_under_autocast(fn):
+    """Under autocast (bf16 / fp16 training) a loop runs in float32 with autocast off: its inputs mix the autocast
+    dtype (features from autocast products) and float32 (the weights), which the native loops refuse, and its tiny
+    per-step products gain nothing from half precision while their errors would compound over the frames
+    (``torch.amp.custom_fwd(cast_inputs=torch.float32)``'s rule).  Gradients flow back through the casts."""
+
+    def cast(a):
+        if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64:
+            return a.float()
+        if isinstance(a, list | tuple) and a and all(isinstance(t, Tensor) for t in a):
+            return [cast(t) for t in a]
+        return a
+
+    @functools.wraps(fn)
+    def wrapper(first: Tensor, *args, **kwargs):
+        device = first.device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(first, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(cast(first), *[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def _use_native(op: str, like: Tensor) -> bool:
@@ -209,6 +235,7 @@ def dkf_posterior_ref(
     return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
+@_float32_under_autocast
 def dkf_posterior(
     gx: Tensor,
     eps: Tensor | None,
@@ -236,7 +263,7 @@ def dkf_posterior(
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``, dtype and device of ``gx``.
 
     Differentiable in every tensor argument (the loop runs in training; on the CPU with the explicit
-    backward through time of ``dkf_posterior_bptt``).  Bit-identical to the reference with the same
+    backward through time of ``dkf_posterior_bptt``; on CUDA too).  Bit-identical to the reference with the same
     noise when nothing requires a gradient, within float rounding otherwise.
     """
     _check_sequence("dkf_posterior", "gx", gx)
@@ -269,6 +296,7 @@ def dkf_prior_ref(eps: Tensor, transition: Params, temperature: float = 1.0) -> 
     return torch.stack(zs, 1)
 
 
+@_float32_under_autocast
 def dkf_prior(eps: Tensor, transition: Params, temperature: float = 1.0) -> Tensor:
     """Generation from DKF's gated transition p(z_t | z_{t-1}), z_0 = 0.
 
@@ -322,6 +350,7 @@ def rvae_posterior_ref(
     return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
+@_float32_under_autocast
 def rvae_posterior(
     gx: Tensor,
     eps: Tensor | None,
@@ -384,6 +413,7 @@ def srnn_posterior_ref(
     return _posterior_ref(g, eps, heads[0].shape[0], cell)
 
 
+@_float32_under_autocast
 def srnn_posterior(
     g: Tensor, eps: Tensor | None, posterior_mlp: Params, heads: Params, activation: str = "tanh"
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -400,7 +430,7 @@ def srnn_posterior(
 
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor
-        argument (on the CPU by the explicit backward through time of ``srnn_posterior_bptt``, the
+        argument (on the CPU and CUDA by the explicit backward through time of ``srnn_posterior_bptt``, the
         ``g`` part of the first layer on ``[g_t ; z_{t-1}]`` then one GEMM over all frames);
         bit-identical to the reference with the same noise when nothing requires a gradient.
     """
@@ -455,6 +485,7 @@ def srnn_own_past_ref(
     return _stack_batch_first(logvars), _stack_batch_first(used), _stack_batch_first(own)
 
 
+@_float32_under_autocast
 def srnn_own_past(
     z: Tensor,
     h_true: Tensor | None,
@@ -545,6 +576,7 @@ def srnn_prior_ref(
     return torch.stack(zs, 1), torch.stack(logvars, 1)
 
 
+@_float32_under_autocast
 def srnn_prior(
     eps: Tensor,
     h_embed: Params,

@@ -1,0 +1,385 @@
+// The posterior loops one batch row at a time, for a team of threads (issue 17, item 4: the loops on CUDA).
+//
+// On CUDA the explicit backward through time (posterior_bptt.cpp) runs each sequential loop as one kernel launch:
+// one thread block per batch row walks all frames, its threads sharing each layer's output units, with a barrier
+// between layers; everything batched over the steps (input projections, activation derivatives, weight gradients)
+// stays the orchestration's ATen calls, as on the CPU.  The ATen loop it replaces launches some twenty kernels per
+// step, forward and backward, each a few microseconds of launch for a few thousand multiply-adds.
+//
+// The row functions here are that kernel's whole body.  They are written for a `Team` (rank, size, sync): the CUDA
+// kernel passes the thread block, the CPU a team of one (SerialTeam), so the same code, indices and order of
+// operations run, and are tested, on a machine without a GPU (`lightdvae::_row_loops_on_cpu`, tests/
+// test_ops_sampling_rows.py).  Each output sums its terms in order from its bias (or from the value it accumulates
+// into), as the raw-pointer CPU loops do (small_gemm.h), so the row path and the raw path differ by contraction of
+// multiply-adds at most.
+//
+// Conventions: a sequence region is (frames, batch, width) contiguous, its row (t, b) at p + (t * batch + b) * width.
+// Forward layers hold W^T (in, out) contiguous (output j reads a column: adjacent threads, adjacent addresses);
+// backward layers hold W (out, in) contiguous (input gradient k reads a column of W).  Every phase of a team ends
+// with team.sync(): what a phase writes, the next phase may read in any thread.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LDV_HD __host__ __device__
+#else
+#define LDV_HD
+#endif
+
+namespace lightdvae::rows {
+
+// The deepest Linear stack the row loops take; deeper stacks run the ATen loop (posterior_bptt.cpp).
+constexpr int kMaxLayers = 8;
+
+// Activation codes (sampling::kTanh / kRelu) and "none" for the heads.
+constexpr int kNone = -1;
+
+// A team of one: the CPU runs the rows' code serially (tests; the GPU's logic without a GPU).
+struct SerialTeam {
+  LDV_HD int rank() const { return 0; }
+  LDV_HD int size() const { return 1; }
+  LDV_HD void sync() const {}
+};
+
+#if defined(__CUDACC__)
+// The thread block: one row per block.
+struct BlockTeam {
+  __device__ int rank() const { return static_cast<int>(threadIdx.x); }
+  __device__ int size() const { return static_cast<int>(blockDim.x); }
+  __device__ void sync() const { __syncthreads(); }
+};
+#endif
+
+template <typename T>
+LDV_HD inline T exp_(T x) {
+#if defined(__CUDA_ARCH__)
+  return exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+template <typename T>
+LDV_HD inline T tanh_(T x) {
+#if defined(__CUDA_ARCH__)
+  return tanh(x);
+#else
+  return std::tanh(x);
+#endif
+}
+
+// sampling::kTanh = 0, kRelu = 1 (cells.h); relu keeps NaN as ATen does (NaN > 0 is false, and so is NaN < 0).
+template <typename T>
+LDV_HD inline T activate(T x, int activation) {
+  if (activation == 0) return tanh_(x);
+  if (activation == 1) return x > T(0) ? x : (x < T(0) ? T(0) : x);
+  return x;
+}
+
+// One Linear layer: forward w = W^T (in, out) and its bias; backward w = W (out, in), b unused.
+template <typename T>
+struct Lin {
+  const T* w = nullptr;
+  const T* b = nullptr;
+  int in = 0, out = 0;
+};
+
+template <typename T>
+struct Stack {
+  Lin<T> l[kMaxLayers];
+  int n = 0;
+};
+
+// Pointers to (frames, batch, width) regions, one per layer of a stack (the workspace of posterior_bptt.cpp).
+template <typename T>
+struct Regions {
+  T* p[kMaxLayers] = {};
+};
+
+LDV_HD inline int64_t at(int64_t t, int64_t b, int64_t batch, int64_t width) { return (t * batch + b) * width; }
+
+// y = act(x W^T + b): y[j] = act(b[j] + sum_k x[k] w[k][j]), the terms in order of k.
+template <typename T, typename Team>
+LDV_HD void linear(const Team& team, T* y, const T* x, const Lin<T>& l, int activation) {
+  for (int j = team.rank(); j < l.out; j += team.size()) {
+    T acc = l.b[j];
+    for (int k = 0; k < l.in; ++k) acc += x[k] * l.w[static_cast<int64_t>(k) * l.out + j];
+    y[j] = activate(acc, activation);
+  }
+  team.sync();
+}
+
+// y (n) = (accumulate ? y : 0) + x (m) . w, w (m, n) with row stride ldw: the input gradient of a layer W (m, n).
+template <typename T, typename Team>
+LDV_HD void times(const Team& team, T* y, const T* x, const T* w, int m, int n, int64_t ldw, bool accumulate) {
+  for (int k = team.rank(); k < n; k += team.size()) {
+    T acc = accumulate ? y[k] : T(0);
+    for (int j = 0; j < m; ++j) acc += x[j] * w[j * ldw + k];
+    y[k] = acc;
+  }
+  team.sync();
+}
+
+// z = mean + exp(logvar / 2) * eps (the mean without noise) from stats = [mean | logvar].
+template <typename T, typename Team>
+LDV_HD void draw(const Team& team, T* z, const T* stats, const T* eps, int z_dim) {
+  for (int k = team.rank(); k < z_dim; k += team.size()) {
+    z[k] = eps ? stats[k] + eps[k] * exp_(stats[z_dim + k] * T(0.5)) : stats[k];
+  }
+  team.sync();
+}
+
+// Layers first.. of a stack from x, layer i's output into its region at (t, b); returns the last output (x for
+// none).
+template <typename T, typename Team>
+LDV_HD const T* stack_forward(const Team& team, const Stack<T>& s, const Regions<T>& out, int64_t t, int64_t b,
+                              int64_t batch, const T* x, int activation, int first = 0) {
+  for (int i = first; i < s.n; ++i) {
+    T* y = out.p[i] + at(t, b, batch, s.l[i].out);
+    linear(team, y, x, s.l[i], activation);
+    x = y;
+  }
+  return x;
+}
+
+// The output gradients of the heads, [dmean | dlogvar], at one step: dmean = dz + grad_mean; dlogvar = grad_logvar +
+// dz * half_noise (preset in d when half_noise is null: no noise).
+template <typename T, typename Team>
+LDV_HD void heads_backward(const Team& team, T* d, const T* dz, const T* grad_mean, const T* grad_logvar,
+                           const T* half_noise, int z_dim) {
+  for (int k = team.rank(); k < z_dim; k += team.size()) {
+    d[k] = dz[k] + grad_mean[k];
+    if (half_noise) d[z_dim + k] = grad_logvar[k] + dz[k] * half_noise[k];
+  }
+  team.sync();
+}
+
+// One backward step of a stack (W (out, in) layers) from the gradient dy of its last output: dpre[i] = dy * dact[i]
+// from the last layer down, dy = dpre[i] W_i in between (into scratch); returns dpre[0] (dy itself for none).
+template <typename T, typename Team>
+LDV_HD const T* stack_backward(const Team& team, const Stack<T>& w, const Regions<T>& dact, const Regions<T>& dpre,
+                               int64_t t, int64_t b, int64_t batch, const T* dy, T* scratch) {
+  for (int i = w.n - 1; i >= 0; --i) {
+    const int64_t row = at(t, b, batch, w.l[i].out);
+    T* d = dpre.p[i] + row;
+    const T* a = dact.p[i] + row;
+    for (int j = team.rank(); j < w.l[i].out; j += team.size()) d[j] = dy[j] * a[j];
+    team.sync();
+    if (i == 0) return d;
+    times(team, scratch, d, w.l[i].w, w.l[i].out, w.l[i].in, w.l[i].in, false);
+    dy = scratch;
+  }
+  return dy;
+}
+
+// ------------------------------------------------------------------------------------------ DKF
+
+template <typename T>
+struct DkfForward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, g_dim = 0, activation = 0;
+  T g_terms = 1;
+  const T* gx = nullptr;   // (frames, batch, g_dim)
+  const T* eps = nullptr;  // (frames, batch, z_dim) or null
+  const T* zeros = nullptr;  // z_dim zeros: z_0's predecessor
+  Stack<T> z_to_g, posterior;
+  Lin<T> heads;  // hidden -> [mean | logvar]
+  Regions<T> z_to_g_out, posterior_out;
+  T* g = nullptr;      // (frames, batch, g_dim)
+  T* z = nullptr;      // (frames, batch, z_dim)
+  T* stats = nullptr;  // (frames, batch, 2 z_dim)
+};
+
+// The forward loop of row b (posterior_bptt.cpp's dkf_forward_small for one row).
+template <typename T, typename Team>
+LDV_HD void dkf_forward_row(const Team& team, const DkfForward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  for (int64_t t = 0; t < a.frames; ++t) {
+    const T* prev = t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros;
+    const T* zg = stack_forward(team, a.z_to_g, a.z_to_g_out, t, b, B, prev, a.activation);
+    T* g = a.g + at(t, b, B, a.g_dim);
+    const T* gx = a.gx + at(t, b, B, a.g_dim);
+    for (int j = team.rank(); j < a.g_dim; j += team.size()) g[j] = (zg[j] + gx[j]) / a.g_terms;
+    team.sync();
+    const T* h = stack_forward(team, a.posterior, a.posterior_out, t, b, B, g, a.activation);
+    T* stats = a.stats + at(t, b, B, 2 * a.z_dim);
+    linear(team, stats, h, a.heads, kNone);
+    draw(team, a.z + at(t, b, B, a.z_dim), stats, a.eps ? a.eps + at(t, b, B, a.z_dim) : nullptr, a.z_dim);
+  }
+}
+
+template <typename T>
+struct DkfBackward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, g_dim = 0, hidden = 0;
+  T alpha = 1;  // 1 / g_terms
+  T* dstats = nullptr;  // (frames, batch, 2 z_dim); dlogvar preset without noise
+  T* dz = nullptr;      // (frames, batch, z_dim): grad_z, plus the recurrent terms as the loop goes
+  const T* grad_mean = nullptr;
+  const T* grad_logvar = nullptr;
+  const T* half_noise = nullptr;  // exp(logvar / 2) * eps / 2, or null
+  const T* heads_cat = nullptr;   // (2 z_dim, hidden)
+  T* dg = nullptr;                // (frames, batch, g_dim)
+  Stack<T> z_to_g, posterior;     // W (out, in)
+  Regions<T> dact_z_to_g, dpre_z_to_g, dact_posterior, dpre_posterior;
+  T* scratch = nullptr;  // (batch, hidden + widest input of any layer)
+  int64_t scratch_width = 0;
+};
+
+// The backward loop of row b (posterior_bptt.cpp's dkf_backward_small for one row).
+template <typename T, typename Team>
+LDV_HD void dkf_backward_row(const Team& team, const DkfBackward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  T* dh = a.scratch + b * a.scratch_width;
+  T* scratch = dh + a.hidden;
+  for (int64_t t = a.frames - 1; t >= 0; --t) {
+    const int64_t zt = at(t, b, B, a.z_dim);
+    T* d = a.dstats + 2 * zt;
+    heads_backward(team, d, a.dz + zt, a.grad_mean + zt, a.grad_logvar + zt, a.half_noise ? a.half_noise + zt : nullptr,
+                   a.z_dim);
+    times(team, dh, d, a.heads_cat, 2 * a.z_dim, a.hidden, a.hidden, false);
+    T* dg = a.dg + at(t, b, B, a.g_dim);
+    if (a.posterior.n == 0) {
+      for (int j = team.rank(); j < a.g_dim; j += team.size()) dg[j] = dh[j];
+      team.sync();
+    } else {
+      const T* d0 = stack_backward(team, a.posterior, a.dact_posterior, a.dpre_posterior, t, b, B, dh, scratch);
+      times(team, dg, d0, a.posterior.l[0].w, a.posterior.l[0].out, a.g_dim, a.g_dim, false);
+    }
+    const T* d0 = stack_backward(team, a.z_to_g, a.dact_z_to_g, a.dpre_z_to_g, t, b, B, dg, scratch);
+    if (t > 0) {
+      T* dz_prev = a.dz + at(t - 1, b, B, a.z_dim);
+      if (a.z_to_g.n == 0) {
+        for (int k = team.rank(); k < a.z_dim; k += team.size()) dz_prev[k] += a.alpha * d0[k];
+        team.sync();
+      } else {
+        times(team, dz_prev, d0, a.z_to_g.l[0].w, a.z_to_g.l[0].out, a.z_dim, a.z_dim, true);
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------- SRNN
+
+template <typename T>
+struct SrnnForward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, out = 0, activation = 0;
+  const T* projected = nullptr;  // (frames, batch, out): the g part and bias of the layer reading [g_t ; z_{t-1}]
+  const T* w_z = nullptr;        // (z_dim, out): its z part, transposed
+  const T* eps = nullptr;
+  const T* zeros = nullptr;
+  Stack<T> posterior;  // forward layers; layer 0 (the joint layer) is applied from projected and w_z
+  Lin<T> heads;
+  Regions<T> posterior_out;
+  T* z = nullptr;
+  T* stats = nullptr;
+};
+
+// The forward loop of row b (posterior_bptt.cpp's srnn_forward_small for one row).
+template <typename T, typename Team>
+LDV_HD void srnn_forward_row(const Team& team, const SrnnForward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  const bool mlp = a.posterior.n > 0;
+  for (int64_t t = 0; t < a.frames; ++t) {
+    const T* prev = t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros;
+    T* stats = a.stats + at(t, b, B, 2 * a.z_dim);
+    T* y0 = mlp ? a.posterior_out.p[0] + at(t, b, B, a.out) : stats;
+    const T* p = a.projected + at(t, b, B, a.out);
+    for (int j = team.rank(); j < a.out; j += team.size()) {
+      T acc = p[j];
+      for (int k = 0; k < a.z_dim; ++k) acc += prev[k] * a.w_z[static_cast<int64_t>(k) * a.out + j];
+      y0[j] = mlp ? activate(acc, a.activation) : acc;
+    }
+    team.sync();
+    if (mlp) {
+      const T* h = stack_forward(team, a.posterior, a.posterior_out, t, b, B, y0, a.activation, 1);
+      linear(team, stats, h, a.heads, kNone);
+    }
+    draw(team, a.z + at(t, b, B, a.z_dim), stats, a.eps ? a.eps + at(t, b, B, a.z_dim) : nullptr, a.z_dim);
+  }
+}
+
+template <typename T>
+struct SrnnBackward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, g_dim = 0, hidden = 0;
+  T* dstats = nullptr;
+  T* dz = nullptr;
+  const T* grad_mean = nullptr;
+  const T* grad_logvar = nullptr;
+  const T* half_noise = nullptr;
+  const T* heads_cat = nullptr;  // (2 z_dim, hidden)
+  const T* w_joint = nullptr;    // (out, g_dim + z_dim): the layer reading [g_t ; z_{t-1}]
+  Stack<T> posterior;            // W (out, in)
+  Regions<T> dact, dpre;
+  T* scratch = nullptr;
+  int64_t scratch_width = 0;
+};
+
+// The backward loop of row b (posterior_bptt.cpp's srnn_backward_small for one row).
+template <typename T, typename Team>
+LDV_HD void srnn_backward_row(const Team& team, const SrnnBackward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  const int joint_in = a.g_dim + a.z_dim;
+  const T* w_z = a.w_joint + a.g_dim;  // its z columns, row stride joint_in
+  T* dh = a.scratch + b * a.scratch_width;
+  T* scratch = dh + a.hidden;
+  for (int64_t t = a.frames - 1; t >= 0; --t) {
+    const int64_t zt = at(t, b, B, a.z_dim);
+    T* dz_prev = t > 0 ? a.dz + at(t - 1, b, B, a.z_dim) : nullptr;
+    T* d = a.dstats + 2 * zt;
+    heads_backward(team, d, a.dz + zt, a.grad_mean + zt, a.grad_logvar + zt, a.half_noise ? a.half_noise + zt : nullptr,
+                   a.z_dim);
+    if (a.posterior.n == 0) {
+      if (dz_prev) times(team, dz_prev, d, w_z, 2 * a.z_dim, a.z_dim, joint_in, true);
+      continue;
+    }
+    times(team, dh, d, a.heads_cat, 2 * a.z_dim, a.hidden, a.hidden, false);
+    const T* d0 = stack_backward(team, a.posterior, a.dact, a.dpre, t, b, B, dh, scratch);
+    if (dz_prev) times(team, dz_prev, d0, w_z, a.posterior.l[0].out, a.z_dim, joint_in, true);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ runners
+
+// Threads per row on CUDA: the widest layer's outputs rounded up to whole warps, 32 to 256.
+inline int team_size(int widest) {
+  const int warps = (widest + 31) / 32;
+  return 32 * (warps < 1 ? 1 : (warps > 8 ? 8 : warps));
+}
+
+// The rows one after the other on the CPU: the CUDA kernels' code with a team of one.
+template <typename T>
+void dkf_forward_serial(const DkfForward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) dkf_forward_row(SerialTeam{}, a, b);
+}
+template <typename T>
+void dkf_backward_serial(const DkfBackward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) dkf_backward_row(SerialTeam{}, a, b);
+}
+template <typename T>
+void srnn_forward_serial(const SrnnForward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) srnn_forward_row(SerialTeam{}, a, b);
+}
+template <typename T>
+void srnn_backward_serial(const SrnnBackward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) srnn_backward_row(SerialTeam{}, a, b);
+}
+
+#if defined(LIGHTDVAE_WITH_CUDA)
+// One launch each on the current stream, a block of team_size(threads) per batch row (row_loops_cuda.cu; float and
+// double).
+template <typename T>
+void dkf_forward_cuda(const DkfForward<T>& a, int threads);
+template <typename T>
+void dkf_backward_cuda(const DkfBackward<T>& a, int threads);
+template <typename T>
+void srnn_forward_cuda(const SrnnForward<T>& a, int threads);
+template <typename T>
+void srnn_backward_cuda(const SrnnBackward<T>& a, int threads);
+#endif
+
+}  // namespace lightdvae::rows
