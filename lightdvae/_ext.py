@@ -125,11 +125,11 @@ DEVICE_OPS = (
     "gaussian_kl_with_grad",
     "kv_attention",
     "dkf_posterior_bptt",
+    "rvae_posterior_bptt",
     "srnn_posterior_bptt",
 )
-#: CPU_OPS have a CPU kernel only (RVAE's explicit backward through time, the hashed dropout): on CUDA the public
-#: functions run RVAE's composite loop (differentiated by autograd) and ATen's fused dropout.
-CPU_OPS = ("rvae_posterior_bptt", "dropout")
+#: CPU_OPS have a CPU kernel only (the hashed dropout): on CUDA ``lightdvae.ops.dropout`` runs ATen's fused dropout.
+CPU_OPS = ("dropout",)
 COMPOSITE_OPS = (
     "dkf_posterior",
     "dkf_prior",

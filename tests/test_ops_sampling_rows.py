@@ -1,11 +1,11 @@
 """The posterior loops as row loops (csrc/sampling/row_loops.h, issue 17 item 4): the CUDA kernels' code.
 
-On CUDA the explicit backward through time of DKF and SRNN runs each loop, forward and backward, as one kernel launch
-(a thread block per batch row).  The block's code is written for a team of threads; ``_row_loops_on_cpu(True)`` makes
-the CPU run the same code with a team of one, so its indices, order of operations and layouts are checked here,
-without a GPU, against the Python loops (outputs and every gradient, float64 to a few ulps, float32 against a float64
-run), at awkward sizes and in every layout the ops accept.  The CUDA tests run the same comparisons on a GPU (skipped
-without one; ``scripts/gpu_check.sh`` runs them).
+On CUDA the explicit backward through time of DKF, RVAE and SRNN runs each loop, forward and backward, as one kernel
+launch (a thread block per batch row).  The block's code is written for a team of threads;
+``_row_loops_on_cpu(True)`` makes the CPU run the same code with a team of one, so its indices, order of operations
+and layouts are checked here, without a GPU, against the Python loops (outputs and every gradient, float64 to a few
+ulps, float32 against a float64 run), at awkward sizes and in every layout the ops accept.  The CUDA tests run the
+same comparisons on a GPU (skipped without one; ``scripts/gpu_check.sh`` runs them).
 """
 
 import pytest
@@ -16,7 +16,7 @@ from test_ops_sampling_bptt import _addmm_calls, _compare, _run_with_grads
 
 from lightdvae import _ext
 
-ROW_LOOPS = ["dkf_posterior", "srnn_posterior"]
+ROW_LOOPS = ["dkf_posterior", "rvae_posterior", "srnn_posterior"]
 
 pytestmark = requires_native
 
@@ -28,7 +28,7 @@ requires_cuda_rows = pytest.mark.skipif(
 
 @pytest.fixture
 def rows_on_cpu(monkeypatch):
-    """The CPU runs the row loops' code (a team of one) inside the DKF and SRNN ``_bptt`` ops."""
+    """The CPU runs the row loops' code (a team of one) inside the DKF, RVAE and SRNN ``_bptt`` ops."""
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
     monkeypatch.delenv("LIGHTDVAE_LOOP_BACKWARD", raising=False)
     assert torch.ops.lightdvae._row_loops_on_cpu(True)
@@ -121,6 +121,34 @@ def test_srnn_row_loop_without_posterior_mlp(rows_on_cpu, monkeypatch, determini
     _check_against_reference("srnn_posterior", args, opts, torch.float64, monkeypatch)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("posterior", ["mlp", "none"])
+@pytest.mark.parametrize("embed", ["mlp", "none"])
+def test_rvae_row_layouts(rows_on_cpu, monkeypatch, layers, posterior, embed):
+    """Two-layer z LSTMs, no posterior MLP (the heads read [gx_t ; gz_t]: RVAE's published layout), no z embedding
+    (the LSTM reads z_{t-1}): float64 against the Python loop."""
+    g = torch.Generator().manual_seed(5)
+    args, opts = make_case("rvae_posterior", 3, 40, torch.float64, layers=layers)
+    gx, eps, z_embed, rnn_z, posterior_mlp, heads = args
+    if embed == "none":
+        z_embed = []
+        rnn_z = [torch.randn(rnn_z[0].shape[0], eps.shape[2], generator=g, dtype=torch.float64) * 0.4, *rnn_z[1:]]
+    if posterior == "none":
+        hidden = gx.shape[2] + rnn_z[1].shape[1]
+        posterior_mlp = []
+        heads = [torch.randn(*w.shape[:-1], hidden, generator=g, dtype=w.dtype) if w.dim() == 2 else w for w in heads]
+    args = [gx, eps, z_embed, rnn_z, posterior_mlp, heads]
+    _check_against_reference("rvae_posterior", args, opts, torch.float64, monkeypatch)
+
+
+def test_rvae_with_more_lstm_layers_than_the_row_loops_take_runs_the_aten_loop(rows_on_cpu, monkeypatch):
+    """Five z LSTM layers (the row loops take four): the ATen loop runs, with the same results."""
+    args, opts = make_case("rvae_posterior", 3, 12, torch.float64, layers=5)
+    monkeypatch.setenv("LIGHTDVAE_LOOP_BACKWARD", "bptt")
+    _, calls = _addmm_calls(lambda: _check_against_reference("rvae_posterior", args, opts, torch.float64, monkeypatch))
+    assert calls > 12 * 5
+
+
 def test_stacks_deeper_than_the_row_loops_take_run_the_aten_loop(rows_on_cpu, monkeypatch):
     """Nine posterior layers (the row loops take eight): the ATen loop runs, with the same results."""
     from test_ops_sampling import _linears
@@ -180,9 +208,9 @@ def test_cuda_row_layouts(monkeypatch, activation):
 
 
 @requires_cuda_rows
-@pytest.mark.parametrize("name", ["dkf", "srnn"])
+@pytest.mark.parametrize("name", ["dkf", "rvae", "srnn"])
 def test_cuda_training_step_uses_the_row_loops(monkeypatch, name):
-    """A DKF and an SRNN training step on the GPU (published sizes, float64): the bptt op runs, and the loss and
+    """A DKF, RVAE and SRNN training step on the GPU (published sizes, float64): the bptt op runs, and the loss and
     every parameter gradient equal the composite loop's autograd."""
     from lightdvae.models import build
     from lightdvae.ops import sampling

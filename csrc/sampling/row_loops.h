@@ -22,10 +22,11 @@
 #include <cmath>
 #include <cstdint>
 
+// Host and device code (not forced inline, unlike common.h's LDV_HD for the element-wise kernels).
 #if defined(__CUDACC__)
-#define LDV_HD __host__ __device__
+#define LDV_ROW __host__ __device__
 #else
-#define LDV_HD
+#define LDV_ROW
 #endif
 
 namespace lightdvae::rows {
@@ -38,9 +39,9 @@ constexpr int kNone = -1;
 
 // A team of one: the CPU runs the rows' code serially (tests; the GPU's logic without a GPU).
 struct SerialTeam {
-  LDV_HD int rank() const { return 0; }
-  LDV_HD int size() const { return 1; }
-  LDV_HD void sync() const {}
+  LDV_ROW int rank() const { return 0; }
+  LDV_ROW int size() const { return 1; }
+  LDV_ROW void sync() const {}
 };
 
 #if defined(__CUDACC__)
@@ -53,7 +54,7 @@ struct BlockTeam {
 #endif
 
 template <typename T>
-LDV_HD inline T exp_(T x) {
+LDV_ROW inline T exp_(T x) {
 #if defined(__CUDA_ARCH__)
   return exp(x);
 #else
@@ -62,7 +63,7 @@ LDV_HD inline T exp_(T x) {
 }
 
 template <typename T>
-LDV_HD inline T tanh_(T x) {
+LDV_ROW inline T tanh_(T x) {
 #if defined(__CUDA_ARCH__)
   return tanh(x);
 #else
@@ -72,7 +73,7 @@ LDV_HD inline T tanh_(T x) {
 
 // sampling::kTanh = 0, kRelu = 1 (cells.h); relu keeps NaN as ATen does (NaN > 0 is false, and so is NaN < 0).
 template <typename T>
-LDV_HD inline T activate(T x, int activation) {
+LDV_ROW inline T activate(T x, int activation) {
   if (activation == 0) return tanh_(x);
   if (activation == 1) return x > T(0) ? x : (x < T(0) ? T(0) : x);
   return x;
@@ -98,11 +99,11 @@ struct Regions {
   T* p[kMaxLayers] = {};
 };
 
-LDV_HD inline int64_t at(int64_t t, int64_t b, int64_t batch, int64_t width) { return (t * batch + b) * width; }
+LDV_ROW inline int64_t at(int64_t t, int64_t b, int64_t batch, int64_t width) { return (t * batch + b) * width; }
 
 // y = act(x W^T + b): y[j] = act(b[j] + sum_k x[k] w[k][j]), the terms in order of k.
 template <typename T, typename Team>
-LDV_HD void linear(const Team& team, T* y, const T* x, const Lin<T>& l, int activation) {
+LDV_ROW void linear(const Team& team, T* y, const T* x, const Lin<T>& l, int activation) {
   for (int j = team.rank(); j < l.out; j += team.size()) {
     T acc = l.b[j];
     for (int k = 0; k < l.in; ++k) acc += x[k] * l.w[static_cast<int64_t>(k) * l.out + j];
@@ -113,7 +114,7 @@ LDV_HD void linear(const Team& team, T* y, const T* x, const Lin<T>& l, int acti
 
 // y (n) = (accumulate ? y : 0) + x (m) . w, w (m, n) with row stride ldw: the input gradient of a layer W (m, n).
 template <typename T, typename Team>
-LDV_HD void times(const Team& team, T* y, const T* x, const T* w, int m, int n, int64_t ldw, bool accumulate) {
+LDV_ROW void times(const Team& team, T* y, const T* x, const T* w, int m, int n, int64_t ldw, bool accumulate) {
   for (int k = team.rank(); k < n; k += team.size()) {
     T acc = accumulate ? y[k] : T(0);
     for (int j = 0; j < m; ++j) acc += x[j] * w[j * ldw + k];
@@ -124,7 +125,7 @@ LDV_HD void times(const Team& team, T* y, const T* x, const T* w, int m, int n, 
 
 // z = mean + exp(logvar / 2) * eps (the mean without noise) from stats = [mean | logvar].
 template <typename T, typename Team>
-LDV_HD void draw(const Team& team, T* z, const T* stats, const T* eps, int z_dim) {
+LDV_ROW void draw(const Team& team, T* z, const T* stats, const T* eps, int z_dim) {
   for (int k = team.rank(); k < z_dim; k += team.size()) {
     z[k] = eps ? stats[k] + eps[k] * exp_(stats[z_dim + k] * T(0.5)) : stats[k];
   }
@@ -134,7 +135,7 @@ LDV_HD void draw(const Team& team, T* z, const T* stats, const T* eps, int z_dim
 // Layers first.. of a stack from x, layer i's output into its region at (t, b); returns the last output (x for
 // none).
 template <typename T, typename Team>
-LDV_HD const T* stack_forward(const Team& team, const Stack<T>& s, const Regions<T>& out, int64_t t, int64_t b,
+LDV_ROW const T* stack_forward(const Team& team, const Stack<T>& s, const Regions<T>& out, int64_t t, int64_t b,
                               int64_t batch, const T* x, int activation, int first = 0) {
   for (int i = first; i < s.n; ++i) {
     T* y = out.p[i] + at(t, b, batch, s.l[i].out);
@@ -147,7 +148,7 @@ LDV_HD const T* stack_forward(const Team& team, const Stack<T>& s, const Regions
 // The output gradients of the heads, [dmean | dlogvar], at one step: dmean = dz + grad_mean; dlogvar = grad_logvar +
 // dz * half_noise (preset in d when half_noise is null: no noise).
 template <typename T, typename Team>
-LDV_HD void heads_backward(const Team& team, T* d, const T* dz, const T* grad_mean, const T* grad_logvar,
+LDV_ROW void heads_backward(const Team& team, T* d, const T* dz, const T* grad_mean, const T* grad_logvar,
                            const T* half_noise, int z_dim) {
   for (int k = team.rank(); k < z_dim; k += team.size()) {
     d[k] = dz[k] + grad_mean[k];
@@ -159,7 +160,7 @@ LDV_HD void heads_backward(const Team& team, T* d, const T* dz, const T* grad_me
 // One backward step of a stack (W (out, in) layers) from the gradient dy of its last output: dpre[i] = dy * dact[i]
 // from the last layer down, dy = dpre[i] W_i in between (into scratch); returns dpre[0] (dy itself for none).
 template <typename T, typename Team>
-LDV_HD const T* stack_backward(const Team& team, const Stack<T>& w, const Regions<T>& dact, const Regions<T>& dpre,
+LDV_ROW const T* stack_backward(const Team& team, const Stack<T>& w, const Regions<T>& dact, const Regions<T>& dpre,
                                int64_t t, int64_t b, int64_t batch, const T* dy, T* scratch) {
   for (int i = w.n - 1; i >= 0; --i) {
     const int64_t row = at(t, b, batch, w.l[i].out);
@@ -194,7 +195,7 @@ struct DkfForward {
 
 // The forward loop of row b (posterior_bptt.cpp's dkf_forward_small for one row).
 template <typename T, typename Team>
-LDV_HD void dkf_forward_row(const Team& team, const DkfForward<T>& a, int64_t b) {
+LDV_ROW void dkf_forward_row(const Team& team, const DkfForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   for (int64_t t = 0; t < a.frames; ++t) {
     const T* prev = t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros;
@@ -230,7 +231,7 @@ struct DkfBackward {
 
 // The backward loop of row b (posterior_bptt.cpp's dkf_backward_small for one row).
 template <typename T, typename Team>
-LDV_HD void dkf_backward_row(const Team& team, const DkfBackward<T>& a, int64_t b) {
+LDV_ROW void dkf_backward_row(const Team& team, const DkfBackward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   T* dh = a.scratch + b * a.scratch_width;
   T* scratch = dh + a.hidden;
@@ -280,7 +281,7 @@ struct SrnnForward {
 
 // The forward loop of row b (posterior_bptt.cpp's srnn_forward_small for one row).
 template <typename T, typename Team>
-LDV_HD void srnn_forward_row(const Team& team, const SrnnForward<T>& a, int64_t b) {
+LDV_ROW void srnn_forward_row(const Team& team, const SrnnForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const bool mlp = a.posterior.n > 0;
   for (int64_t t = 0; t < a.frames; ++t) {
@@ -321,7 +322,7 @@ struct SrnnBackward {
 
 // The backward loop of row b (posterior_bptt.cpp's srnn_backward_small for one row).
 template <typename T, typename Team>
-LDV_HD void srnn_backward_row(const Team& team, const SrnnBackward<T>& a, int64_t b) {
+LDV_ROW void srnn_backward_row(const Team& team, const SrnnBackward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const int joint_in = a.g_dim + a.z_dim;
   const T* w_z = a.w_joint + a.g_dim;  // its z columns, row stride joint_in
@@ -340,6 +341,172 @@ LDV_HD void srnn_backward_row(const Team& team, const SrnnBackward<T>& a, int64_
     times(team, dh, d, a.heads_cat, 2 * a.z_dim, a.hidden, a.hidden, false);
     const T* d0 = stack_backward(team, a.posterior, a.dact, a.dpre, t, b, B, dh, scratch);
     if (dz_prev) times(team, dz_prev, d0, w_z, a.posterior.l[0].out, a.z_dim, joint_in, true);
+  }
+}
+
+// ----------------------------------------------------------------------------------------- RVAE
+
+// The most z LSTM layers the row loops take; more run the ATen loop.
+constexpr int kMaxLstmLayers = 4;
+
+template <typename T>
+LDV_ROW inline T sigmoid(T x) {
+  return T(1) / (T(1) + exp_(-x));
+}
+
+template <typename T>
+struct RvaeForward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, hidden = 0, layers = 0, out = 0, activation = 0;
+  const T* projected = nullptr;  // (frames, batch, out): the gx part and bias of the layer reading [gx_t ; gz_t]
+  const T* w_gz = nullptr;       // (hidden, out): its gz part, transposed
+  const T* eps = nullptr;
+  const T* zeros = nullptr;  // max(z_dim, hidden) zeros: the state before frame 0
+  Stack<T> z_embed, posterior;  // forward layers; posterior layer 0 is applied from projected and w_gz
+  Lin<T> ih[kMaxLstmLayers];    // W_ih^T (in, 4H) and b_ih + b_hh
+  const T* w_hh[kMaxLstmLayers] = {};  // W_hh^T (H, 4H)
+  Lin<T> heads;
+  Regions<T> z_embed_out, posterior_out;
+  T* gates[kMaxLstmLayers] = {};  // (frames, batch, 4H) after the activations [i, f, g, o]
+  T* c[kMaxLstmLayers] = {};
+  T* tanh_c[kMaxLstmLayers] = {};
+  T* h[kMaxLstmLayers] = {};
+  T* z = nullptr;
+  T* stats = nullptr;
+};
+
+// The forward loop of row b (rvae_bptt.cpp's rvae_forward_small for one row; the LSTM step is ATen's LSTMCell:
+// W_ih x + b, then + W_hh h, the gates, c, tanh(c), h).
+template <typename T, typename Team>
+LDV_ROW void rvae_forward_row(const Team& team, const RvaeForward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  const int H = a.hidden;
+  const bool mlp = a.posterior.n > 0;
+  for (int64_t t = 0; t < a.frames; ++t) {
+    const T* x = stack_forward(team, a.z_embed, a.z_embed_out, t, b, B,
+                               t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros, a.activation);
+    for (int l = 0; l < a.layers; ++l) {
+      T* gates = a.gates[l] + at(t, b, B, 4 * H);
+      const T* h_prev = t > 0 ? a.h[l] + at(t - 1, b, B, H) : a.zeros;
+      const T* c_prev = t > 0 ? a.c[l] + at(t - 1, b, B, H) : a.zeros;
+      const Lin<T>& ih = a.ih[l];
+      for (int j = team.rank(); j < 4 * H; j += team.size()) {
+        T acc = ih.b[j];
+        for (int k = 0; k < ih.in; ++k) acc += x[k] * ih.w[static_cast<int64_t>(k) * 4 * H + j];
+        for (int k = 0; k < H; ++k) acc += h_prev[k] * a.w_hh[l][static_cast<int64_t>(k) * 4 * H + j];
+        gates[j] = j >= 2 * H && j < 3 * H ? tanh_(acc) : sigmoid(acc);
+      }
+      team.sync();
+      T* c = a.c[l] + at(t, b, B, H);
+      T* tanh_c = a.tanh_c[l] + at(t, b, B, H);
+      T* h = a.h[l] + at(t, b, B, H);
+      for (int j = team.rank(); j < H; j += team.size()) {
+        c[j] = gates[H + j] * c_prev[j] + gates[j] * gates[2 * H + j];
+        tanh_c[j] = tanh_(c[j]);
+        h[j] = gates[3 * H + j] * tanh_c[j];
+      }
+      team.sync();
+      x = h;
+    }
+    T* stats = a.stats + at(t, b, B, 2 * a.z_dim);
+    T* y0 = mlp ? a.posterior_out.p[0] + at(t, b, B, a.out) : stats;
+    const T* p = a.projected + at(t, b, B, a.out);
+    for (int j = team.rank(); j < a.out; j += team.size()) {
+      T acc = p[j];
+      for (int k = 0; k < H; ++k) acc += x[k] * a.w_gz[static_cast<int64_t>(k) * a.out + j];
+      y0[j] = mlp ? activate(acc, a.activation) : acc;
+    }
+    team.sync();
+    if (mlp) {
+      const T* hid = stack_forward(team, a.posterior, a.posterior_out, t, b, B, y0, a.activation, 1);
+      linear(team, stats, hid, a.heads, kNone);
+    }
+    draw(team, a.z + at(t, b, B, a.z_dim), stats, a.eps ? a.eps + at(t, b, B, a.z_dim) : nullptr, a.z_dim);
+  }
+}
+
+template <typename T>
+struct RvaeBackward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, hidden = 0, layers = 0, gx_dim = 0, head_in = 0, in0 = 0;
+  T* dstats = nullptr;
+  T* dz = nullptr;
+  const T* grad_mean = nullptr;
+  const T* grad_logvar = nullptr;
+  const T* half_noise = nullptr;
+  const T* heads_cat = nullptr;  // (2 z_dim, head_in)
+  const T* w0 = nullptr;         // (out, gx_dim + hidden): the layer reading [gx_t ; gz_t]
+  int w0_out = 0;
+  Stack<T> z_embed, posterior;   // W (out, in)
+  const T* w_ih[kMaxLstmLayers] = {};   // (4H, in)
+  const T* w_hh[kMaxLstmLayers] = {};   // (4H, H)
+  const T* m[kMaxLstmLayers] = {};      // (frames, batch, 4H): dc (i, f, g) and dh (o) -> the gates' gradients
+  const T* k[kMaxLstmLayers] = {};      // (frames, batch, H): o tanh'(c), dh -> dc
+  const T* gates[kMaxLstmLayers] = {};  // the forward's activated gates (f: the dc recurrence)
+  T* dgates[kMaxLstmLayers] = {};       // (frames, batch, 4H) out
+  Regions<T> dact_embed, dpre_embed, dact_posterior, dpre_posterior;
+  T* scratch = nullptr;  // per row: dh and dc of every layer, dhid, d_in, a layer's input gradient
+  int64_t scratch_width = 0;
+};
+
+// The backward loop of row b (rvae_bptt.cpp's rvae_backward_small for one row).
+template <typename T, typename Team>
+LDV_ROW void rvae_backward_row(const Team& team, const RvaeBackward<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  const int H = a.hidden, joint_in = a.gx_dim + a.hidden;
+  T* state = a.scratch + b * a.scratch_width;  // dh[l] at l * H, dc[l] at (layers + l) * H
+  T* dhid = state + 2 * a.layers * H;
+  T* d_in = dhid + a.head_in;
+  T* scratch = d_in + a.in0;
+  for (int j = team.rank(); j < 2 * a.layers * H; j += team.size()) state[j] = T(0);
+  team.sync();
+  const T* w0_gz = a.w0 + a.gx_dim;  // the gz columns, row stride joint_in
+  for (int64_t t = a.frames - 1; t >= 0; --t) {
+    const int64_t zt = at(t, b, B, a.z_dim);
+    T* d = a.dstats + 2 * zt;
+    T* dh_top = state + (a.layers - 1) * H;
+    heads_backward(team, d, a.dz + zt, a.grad_mean + zt, a.grad_logvar + zt, a.half_noise ? a.half_noise + zt : nullptr,
+                   a.z_dim);
+    if (a.posterior.n > 0) {
+      times(team, dhid, d, a.heads_cat, 2 * a.z_dim, a.head_in, a.head_in, false);
+      const T* d0 = stack_backward(team, a.posterior, a.dact_posterior, a.dpre_posterior, t, b, B, dhid, scratch);
+      times(team, dh_top, d0, w0_gz, a.w0_out, H, joint_in, true);
+    } else {
+      times(team, dh_top, d, w0_gz, 2 * a.z_dim, H, joint_in, true);
+    }
+    for (int l = a.layers - 1; l >= 0; --l) {
+      T* dh = state + l * H;
+      T* dc = state + (a.layers + l) * H;
+      const T* k = a.k[l] + at(t, b, B, H);
+      const T* m = a.m[l] + at(t, b, B, 4 * H);
+      T* dg = a.dgates[l] + at(t, b, B, 4 * H);
+      for (int j = team.rank(); j < H; j += team.size()) {
+        dc[j] += dh[j] * k[j];
+        for (int q = 0; q < 3; ++q) dg[q * H + j] = m[q * H + j] * dc[j];
+        dg[3 * H + j] = dh[j] * m[3 * H + j];
+      }
+      team.sync();
+      if (t > 0) {
+        const T* f = a.gates[l] + at(t, b, B, 4 * H) + H;
+        for (int j = team.rank(); j < H; j += team.size()) dc[j] *= f[j];
+        times(team, dh, dg, a.w_hh[l], 4 * H, H, H, false);
+      }
+      if (l > 0) {
+        times(team, state + (l - 1) * H, dg, a.w_ih[l], 4 * H, H, H, true);
+        continue;
+      }
+      times(team, d_in, dg, a.w_ih[0], 4 * H, a.in0, a.in0, false);
+      const T* d0 = stack_backward(team, a.z_embed, a.dact_embed, a.dpre_embed, t, b, B, d_in, scratch);
+      if (t > 0) {
+        T* dz_prev = a.dz + at(t - 1, b, B, a.z_dim);
+        if (a.z_embed.n == 0) {
+          for (int j = team.rank(); j < a.z_dim; j += team.size()) dz_prev[j] += d0[j];
+          team.sync();
+        } else {
+          times(team, dz_prev, d0, a.z_embed.l[0].w, a.z_embed.l[0].out, a.z_dim, a.z_dim, true);
+        }
+      }
+    }
   }
 }
 
@@ -368,6 +535,14 @@ template <typename T>
 void srnn_backward_serial(const SrnnBackward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) srnn_backward_row(SerialTeam{}, a, b);
 }
+template <typename T>
+void rvae_forward_serial(const RvaeForward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) rvae_forward_row(SerialTeam{}, a, b);
+}
+template <typename T>
+void rvae_backward_serial(const RvaeBackward<T>& a) {
+  for (int64_t b = 0; b < a.batch; ++b) rvae_backward_row(SerialTeam{}, a, b);
+}
 
 #if defined(LIGHTDVAE_WITH_CUDA)
 // One launch each on the current stream, a block of team_size(threads) per batch row (row_loops_cuda.cu; float and
@@ -380,6 +555,10 @@ template <typename T>
 void srnn_forward_cuda(const SrnnForward<T>& a, int threads);
 template <typename T>
 void srnn_backward_cuda(const SrnnBackward<T>& a, int threads);
+template <typename T>
+void rvae_forward_cuda(const RvaeForward<T>& a, int threads);
+template <typename T>
+void rvae_backward_cuda(const RvaeBackward<T>& a, int threads);
 #endif
 
 }  // namespace lightdvae::rows

@@ -30,6 +30,16 @@ __global__ void srnn_backward_kernel(const SrnnBackward<T> a) {
   srnn_backward_row(BlockTeam{}, a, static_cast<int64_t>(blockIdx.x));
 }
 
+template <typename T>
+__global__ void rvae_forward_kernel(const RvaeForward<T> a) {
+  rvae_forward_row(BlockTeam{}, a, static_cast<int64_t>(blockIdx.x));
+}
+
+template <typename T>
+__global__ void rvae_backward_kernel(const RvaeBackward<T> a) {
+  rvae_backward_row(BlockTeam{}, a, static_cast<int64_t>(blockIdx.x));
+}
+
 // Rows beyond the grid's x limit (2^31 - 1) are not a concern: the batch is a tensor dimension checked by the caller.
 template <typename Args, typename Kernel>
 void launch(Kernel kernel, const Args& a, int threads) {
@@ -57,11 +67,22 @@ void srnn_backward_cuda(const SrnnBackward<T>& a, int threads) {
   launch(srnn_backward_kernel<T>, a, threads);
 }
 
+template <typename T>
+void rvae_forward_cuda(const RvaeForward<T>& a, int threads) {
+  launch(rvae_forward_kernel<T>, a, threads);
+}
+template <typename T>
+void rvae_backward_cuda(const RvaeBackward<T>& a, int threads) {
+  launch(rvae_backward_kernel<T>, a, threads);
+}
+
 #define LDV_INSTANTIATE(T)                                             \
   template void dkf_forward_cuda<T>(const DkfForward<T>&, int);        \
   template void dkf_backward_cuda<T>(const DkfBackward<T>&, int);      \
   template void srnn_forward_cuda<T>(const SrnnForward<T>&, int);      \
-  template void srnn_backward_cuda<T>(const SrnnBackward<T>&, int);
+  template void srnn_backward_cuda<T>(const SrnnBackward<T>&, int);    \
+  template void rvae_forward_cuda<T>(const RvaeForward<T>&, int);      \
+  template void rvae_backward_cuda<T>(const RvaeBackward<T>&, int);
 LDV_INSTANTIATE(float)
 LDV_INSTANTIATE(double)
 #undef LDV_INSTANTIATE

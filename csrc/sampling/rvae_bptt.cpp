@@ -6,15 +6,18 @@
 // derivatives of the gates are computed for all steps before the loop, and after it every weight gradient is one
 // GEMM over all frames * batch rows (the gx gradient too).  The loop takes the ATen cell (exact_lstm = false; with
 // exact_lstm the models run the composite rvae_posterior).  At small batch the step-by-step parts run on raw pointers
-// (small_batch.h).
+// (small_batch.h); on CUDA each loop is one kernel launch (row_loops.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 #include <vector>
 
+#include <c10/core/DeviceGuard.h>
+
 #include "sampling/bptt.h"
 #include "sampling/cells.h"
+#include "sampling/row_tensors.h"
 #include "sampling/sampling.h"
 #include "sampling/small_batch.h"
 
@@ -139,6 +142,58 @@ void rvae_forward_small(const RvaeWorkspace& ws, const at::Tensor& projected, co
   }
 }
 
+// Whether the row loops take these stacks and LSTM layers (row_loops.h).
+rows::Path rvae_rows_path(const at::Tensor& like, at::TensorList z_embed, at::TensorList rnn_z,
+                          at::TensorList posterior_mlp) {
+  if (rnn_z.size() / 4 > static_cast<size_t>(rows::kMaxLstmLayers)) return rows::Path::kNo;
+  return rows::path(like, {z_embed, posterior_mlp});
+}
+
+// The loop of rvae_posterior_bptt as a row loop: one CUDA launch, or its code serially on the CPU.
+template <typename T>
+void rvae_forward_rows(rows::Path path, const RvaeWorkspace& ws, const at::Tensor& projected, const at::Tensor& w0_gz_t,
+                       at::TensorList z_embed, at::TensorList rnn_z, at::TensorList posterior_mlp,
+                       at::TensorList heads_w, int64_t activation, const at::Tensor& eps, const at::Tensor& z,
+                       const at::Tensor& stats) {
+  rows::Hold<T> hold;
+  rows::RvaeForward<T> a;
+  a.frames = z.size(0);
+  a.batch = z.size(1);
+  a.z_dim = static_cast<int>(z.size(2));
+  a.hidden = static_cast<int>(rnn_z[1].size(1));
+  a.layers = static_cast<int>(rnn_z.size() / 4);
+  a.out = static_cast<int>(projected.size(2));
+  a.activation = static_cast<int>(activation);
+  a.projected = hold(projected);
+  a.w_gz = hold(w0_gz_t);
+  a.eps = eps.defined() ? hold(eps) : nullptr;
+  a.zeros = hold(at::zeros({std::max(a.z_dim, a.hidden)}, z.options()));
+  a.z_embed = hold.forward(z_embed);
+  a.posterior = hold.forward(posterior_mlp);
+  for (int l = 0; l < a.layers; ++l) {
+    const rows::Stack<T> ih = hold.forward({rnn_z[4 * l], rnn_z[4 * l + 2] + rnn_z[4 * l + 3]});
+    a.ih[l] = ih.l[0];
+    a.w_hh[l] = hold(rnn_z[4 * l + 1].t());
+    a.gates[l] = hold.out(ws.gates(l));
+    a.c[l] = hold.out(ws.c(l));
+    a.tanh_c[l] = hold.out(ws.tanh_c(l));
+    a.h[l] = hold.out(ws.h(l));
+  }
+  a.heads = hold.heads(heads_w);
+  a.z_embed_out = rows::regions<T>(ws.z_embed);
+  a.posterior_out = rows::regions<T>(ws.posterior);
+  a.z = hold.out(z);
+  a.stats = hold.out(stats);
+  if (path == rows::Path::kSerial) {
+    rows::rvae_forward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::rvae_forward_cuda(a, rows::team_size(rows::widest({z_embed, posterior_mlp}, std::max({4 * a.hidden, a.out,
+                                                                                              2 * a.z_dim}))));
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
     const at::Tensor& gx_in, const std::optional<at::Tensor>& eps_in, at::TensorList z_embed, at::TensorList rnn_z,
     at::TensorList posterior_mlp, at::TensorList heads_w, int64_t activation) {
@@ -167,6 +222,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
   at::Tensor z = at::empty({frames, batch, z_dim}, gx.options());
   at::Tensor stats = at::empty({frames, batch, 2 * z_dim}, gx.options());
   at::Tensor scale = at::empty({batch, z_dim}, gx.options());
+  const rows::Path rows_path = rvae_rows_path(gx, z_embed, rnn_z, posterior_mlp);
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(gx.device());
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rvae_posterior_bptt", [&] {
+      rvae_forward_rows<scalar_t>(rows_path, ws, projected, w0_gz_t, z_embed, rnn_z, posterior_mlp, heads_w,
+                                  activation, eps, z, stats);
+    });
+    return {z, stats.narrow(2, 0, z_dim).contiguous(), stats.narrow(2, z_dim, z_dim).contiguous(), flat};
+  }
   if (small::eligible(gx, batch)) {
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rvae_posterior_bptt", [&] {
       rvae_forward_small<scalar_t>(ws, projected, w0_gz_t, z_embed, rnn_z, posterior_mlp, heads_w, activation, eps, z,
@@ -348,6 +412,54 @@ void rvae_backward_small(const RvaeBackwardState& s, at::TensorList z_embed, at:
   }
 }
 
+// The step-by-step part of rvae_posterior_bptt_backward as a row loop.
+template <typename T>
+void rvae_backward_rows(rows::Path path, const RvaeBackwardState& s, at::TensorList z_embed, at::TensorList rnn_z,
+                        at::TensorList posterior_mlp) {
+  rows::Hold<T> hold;
+  rows::RvaeBackward<T> a;
+  a.frames = s.dz.size(0);
+  a.batch = s.dz.size(1);
+  a.z_dim = static_cast<int>(s.dz.size(2));
+  a.hidden = static_cast<int>(rnn_z[1].size(1));
+  a.layers = static_cast<int>(rnn_z.size() / 4);
+  a.gx_dim = static_cast<int>(s.w0.size(1)) - a.hidden;
+  a.head_in = static_cast<int>(s.heads_cat.size(1));
+  a.in0 = static_cast<int>(rnn_z[0].size(1));
+  a.dstats = hold.out(s.dstats);
+  a.dz = hold.out(s.dz);
+  a.grad_mean = hold(s.grad_mean);
+  a.grad_logvar = hold(s.grad_logvar);
+  a.half_noise = s.half_noise.defined() ? hold(s.half_noise) : nullptr;
+  a.heads_cat = hold(s.heads_cat);
+  a.w0 = hold(s.w0);
+  a.w0_out = static_cast<int>(s.w0.size(0));
+  a.z_embed = hold.backward(z_embed);
+  a.posterior = hold.backward(posterior_mlp);
+  for (int l = 0; l < a.layers; ++l) {
+    a.w_ih[l] = hold(rnn_z[4 * l]);
+    a.w_hh[l] = hold(rnn_z[4 * l + 1]);
+    a.m[l] = hold(s.back[l].m);
+    a.k[l] = hold(s.back[l].k);
+    a.gates[l] = hold(s.ws.gates(l));
+    a.dgates[l] = hold.out(s.back[l].dgates);
+  }
+  a.dact_embed = rows::regions<T>(s.dact_embed);
+  a.dpre_embed = rows::regions<T>(s.dpre_embed);
+  a.dact_posterior = rows::regions<T>(s.dact_posterior);
+  a.dpre_posterior = rows::regions<T>(s.dpre_posterior);
+  const int widest = rows::widest({z_embed, posterior_mlp}, std::max({a.head_in, a.in0, 4 * a.hidden, 2 * a.z_dim}));
+  a.scratch_width = 2 * a.layers * a.hidden + a.head_in + a.in0 + widest;
+  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
+  if (path == rows::Path::kSerial) {
+    rows::rvae_backward_serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  rows::rvae_backward_cuda(a, rows::team_size(widest));
+#endif
+}
+
 Grads6 rvae_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& grad_mean_in,
                                     const at::Tensor& grad_logvar_in, const std::optional<at::Tensor>& eps_in,
                                     const at::Tensor& gx_in, const at::Tensor& z, const at::Tensor& logvar,
@@ -393,9 +505,14 @@ Grads6 rvae_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& 
 
   at::Tensor dz = grad_z.clone(at::MemoryFormat::Contiguous);  // + the recurrent terms, added step by step
   at::Tensor dstats = bptt::heads_grad_buffer(grad_logvar, eps.defined());
-  if (small::eligible(z, batch)) {
-    const RvaeBackwardState state{ws,     back,        dact_embed, dact_posterior, dpre_embed, dpre_posterior, dstats,
-                                  dz,     grad_mean,   grad_logvar, half_noise,    heads_cat,  w0};
+  const RvaeBackwardState state{ws,     back,        dact_embed, dact_posterior, dpre_embed, dpre_posterior, dstats,
+                                dz,     grad_mean,   grad_logvar, half_noise,    heads_cat,  w0};
+  const rows::Path rows_path = rvae_rows_path(z, z_embed, rnn_z, posterior_mlp);
+  if (rows_path != rows::Path::kNo) {
+    const c10::DeviceGuard guard(z.device());
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "rvae_posterior_bptt_backward",
+                               [&] { rvae_backward_rows<scalar_t>(rows_path, state, z_embed, rnn_z, posterior_mlp); });
+  } else if (small::eligible(z, batch)) {
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "rvae_posterior_bptt_backward",
                                [&] { rvae_backward_small<scalar_t>(state, z_embed, rnn_z, posterior_mlp); });
   } else {
@@ -441,5 +558,12 @@ TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
   m.impl("rvae_posterior_bptt", &rvae_posterior_bptt);
   m.impl("rvae_posterior_bptt_backward", &rvae_posterior_bptt_backward);
 }
+
+#if defined(LIGHTDVAE_WITH_CUDA)
+TORCH_LIBRARY_IMPL(lightdvae, CUDA, m) {
+  m.impl("rvae_posterior_bptt", &rvae_posterior_bptt);
+  m.impl("rvae_posterior_bptt_backward", &rvae_posterior_bptt_backward);
+}
+#endif
 
 }  // namespace lightdvae

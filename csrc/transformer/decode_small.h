@@ -81,12 +81,10 @@ void attend(T* __restrict out, const T* __restrict q, const T* __restrict k, con
 // One decoder body's packed weights (the layout of decode_loop.cpp) as raw pointers.
 template <typename T>
 struct Weights {
+  const transformer::Body* body;  // sizes and flags (parsed and checked once, body.h)
   const T *latent_w, *latent_b, *speech_w, *speech_b, *memory_w, *memory_b, *final_w = nullptr, *final_b = nullptr;
   std::vector<const T*> layers;  // 18 per layer
   const T *cos = nullptr, *sin = nullptr;  // rotary tables (positions, hd / 2), or none
-  int64_t in_dim, x_dim, d, n_layers, heads, hd, ff;
-  double eps;
-  bool norm_first, relu;
 };
 
 // Key/value caches of one body's attention, (layers, batch, heads, frames, hd) each.
@@ -115,8 +113,8 @@ void rotate(T* x, const T* c, const T* s, int64_t half) {
 template <typename T>
 void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent, const T* speech, int64_t batch,
                int64_t p, T* x, std::vector<T>& work) {
-  const int64_t d = w.d, hd = w.hd, heads = w.heads, rows = batch;
-  const int64_t wide = std::max<int64_t>({3 * d, 2 * d * w.n_layers, w.ff});
+  const int64_t d = w.body->d, hd = w.body->hd, heads = w.body->heads, rows = batch;
+  const int64_t wide = std::max<int64_t>({3 * d, 2 * d * w.body->layers, w.body->ff});
   work.resize(static_cast<size_t>(rows * (4 * d + wide) + memory.frames));
   T* h = work.data();     // sublayer inputs (rows, d)
   T* a = h + rows * d;    // sublayer outputs (rows, d)
@@ -127,13 +125,13 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
   const int64_t half = hd / 2;
   const T* cos_p = w.cos != nullptr ? w.cos + p * half : nullptr;  // the angles of position p
   const T* sin_p = w.cos != nullptr ? w.sin + p * half : nullptr;
-  affine(x, w.latent_b + p * d, latent, w.latent_w, rows, w.in_dim, d, w.in_dim, d);
+  affine(x, w.latent_b + p * d, latent, w.latent_w, rows, w.body->in_dim, d, w.body->in_dim, d);
   if (speech != nullptr) {
-    const int64_t kv = 2 * d * w.n_layers;
-    affine(h, w.speech_b + p * d, speech, w.speech_w, rows, w.x_dim, d, w.x_dim, d);
+    const int64_t kv = 2 * d * w.body->layers;
+    affine(h, w.speech_b + p * d, speech, w.speech_w, rows, w.body->x_dim, d, w.body->x_dim, d);
     affine(big, w.memory_b, h, w.memory_w, rows, d, kv, d, kv);
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t l = 0; l < w.n_layers; ++l) {
+      for (int64_t l = 0; l < w.body->layers; ++l) {
         for (int64_t hh = 0; hh < heads; ++hh) {
           T* kr = big + r * kv + l * 2 * d + hh * hd;
           if (cos_p != nullptr) rotate(kr, cos_p, sin_p, half);  // each memory key rotated once, at its position
@@ -143,18 +141,18 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
       }
     }
   }
-  for (int64_t l = 0; l < w.n_layers; ++l) {
+  for (int64_t l = 0; l < w.body->layers; ++l) {
     const T* const* lw = w.layers.data() + l * 18;
     // one residual sublayer over all rows: pre-norm x += f(LN(x)), post-norm x = LN(x + f(x)); f writes a
     auto residual = [&](int i, auto&& sublayer) {
       std::copy(x, x + rows * d, h);
-      if (w.norm_first) {
-        for (int64_t r = 0; r < rows; ++r) layer_norm(h + r * d, lw[12 + 2 * i], lw[13 + 2 * i], d, w.eps);
+      if (w.body->norm_first) {
+        for (int64_t r = 0; r < rows; ++r) layer_norm(h + r * d, lw[12 + 2 * i], lw[13 + 2 * i], d, w.body->eps);
       }
       sublayer();
       for (int64_t c = 0; c < rows * d; ++c) x[c] = a[c] + x[c];
-      if (!w.norm_first) {
-        for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * d, lw[12 + 2 * i], lw[13 + 2 * i], d, w.eps);
+      if (!w.body->norm_first) {
+        for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * d, lw[12 + 2 * i], lw[13 + 2 * i], d, w.body->eps);
       }
     };
     residual(0, [&] {  // causal self-attention
@@ -186,15 +184,15 @@ void body_step(const Weights<T>& w, KV<T>& self, KV<T>& memory, const T* latent,
       affine(a, lw[7], att, lw[6], rows, d, d, d, d);
     });
     residual(2, [&] {  // feed-forward
-      affine(big, lw[9], h, lw[8], rows, d, w.ff, d, w.ff);
-      for (int64_t c = 0; c < rows * w.ff; ++c) {
-        big[c] = w.relu ? (big[c] < T(0) ? T(0) : big[c]) : std::tanh(big[c]);
+      affine(big, lw[9], h, lw[8], rows, d, w.body->ff, d, w.body->ff);
+      for (int64_t c = 0; c < rows * w.body->ff; ++c) {
+        big[c] = w.body->relu ? (big[c] < T(0) ? T(0) : big[c]) : std::tanh(big[c]);
       }
-      affine(a, lw[11], big, lw[10], rows, w.ff, d, w.ff, d);
+      affine(a, lw[11], big, lw[10], rows, w.body->ff, d, w.body->ff, d);
     });
   }
-  if (w.norm_first) {
-    for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * d, w.final_w, w.final_b, d, w.eps);
+  if (w.body->norm_first) {
+    for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * d, w.final_w, w.final_b, d, w.body->eps);
   }
 }
 
@@ -215,22 +213,13 @@ Weights<T> weights_of(const transformer::Body& body, std::vector<at::Tensor>& ke
   };
   const at::TensorList flat = body.w;
   Weights<T> w;
+  w.body = &body;
   w.latent_w = ptr(flat[0]);
   w.latent_b = ptr(flat[1]);
   w.speech_w = ptr(flat[2]);
   w.speech_b = ptr(flat[3]);
   w.memory_w = ptr(flat[4]);
   w.memory_b = ptr(flat[5]);
-  w.in_dim = body.in_dim;
-  w.x_dim = body.x_dim;
-  w.d = body.d;
-  w.heads = body.heads;
-  w.hd = body.hd;
-  w.eps = body.eps;
-  w.norm_first = body.norm_first;
-  w.relu = body.relu;
-  w.n_layers = body.layers;
-  w.ff = body.ff;
   for (int64_t l = 0; l < body.layers; ++l) {
     const at::Tensor* lw = body.layer(l);
     for (int64_t i = 0; i < transformer::kPerLayer; ++i) w.layers.push_back(ptr(lw[i]));
@@ -263,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode(
     keep.push_back(rope_sin.contiguous());
     sb.sin = zb.sin = keep.back().const_data_ptr<T>();
   }
-  const int64_t batch = w_in.size(0), w_dim = w_in.size(1), d = sb.d, x_dim = s_out_w.size(0);
+  const int64_t batch = w_in.size(0), w_dim = w_in.size(1), d = s_body.d, x_dim = s_out_w.size(0);
   const int64_t z_dim = prior_w.size(0) / 2, lat = z_dim + w_dim;
   const auto opts = w_in.options();
   const at::Tensor w = w_in.contiguous(), out_wt = s_out_w.t().contiguous(), out_b = s_out_b.contiguous();
@@ -279,9 +268,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode(
   T* fp = fed.mutable_data_ptr<T>();
   T* pp = run_prior ? prior.mutable_data_ptr<T>() : nullptr;
 
-  KV<T> s_self(sb.n_layers, batch, heads, frames, sb.hd), s_mem(sb.n_layers, batch, heads, frames, sb.hd);
-  const int64_t zl = run_prior ? zb.n_layers : 0;
-  KV<T> z_self(zl, batch, heads, frames, zb.hd), z_own(shared ? 0 : zl, batch, heads, frames, zb.hd);
+  KV<T> s_self(s_body.layers, batch, heads, frames, s_body.hd), s_mem(s_body.layers, batch, heads, frames, s_body.hd);
+  const int64_t zl = run_prior ? zb.body->layers : 0;
+  KV<T> z_self(zl, batch, heads, frames, zb.body->hd), z_own(shared ? 0 : zl, batch, heads, frames, zb.body->hd);
   KV<T>& z_mem = shared ? s_mem : z_own;
   const bool share = run_prior && shared;
   std::vector<T> mem(static_cast<size_t>(batch * x_dim), T(0)), z_prev(static_cast<size_t>(batch * z_dim), T(0));

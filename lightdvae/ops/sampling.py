@@ -15,11 +15,11 @@ When no input needs a gradient they run without recording one.
 In training the posterior loops that have one run as their ``<loop>_bptt`` op instead
 (:mod:`lightdvae.ops.sampling_bptt`): the same loop, saving every per-step activation, differentiated
 by an explicit backward through time (the recurrence step by step, every weight gradient one GEMM over
-all steps) instead of autograd's graph of some twenty ATen calls per step; on the CPU for
-``dkf_posterior``, ``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``, on CUDA for
-``dkf_posterior`` and ``srnn_posterior``, whose step-by-step parts there are one kernel launch each way
-(a thread block per batch row walks every frame: ``csrc/sampling/row_loops.h``) instead of some twenty
-launches per step.  ``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
+all steps) instead of autograd's graph of some twenty ATen calls per step: ``dkf_posterior``,
+``rvae_posterior`` (with ``exact_lstm=False``) and ``srnn_posterior``, on the CPU and on CUDA, where each
+loop's step-by-step part is one kernel launch each way (a thread block per batch row walks every frame:
+``csrc/sampling/row_loops.h``) instead of some twenty launches per step.
+``LIGHTDVAE_LOOP_BACKWARD=composite`` keeps the composite loop's autograd.
 
 Layouts: sequences are batch first, ``(batch, frames, features)``, like the models' public tensors;
 the loops run time-major inside, and the returned sequences are batch-first views of time-major
@@ -378,7 +378,7 @@ def rvae_posterior(
 
     Returns:
         ``z, mean, logvar``, each ``(batch, frames, z_dim)``.  Differentiable in every tensor argument; on
-        the CPU with ``exact_lstm=False``, by the explicit backward through time of ``rvae_posterior_bptt``
+        the CPU and CUDA with ``exact_lstm=False``, by the explicit backward through time of ``rvae_posterior_bptt``
         (the ``gx`` part of the first layer on ``[gx_t ; g^z_t]`` then one GEMM over all frames).
     """
     _check_sequence("rvae_posterior", "gx", gx)

@@ -8,8 +8,8 @@ bias gradient as one GEMM (one sum) over all frames x batch rows.  This module r
 the forward's autograd formula (``torch.library.register_autograd``) and both ops' fake kernels.
 
 :func:`explicit_backward` says when the public loops use the ``_bptt`` op: gradients are being recorded,
-some input requires one, the build has the op for the device (the CPU for all three; CUDA for DKF's and SRNN's,
-each loop one kernel launch there, ``csrc/sampling/row_loops.h``; RVAE's composite loop runs on CUDA) and
+some input requires one, the build has the op for the device (the CPU, and CUDA, where each loop is one kernel
+launch each way: ``csrc/sampling/row_loops.h``) and
 ``LIGHTDVAE_LOOP_BACKWARD`` is not ``composite``.  The composite loop stays the reference: the tests
 hold the two to the same outputs and gradients.
 
