@@ -8,7 +8,8 @@
 # vb_rvae, vb_srnn: checkpoint.pt + config.ini); those absent are left out.  Each step resumes when run again.
 # Priors: the shipped ones (lightdvae info) and the imported VoiceBank ones, at the reference's settings
 # (100 iterations, K = 8, Adam 1e-3, beta 1), and the VAE and LigHT-DVAE priors also with beta 0.01 (their training
-# weight).
+# weight).  Then how the result depends on the number of EM iterations (ITERATIONS, default "30 300"): the shipped
+# VAE and the VoiceBank VAE at beta 0.01, the VoiceBank DKF at beta 1, the shipped LigHT-DVAE at beta 0.01.
 set -euo pipefail
 OUT=${1:-runs/enhance-study}
 FIXTURES=${2:-../shared/fixtures/dvae}
@@ -41,6 +42,16 @@ for prior in "${priors[@]}"; do
         pretrained:vae | */vb-vae | pretrained:light-dvae) lightdvae enhance "$prior" --data "noisy:$SET" --beta 0.01 --out "$OUT/results/$tag-beta0.01" \
                   --threads "$THREADS" --quiet ;;
     esac
+done
+for iterations in ${ITERATIONS:-30 300}; do
+    for spec in "pretrained:vae 0.01" "$OUT/vb-vae 0.01" "$OUT/vb-dkf 1" "pretrained:light-dvae 0.01"; do
+        read -r prior beta <<< "$spec"
+        case "$prior" in pretrained:*) ;; *) [ -f "$prior/config.json" ] || continue ;; esac
+        tag=$(echo "$prior" | tr ':/' '--')
+        echo "== $prior, beta $beta, $iterations iterations"
+        lightdvae enhance "$prior" --data "noisy:$SET" --beta "$beta" --iterations "$iterations" \
+            --out "$OUT/results/$tag-beta$beta-i$iterations" --threads "$THREADS" --quiet
+    done
 done
 lightdvae report "$OUT/results" --out "$OUT/report.md" >/dev/null
 echo "report: $OUT/report.md"

@@ -163,6 +163,11 @@ def test_the_report_has_an_enhancement_section(built, run, tmp_path):
     assert f"### Noisy set **{built.name}**" in section and "_noisy input_" in section
     assert "Δ SI-SDR (dB) ↑" in section and "| prior | 0 dB | 10 dB |" in section
     assert "VAE" in section.split("_noisy input_")[1]
+    # the same prior with another KL weight and iteration count gets a row of its own, labelled with both
+    enhance_set(run, f"noisy:{built}", out=tmp_path / "res-beta", figures=0, **{**FAST, "beta": 0.01})
+    section = write_report([tmp_path])
+    rows = [line for line in section.splitlines() if line.startswith("| VAE")]
+    assert any(f"β 0.01, {FAST['iterations']} iterations" in line for line in rows), rows
 
 
 def _one_line_error(capsys, argv, expect: str):

@@ -46,13 +46,18 @@ def _best(rows: list[dict], metric: str) -> float | None:
 
 
 def _labels(rows: list[dict]) -> dict[int, str]:
-    """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), and the
-    E-step's KL weight when it is not the reference's 1 (the same prior enhanced two ways gets two rows)."""
+    """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), the E-step's
+    KL weight when it is not the reference's 1 and the EM iterations when they are not the reference's 100 (the same
+    prior enhanced several ways gets a row each)."""
     labels = row_labels(rows)
     for s in rows:
-        beta = (s.get("settings") or {}).get("beta", 1.0)
+        settings = s.get("settings") or {}
+        beta = settings.get("beta", 1.0)
         if beta != 1.0:
             labels[id(s)] += f", β {beta:g}"
+        iterations = settings.get("iterations", 100)
+        if iterations != 100:
+            labels[id(s)] += f", {iterations} iterations"
     return labels
 
 
