@@ -6,16 +6,14 @@
 // the part batched over all steps).  lightdvae/ops/sampling.py registers the backward as the forward's autograd
 // formula.  The code is ATen calls on the device of the inputs, except each loop's step-by-step part: on CUDA one
 // kernel launch (row_loops.h: a thread block per batch row), on the CPU raw-pointer steps at batch <= 4
-// (small_batch.h) and ATen calls above.  DKF's and SRNN's loops here (CPU and CUDA), RVAE's in rvae_bptt.cpp (CPU).
+// (small_batch.h) and ATen calls above.  DKF's and SRNN's loops here, RVAE's in rvae_bptt.cpp.
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <tuple>
 #include <vector>
-
-#include <atomic>
-
-#include <c10/core/DeviceGuard.h>
 
 #include "sampling/bptt.h"
 #include "sampling/cells.h"

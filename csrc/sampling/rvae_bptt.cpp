@@ -8,12 +8,11 @@
 // exact_lstm the models run the composite rvae_posterior).  At small batch the step-by-step parts run on raw pointers
 // (small_batch.h); on CUDA each loop is one kernel launch (row_loops.h).
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
 #include <vector>
-
-#include <c10/core/DeviceGuard.h>
 
 #include "sampling/bptt.h"
 #include "sampling/cells.h"

@@ -138,12 +138,13 @@ def _float32_under_autocast(fn):
         return a
 
     @functools.wraps(fn)
-    def wrapper(first: Tensor, *args, **kwargs):
-        device = first.device.type
+    def wrapper(*args, **kwargs):
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        device = first.device.type if first is not None else "cpu"
         if not torch.is_autocast_enabled(device):
-            return fn(first, *args, **kwargs)
+            return fn(*args, **kwargs)
         with torch.autocast(device, enabled=False):
-            return fn(cast(first), *[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+            return fn(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
 
     return wrapper
 
