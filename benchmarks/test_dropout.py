@@ -14,6 +14,7 @@ import torch
 
 from lightdvae import _ext
 from lightdvae.ops import dropout, dropout_ref
+from lightdvae.ops.dropout import relu_dropout
 
 pytestmark = pytest.mark.usefixtures("bench_threads")
 SHAPES = [(128, 50, 512), (128, 50, 128)]
@@ -43,3 +44,52 @@ def test_dropout(benchmark, describe, shape, impl, what):
     y = benchmark(run)
     if impl != "copy":
         assert 0.85 < (y != 0).float().mean().item() < 0.95
+
+
+@pytest.mark.parametrize("what", ["forward", "forward+backward"])
+@pytest.mark.parametrize("impl", ["relu+hashed", "fused"])
+def test_relu_dropout(benchmark, describe, impl, what):
+    """The feed-forward block's ReLU and dropout at (128, 50, 512): ``torch.relu`` then the hashed dropout (two passes
+    each way) against ``relu_dropout`` (one pass each way, its backward from the output alone)."""
+    if not _ext.has_kernel("relu_dropout", "cpu"):
+        pytest.skip("the native extension is not built")
+    shape = SHAPES[0]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=what != "forward")
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    fn = {"relu+hashed": lambda t: dropout(torch.relu(t), P), "fused": lambda t: relu_dropout(t, P)}[impl]
+    benchmark.group = f"relu-dropout-{'x'.join(map(str, shape))}-{what}"
+    describe("cpu", shape=list(shape), p=P)
+
+    def run():
+        y = fn(x)
+        if what != "forward":
+            y.backward(grad)
+        return y
+
+    y = benchmark(run)
+    assert 0.4 < (y != 0).float().mean().item() < 0.5  # half the inputs are negative, a tenth of the rest dropped
+
+
+@pytest.mark.parametrize("impl", ["two-ops", "fused"])
+def test_feed_forward_block(benchmark, describe, impl):
+    """A LigHT-DVAE feed-forward block in training, forward + backward, at (128, 50, 128) -> 512 -> 128:
+    ``FeedForward`` as it runs (``fused``: relu_dropout) against its modules one after the other (``two-ops``:
+    ReLU, then the hashed dropout).  The products are the same on both sides; the difference is the passes saved."""
+    from lightdvae.models.transformer_layers import FeedForward
+
+    if not _ext.has_kernel("relu_dropout", "cpu"):
+        pytest.skip("the native extension is not built")
+    torch.manual_seed(0)
+    block = FeedForward(128, 512, "relu", P).train()
+    forward = block.forward if impl == "fused" else block.net.forward
+    x = torch.randn(128, 50, 128, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grad = torch.randn(128, 50, 128, generator=torch.Generator().manual_seed(1))
+    benchmark.group = "feed-forward-128x50x128-forward+backward"
+    describe("cpu", shape=[128, 50, 128], ff_dim=512, p=P)
+
+    def run():
+        y = forward(x)
+        y.backward(grad)
+        return y
+
+    benchmark(run)

@@ -33,6 +33,10 @@ TORCH_LIBRARY(lightdvae, m) {
   // Dropout with a mask hashed from (seed, element index) (csrc/dropout/dropout_cpu.cpp; CPU): x * keep / (1 - p).
   // Linear in x with a mask fixed by the seed, so its backward is the op itself on the gradient.
   m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  // relu then dropout in one pass (the same mask as dropout's for the seed), and its backward from the output y:
+  // grad / (1 - p) where y > 0 (dropout_cpu.cpp; CPU).
+  m.def("relu_dropout(Tensor x, float p, int seed) -> Tensor");
+  m.def("relu_dropout_backward(Tensor grad, Tensor y, float p) -> Tensor");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

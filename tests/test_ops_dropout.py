@@ -13,6 +13,7 @@ from lightdvae import _ext
 from lightdvae.models import build
 from lightdvae.models.base import Dropout
 from lightdvae.ops import dropout
+from lightdvae.ops.dropout import relu_dropout
 
 pytestmark = requires_native
 N = 1 << 20
@@ -176,3 +177,77 @@ def test_hashed_and_aten_dropout_have_the_same_first_two_moments():
     ours, aten = dropout(x, 0.3), F.dropout(x, 0.3)
     for stat in (lambda t: t.mean(), lambda t: t.square().mean()):
         assert abs(stat(ours) - stat(aten)) < 0.02 * stat(x.abs()).item() + 0.01
+
+
+# ---- relu_dropout: the transformer feed-forward's ReLU and dropout in one pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_dropout_equals_dropout_after_relu_bit_for_bit(dtype):
+    """The same seed draw, the same mask: relu_dropout(x) is dropout(relu(x)) exactly, forward and backward (NaN
+    and negative inputs included), on every instruction set."""
+    x = torch.randn(5000, 7, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    x[0, :3] = torch.tensor([float("nan"), -0.0, 0.0], dtype=dtype)
+    w = torch.randn(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    results = []
+    isas = torch.ops.lightdvae.loss_cpu_isas()
+    try:
+        for isa in isas:
+            torch.ops.lightdvae.loss_cpu_isa(isa)
+            for fused in (True, False):
+                a = x.clone().requires_grad_()
+                torch.manual_seed(9)
+                y = relu_dropout(a, 0.3) if fused else dropout(torch.relu(a), 0.3)
+                torch.nan_to_num(y * w).sum().backward()
+                results.append((y.detach(), a.grad))
+    finally:
+        torch.ops.lightdvae.loss_cpu_isa("auto")
+    for y, g in results[1:]:
+        assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(results[0][0]))
+        assert torch.equal(y.isnan(), results[0][0].isnan()) and torch.equal(g, results[0][1])
+
+
+def test_relu_dropout_gradients_opcheck_and_fallbacks(monkeypatch):
+    x = torch.randn(30, 11, dtype=torch.float64)
+    x = torch.where(x.abs() < 1e-3, torch.full_like(x, 0.5), x)  # away from the kink
+    seed = 77
+    fused = torch.ops.lightdvae.relu_dropout
+    assert torch.autograd.gradcheck(lambda t: fused(t, 0.4, seed), (x.clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(lambda t: fused(t, 0.4, seed) ** 2, (x.clone().requires_grad_(),))
+    torch.library.opcheck(torch.ops.lightdvae.relu_dropout.default, (torch.randn(8, 5, requires_grad=True), 0.3, 11))
+    y = fused(torch.randn(8, 5), 0.3, 11)
+    torch.library.opcheck(torch.ops.lightdvae.relu_dropout_backward.default, (torch.randn(8, 5), y, 0.3))
+    with pytest.raises(RuntimeError, match="y must be the forward's output"):
+        torch.ops.lightdvae.relu_dropout_backward(torch.randn(8, 5), torch.randn(8, 4), 0.3)
+    v = torch.randn(100)
+    assert torch.equal(relu_dropout(v, 0.0), torch.relu(v)) and torch.equal(relu_dropout(v, 0.5, False), torch.relu(v))
+    half = relu_dropout(torch.randn(1000).half(), 0.5)  # a dtype the kernel does not take: the two ATen ops
+    assert half.dtype == torch.float16 and (half >= 0).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        relu_dropout(v, 1.0)
+    assert _ext.has_kernel("relu_dropout", "cpu") and not _ext.has_kernel("relu_dropout", "cuda")
+
+
+def test_the_feed_forward_layer_fuses_relu_and_dropout_in_training_only():
+    """A LigHT-DVAE training step with the fused feed-forward equals the two-op one bit for bit (loss and every
+    gradient); in eval mode, and with tanh, the layer runs its modules as before."""
+    from lightdvae.models import transformer_layers
+
+    def step(fuse):
+        torch.manual_seed(0)
+        model = build("light-dvae", d_model=16, n_heads=2, enc_layers=1, dec_layers=1, ff_dim=32).train()
+        if not fuse:
+            for m in model.modules():
+                if isinstance(m, transformer_layers.FeedForward):
+                    m.forward = m.net.forward
+        x = torch.exp(torch.randn(4, 12, 513, generator=torch.Generator().manual_seed(1)))
+        torch.manual_seed(5)
+        loss = model.loss(x).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (a, ga), (b, gb) = step(True), step(False)
+    assert torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+    ff = transformer_layers.FeedForward(8, 16, "relu", 0.1).eval()
+    x = torch.randn(3, 8)
+    assert torch.equal(ff(x), ff.net(x))

@@ -8,6 +8,11 @@
 // function of (seed, index), so the backward is the same op applied to the incoming gradient with the same seed:
 // nothing is saved between forward and backward.  The loop is compiled per instruction set like the loss kernels
 // (loss_isa.h) and follows the same run-time choice.
+//
+// relu_dropout fuses the transformer feed-forward's activation into the same pass: y = relu(x) * keep / (1 - p), the
+// mask the one `dropout` draws for the seed (so dropout(relu(x)) and relu_dropout(x) are equal bit for bit).  Its
+// backward needs only y, which the next Linear keeps anyway: dx = dy / (1 - p) where y > 0, else 0 (y > 0 exactly
+// where the element was kept and x > 0); one pass each way where the two ops took two.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -38,15 +43,22 @@ LDV_HD uint32_t mask_bits(uint32_t lo, uint32_t key0, uint32_t hi_key) {
 
 // y[i] = x[i] * scale where the bits of element `first + i` are >= threshold, 0 elsewhere, for i in [0, n); the
 // element indices first .. first + n - 1 share their high 32 bits.
+// With RELU the kept elements are relu(x[i]) * scale (relu keeps NaN, as ATen's does).  kept_scale: dx[i] =
+// dy[i] * scale where y[i] > 0, 0 elsewhere (relu_dropout's backward).
 #define LDV_DROPOUT_BLOCK(NS, TARGET)                                                                          \
   namespace NS {                                                                                               \
-  template <typename T>                                                                                        \
+  template <bool RELU, typename T>                                                                             \
   TARGET void apply(const T* x, T* y, int64_t n, uint32_t first_lo, uint32_t key0, uint32_t hi_key,          \
                     uint32_t threshold, T scale) {                                                             \
     for (int64_t i = 0; i < n; ++i) {                                                                          \
       const uint32_t bits = mask_bits(first_lo + static_cast<uint32_t>(i), key0, hi_key);                    \
-      y[i] = bits >= threshold ? x[i] * scale : T(0);                                                         \
+      const T v = RELU ? (x[i] < T(0) ? T(0) : x[i]) : x[i];                                                  \
+      y[i] = bits >= threshold ? v * scale : T(0);                                                            \
     }                                                                                                          \
+  }                                                                                                            \
+  template <typename T>                                                                                        \
+  TARGET void kept_scale(const T* dy, const T* y, T* dx, int64_t n, T scale) {                               \
+    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] * scale : T(0);                              \
   }                                                                                                            \
   }
 
@@ -59,15 +71,33 @@ LDV_DROPOUT_BLOCK(avx512, __attribute__((target("arch=x86-64-v4,prefer-vector-wi
 
 template <typename T>
 using ApplyFn = void (*)(const T*, T*, int64_t, uint32_t, uint32_t, uint32_t, uint32_t, T);
-
 template <typename T>
+using KeptScaleFn = void (*)(const T*, const T*, T*, int64_t, T);
+
+template <bool RELU, typename T>
 ApplyFn<T> apply_for(cpu::Isa isa) {
 #if LDV_X86_MULTIVERSION
-  if (isa == cpu::Isa::kAvx512) return &avx512::apply<T>;
-  if (isa == cpu::Isa::kAvx2) return &avx2::apply<T>;
+  if (isa == cpu::Isa::kAvx512) return &avx512::apply<RELU, T>;
+  if (isa == cpu::Isa::kAvx2) return &avx2::apply<RELU, T>;
 #endif
   (void)isa;
-  return &baseline::apply<T>;
+  return &baseline::apply<RELU, T>;
+}
+
+template <typename T>
+KeptScaleFn<T> kept_scale_for(cpu::Isa isa) {
+#if LDV_X86_MULTIVERSION
+  if (isa == cpu::Isa::kAvx512) return &avx512::kept_scale<T>;
+  if (isa == cpu::Isa::kAvx2) return &avx2::kept_scale<T>;
+#endif
+  (void)isa;
+  return &baseline::kept_scale<T>;
+}
+
+void check_p_and_dtype(const char* op, double p, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, op, ": p must be in [0, 1), got ", p);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", x.scalar_type());
 }
 
 // p * 2^32 rounded: an element is kept when its 32 bits are at least this (p = 0 keeps all).
@@ -76,11 +106,9 @@ uint32_t threshold_of(double p) {
   return t >= 4294967295.0 ? 0xffffffffU : static_cast<uint32_t>(t);
 }
 
-at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed) {
-  constexpr const char* op = "lightdvae::dropout";
-  TORCH_CHECK(p >= 0.0 && p < 1.0, op, ": p must be in [0, 1), got ", p);
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
-              ": x must be float32 or float64, got ", x_in.scalar_type());
+template <bool RELU>
+at::Tensor masked(const char* op, const at::Tensor& x_in, double p, int64_t seed) {
+  check_p_and_dtype(op, p, x_in, "x");
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto s = static_cast<uint64_t>(seed);
@@ -88,7 +116,7 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed) {
   const uint32_t threshold = threshold_of(p);
   const int64_t n = x.numel();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lightdvae_dropout", [&] {
-    const auto fn = apply_for<scalar_t>(cpu::current_isa());
+    const auto fn = apply_for<RELU, scalar_t>(cpu::current_isa());
     const scalar_t scale = static_cast<scalar_t>(1.0 / (1.0 - p));
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
@@ -104,8 +132,38 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed) {
   return y;
 }
 
+at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) { return masked<false>("lightdvae::dropout", x, p, seed); }
+
+at::Tensor relu_dropout(const at::Tensor& x, double p, int64_t seed) {
+  return masked<true>("lightdvae::relu_dropout", x, p, seed);
+}
+
+at::Tensor relu_dropout_backward(const at::Tensor& grad_in, const at::Tensor& y_in, double p) {
+  constexpr const char* op = "lightdvae::relu_dropout_backward";
+  check_p_and_dtype(op, p, grad_in, "grad");
+  TORCH_CHECK(y_in.sizes() == grad_in.sizes() && y_in.scalar_type() == grad_in.scalar_type(), op,
+              ": y must be the forward's output, of grad's shape and dtype; got ", y_in.sizes(), " ",
+              y_in.scalar_type(), " against ", grad_in.sizes(), " ", grad_in.scalar_type());
+  const at::Tensor grad = grad_in.contiguous(), y = y_in.contiguous();
+  at::Tensor dx = at::empty_like(grad, at::MemoryFormat::Contiguous);
+  const int64_t n = grad.numel();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "lightdvae_relu_dropout_backward", [&] {
+    const auto fn = kept_scale_for<scalar_t>(cpu::current_isa());
+    const scalar_t scale = static_cast<scalar_t>(1.0 / (1.0 - p));
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* dp = dx.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) { fn(gp + b, yp + b, dp + b, e - b, scale); });
+  });
+  return dx;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lightdvae, CPU, m) { m.impl("dropout", &dropout); }
+TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
+  m.impl("dropout", &dropout);
+  m.impl("relu_dropout", &relu_dropout);
+  m.impl("relu_dropout_backward", &relu_dropout_backward);
+}
 
 }  // namespace lightdvae

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lightdvae import _ext
 
-__all__ = ["dropout", "dropout_ref"]
+__all__ = ["dropout", "dropout_ref", "relu_dropout"]
 
 _SEED_BOUND = 2**63 - 1
 
@@ -57,6 +57,22 @@ def dropout(x: Tensor, p: float, training: bool = True, generator: torch.Generat
     return dropout_ref(x, p, training)
 
 
+def relu_dropout(x: Tensor, p: float, training: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    """``dropout(relu(x), p, training, generator)`` in one pass where the native kernel runs (float32 / float64 on
+    the CPU): the same seed draw, so the same mask and the same values bit for bit, and a backward that reads only
+    the output (``grad / (1 - p)`` where it is positive), which the next layer keeps anyway; the two ops
+    (``torch.relu``, :func:`dropout`) elsewhere.  The transformer DVAEs' feed-forward layers call it."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return torch.relu(x)
+    supported = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    if supported and _ext.use_native("relu_dropout", "cpu", True):
+        seed = int(torch.randint(0, _SEED_BOUND, (), generator=generator))
+        return torch.ops.lightdvae.relu_dropout(x, float(p), seed)
+    return dropout(torch.relu(x), p, training, generator)
+
+
 if _ext.HAS_NATIVE and _ext.has_kernel("dropout", "cpu"):
 
     @torch.library.register_fake("lightdvae::dropout")
@@ -70,3 +86,40 @@ if _ext.HAS_NATIVE and _ext.has_kernel("dropout", "cpu"):
         return torch.ops.lightdvae.dropout(grad, ctx.p, ctx.seed), None, None
 
     torch.library.register_autograd("lightdvae::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+if _ext.HAS_NATIVE and _ext.has_kernel("relu_dropout", "cpu"):
+
+    @torch.library.register_fake("lightdvae::relu_dropout")
+    def _relu_dropout_fake(x, p, seed):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("lightdvae::relu_dropout_backward")
+    def _relu_dropout_backward_fake(grad, y, p):
+        return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+    def _relu_dropout_setup(ctx, inputs, output):
+        ctx.p = inputs[1]
+        ctx.save_for_backward(output)
+
+    def _relu_dropout_backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.lightdvae.relu_dropout_backward(grad, y, ctx.p), None, None
+
+    torch.library.register_autograd(
+        "lightdvae::relu_dropout", _relu_dropout_backward, setup_context=_relu_dropout_setup
+    )
+
+    # The backward is linear in grad with a mask fixed by y: its own backward is itself (y gets none).
+    def _relu_dropout_backward_setup(ctx, inputs, output):
+        ctx.p = inputs[2]
+        ctx.save_for_backward(inputs[1])
+
+    def _relu_dropout_backward_backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.lightdvae.relu_dropout_backward(grad, y, ctx.p), None, None
+
+    torch.library.register_autograd(
+        "lightdvae::relu_dropout_backward",
+        _relu_dropout_backward_backward,
+        setup_context=_relu_dropout_backward_setup,
+    )
