@@ -159,13 +159,7 @@ void dkf_forward_rows(rows::Path path, const at::Tensor& gx, const at::Tensor& e
   a.g = hold.out(ws.g[0]);
   a.z = hold.out(z);
   a.stats = hold.out(stats);
-  if (path == rows::Path::kSerial) {
-    rows::dkf_forward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::dkf_forward_cuda(a, rows::team_size(rows::widest({z_to_g, posterior_mlp}, 2 * a.z_dim)));
-#endif
+  rows::run(path, a, rows::team_size(rows::widest({z_to_g, posterior_mlp}, 2 * a.z_dim)));
 }
 
 template <typename T>
@@ -195,13 +189,7 @@ void dkf_backward_rows(rows::Path path, const DkfBackwardState& s, at::TensorLis
   const int widest = rows::widest({z_to_g, posterior_mlp}, std::max({a.hidden, a.g_dim, 2 * a.z_dim}));
   a.scratch_width = a.hidden + widest;
   a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
-  if (path == rows::Path::kSerial) {
-    rows::dkf_backward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::dkf_backward_cuda(a, rows::team_size(widest));
-#endif
+  rows::run(path, a, rows::team_size(widest));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dkf_posterior_bptt(
@@ -431,13 +419,7 @@ void srnn_forward_rows(rows::Path path, const at::Tensor& projected, const at::T
   a.posterior_out = rows::regions<T>(posterior);
   a.z = hold.out(z);
   a.stats = hold.out(stats);
-  if (path == rows::Path::kSerial) {
-    rows::srnn_forward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::srnn_forward_cuda(a, rows::team_size(rows::widest({posterior_mlp}, std::max(a.out, 2 * a.z_dim))));
-#endif
+  rows::run(path, a, rows::team_size(rows::widest({posterior_mlp}, std::max(a.out, 2 * a.z_dim))));
 }
 
 template <typename T>
@@ -465,13 +447,7 @@ void srnn_backward_rows(rows::Path path, const Regions& dact, const Regions& dpr
   const int widest = rows::widest({posterior_mlp}, std::max(a.hidden, 2 * a.z_dim));
   a.scratch_width = a.hidden + widest;
   a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, dz.options()));
-  if (path == rows::Path::kSerial) {
-    rows::srnn_backward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::srnn_backward_cuda(a, rows::team_size(widest));
-#endif
+  rows::run(path, a, rows::team_size(widest));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srnn_posterior_bptt(const at::Tensor& g_in,

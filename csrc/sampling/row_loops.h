@@ -518,47 +518,65 @@ inline int team_size(int widest) {
   return 32 * (warps < 1 ? 1 : (warps > 8 ? 8 : warps));
 }
 
+// Where a posterior loop's step-by-step part runs: the CUDA row kernels, the CPU's serial run of the same code, or
+// the caller's own loops (kNo: another dtype, a stack deeper than kMaxLayers, a traced tensor, or a CPU run without
+// the switch; row_tensors.h decides).
+enum class Path { kNo, kCuda, kSerial };
+
 // The rows one after the other on the CPU: the CUDA kernels' code with a team of one.
 template <typename T>
-void dkf_forward_serial(const DkfForward<T>& a) {
+void serial(const DkfForward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) dkf_forward_row(SerialTeam{}, a, b);
 }
 template <typename T>
-void dkf_backward_serial(const DkfBackward<T>& a) {
+void serial(const DkfBackward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) dkf_backward_row(SerialTeam{}, a, b);
 }
 template <typename T>
-void srnn_forward_serial(const SrnnForward<T>& a) {
+void serial(const SrnnForward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) srnn_forward_row(SerialTeam{}, a, b);
 }
 template <typename T>
-void srnn_backward_serial(const SrnnBackward<T>& a) {
+void serial(const SrnnBackward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) srnn_backward_row(SerialTeam{}, a, b);
 }
 template <typename T>
-void rvae_forward_serial(const RvaeForward<T>& a) {
+void serial(const RvaeForward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) rvae_forward_row(SerialTeam{}, a, b);
 }
 template <typename T>
-void rvae_backward_serial(const RvaeBackward<T>& a) {
+void serial(const RvaeBackward<T>& a) {
   for (int64_t b = 0; b < a.batch; ++b) rvae_backward_row(SerialTeam{}, a, b);
 }
 
 #if defined(LIGHTDVAE_WITH_CUDA)
-// One launch each on the current stream, a block of team_size(threads) per batch row (row_loops_cuda.cu; float and
-// double).
+// One launch each on the current stream, a block of `threads` per batch row (row_loops_cuda.cu; float and double).
 template <typename T>
-void dkf_forward_cuda(const DkfForward<T>& a, int threads);
+void launch(const DkfForward<T>& a, int threads);
 template <typename T>
-void dkf_backward_cuda(const DkfBackward<T>& a, int threads);
+void launch(const DkfBackward<T>& a, int threads);
 template <typename T>
-void srnn_forward_cuda(const SrnnForward<T>& a, int threads);
+void launch(const SrnnForward<T>& a, int threads);
 template <typename T>
-void srnn_backward_cuda(const SrnnBackward<T>& a, int threads);
+void launch(const SrnnBackward<T>& a, int threads);
 template <typename T>
-void rvae_forward_cuda(const RvaeForward<T>& a, int threads);
+void launch(const RvaeForward<T>& a, int threads);
 template <typename T>
-void rvae_backward_cuda(const RvaeBackward<T>& a, int threads);
+void launch(const RvaeBackward<T>& a, int threads);
 #endif
+
+// A row loop where `path` says (kSerial or kCuda): here row after row, or one CUDA launch with `threads` per row.
+template <typename Args>
+void run(Path path, const Args& a, int threads) {
+  if (path == Path::kSerial) {
+    serial(a);
+    return;
+  }
+#if defined(LIGHTDVAE_WITH_CUDA)
+  launch(a, threads);
+#else
+  (void)threads;
+#endif
+}
 
 }  // namespace lightdvae::rows

@@ -42,7 +42,7 @@ __global__ void rvae_backward_kernel(const RvaeBackward<T> a) {
 
 // Rows beyond the grid's x limit (2^31 - 1) are not a concern: the batch is a tensor dimension checked by the caller.
 template <typename Args, typename Kernel>
-void launch(Kernel kernel, const Args& a, int threads) {
+void launch_kernel(Kernel kernel, const Args& a, int threads) {
   if (a.batch == 0 || a.frames == 0) return;
   kernel<<<static_cast<unsigned>(a.batch), threads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -51,38 +51,38 @@ void launch(Kernel kernel, const Args& a, int threads) {
 }  // namespace
 
 template <typename T>
-void dkf_forward_cuda(const DkfForward<T>& a, int threads) {
-  launch(dkf_forward_kernel<T>, a, threads);
+void launch(const DkfForward<T>& a, int threads) {
+  launch_kernel(dkf_forward_kernel<T>, a, threads);
 }
 template <typename T>
-void dkf_backward_cuda(const DkfBackward<T>& a, int threads) {
-  launch(dkf_backward_kernel<T>, a, threads);
+void launch(const DkfBackward<T>& a, int threads) {
+  launch_kernel(dkf_backward_kernel<T>, a, threads);
 }
 template <typename T>
-void srnn_forward_cuda(const SrnnForward<T>& a, int threads) {
-  launch(srnn_forward_kernel<T>, a, threads);
+void launch(const SrnnForward<T>& a, int threads) {
+  launch_kernel(srnn_forward_kernel<T>, a, threads);
 }
 template <typename T>
-void srnn_backward_cuda(const SrnnBackward<T>& a, int threads) {
-  launch(srnn_backward_kernel<T>, a, threads);
+void launch(const SrnnBackward<T>& a, int threads) {
+  launch_kernel(srnn_backward_kernel<T>, a, threads);
 }
 
 template <typename T>
-void rvae_forward_cuda(const RvaeForward<T>& a, int threads) {
-  launch(rvae_forward_kernel<T>, a, threads);
+void launch(const RvaeForward<T>& a, int threads) {
+  launch_kernel(rvae_forward_kernel<T>, a, threads);
 }
 template <typename T>
-void rvae_backward_cuda(const RvaeBackward<T>& a, int threads) {
-  launch(rvae_backward_kernel<T>, a, threads);
+void launch(const RvaeBackward<T>& a, int threads) {
+  launch_kernel(rvae_backward_kernel<T>, a, threads);
 }
 
-#define LDV_INSTANTIATE(T)                                             \
-  template void dkf_forward_cuda<T>(const DkfForward<T>&, int);        \
-  template void dkf_backward_cuda<T>(const DkfBackward<T>&, int);      \
-  template void srnn_forward_cuda<T>(const SrnnForward<T>&, int);      \
-  template void srnn_backward_cuda<T>(const SrnnBackward<T>&, int);    \
-  template void rvae_forward_cuda<T>(const RvaeForward<T>&, int);      \
-  template void rvae_backward_cuda<T>(const RvaeBackward<T>&, int);
+#define LDV_INSTANTIATE(T)                                    \
+  template void launch<T>(const DkfForward<T>&, int);         \
+  template void launch<T>(const DkfBackward<T>&, int);        \
+  template void launch<T>(const SrnnForward<T>&, int);        \
+  template void launch<T>(const SrnnBackward<T>&, int);       \
+  template void launch<T>(const RvaeForward<T>&, int);        \
+  template void launch<T>(const RvaeBackward<T>&, int);
 LDV_INSTANTIATE(float)
 LDV_INSTANTIATE(double)
 #undef LDV_INSTANTIATE

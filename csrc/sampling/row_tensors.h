@@ -18,11 +18,7 @@ namespace lightdvae::rows {
 // kernels' code checked where no GPU is).  Process-wide, off by default; `lightdvae::_row_loops_on_cpu`.
 bool on_cpu();
 
-// Where a posterior loop's step-by-step part runs: the CUDA row kernels, the CPU's serial run of the same code, or
-// the caller's own loops (kNo: another dtype, a stack deeper than kMaxLayers, a traced tensor, or a CPU run without
-// the switch).
-enum class Path { kNo, kCuda, kSerial };
-
+// Where the step-by-step part of a loop on `like` with these Linear stacks runs (row_loops.h's Path).
 inline Path path(const at::Tensor& like, std::initializer_list<c10::ArrayRef<at::Tensor>> stacks) {
   if (!small::plain(like)) return Path::kNo;
   for (const auto& s : stacks) {

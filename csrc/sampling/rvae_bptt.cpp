@@ -183,14 +183,8 @@ void rvae_forward_rows(rows::Path path, const RvaeWorkspace& ws, const at::Tenso
   a.posterior_out = rows::regions<T>(ws.posterior);
   a.z = hold.out(z);
   a.stats = hold.out(stats);
-  if (path == rows::Path::kSerial) {
-    rows::rvae_forward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::rvae_forward_cuda(a, rows::team_size(rows::widest({z_embed, posterior_mlp}, std::max({4 * a.hidden, a.out,
-                                                                                              2 * a.z_dim}))));
-#endif
+  const int widest = rows::widest({z_embed, posterior_mlp}, std::max({4 * a.hidden, a.out, 2 * a.z_dim}));
+  rows::run(path, a, rows::team_size(widest));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rvae_posterior_bptt(
@@ -450,13 +444,7 @@ void rvae_backward_rows(rows::Path path, const RvaeBackwardState& s, at::TensorL
   const int widest = rows::widest({z_embed, posterior_mlp}, std::max({a.head_in, a.in0, 4 * a.hidden, 2 * a.z_dim}));
   a.scratch_width = 2 * a.layers * a.hidden + a.head_in + a.in0 + widest;
   a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
-  if (path == rows::Path::kSerial) {
-    rows::rvae_backward_serial(a);
-    return;
-  }
-#if defined(LIGHTDVAE_WITH_CUDA)
-  rows::rvae_backward_cuda(a, rows::team_size(widest));
-#endif
+  rows::run(path, a, rows::team_size(widest));
 }
 
 Grads6 rvae_posterior_bptt_backward(const at::Tensor& grad_z, const at::Tensor& grad_mean_in,
