@@ -11,7 +11,7 @@ same comparisons on a GPU (skipped without one; ``scripts/gpu_check.sh`` runs th
 import pytest
 import torch
 from helpers import report_close, requires_native
-from test_ops_sampling import make_case
+from test_ops_sampling import _cast, make_case
 from test_ops_sampling_bptt import _addmm_calls, _compare, _run_with_grads
 
 from lightdvae import _ext
@@ -38,11 +38,8 @@ def rows_on_cpu(monkeypatch):
         torch.ops.lightdvae._row_loops_on_cpu(False)
 
 
-def _cast(args, dtype, device="cpu"):
-    def one(a):
-        return a.to(device=device, dtype=dtype) if isinstance(a, torch.Tensor) else a
-
-    return [[one(t) for t in a] if isinstance(a, list) else one(a) for a in args]
+def _cast_all(args, dtype, device="cpu"):
+    return [_cast(a, dtype, device) for a in args]
 
 
 def _check_against_reference(loop, args, opts, dtype, monkeypatch, device="cpu"):
@@ -50,9 +47,9 @@ def _check_against_reference(loop, args, opts, dtype, monkeypatch, device="cpu")
     and in dtype (the reference's own rounding), as tests/test_ops_sampling_bptt.py holds the CPU loops."""
     frames, batch = args[0].shape[1], args[0].shape[0]
     truth_out, truth_grads, weights = _run_with_grads(loop, args, opts, "ref", monkeypatch)
-    ref_out, ref_grads, _ = _run_with_grads(loop, _cast(args, dtype), opts, "ref", monkeypatch, weights)
+    ref_out, ref_grads, _ = _run_with_grads(loop, _cast_all(args, dtype), opts, "ref", monkeypatch, weights)
     weights = [w.to(device) for w in weights]
-    outs, grads, _ = _run_with_grads(loop, _cast(args, dtype, device), opts, "bptt", monkeypatch, weights)
+    outs, grads, _ = _run_with_grads(loop, _cast_all(args, dtype, device), opts, "bptt", monkeypatch, weights)
     for i, (a, b, c) in enumerate(zip(outs, ref_out, truth_out, strict=True)):
         _compare(f"output {i}", a.cpu(), b, c, dtype)
     assert len(grads) == len(ref_grads)

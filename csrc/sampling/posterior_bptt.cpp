@@ -142,23 +142,15 @@ void dkf_forward_rows(rows::Path path, const at::Tensor& gx, const at::Tensor& e
                       const DkfWorkspace& ws, const at::Tensor& z, const at::Tensor& stats) {
   rows::Hold<T> hold;
   rows::DkfForward<T> a;
-  a.frames = gx.size(0);
-  a.batch = gx.size(1);
-  a.z_dim = static_cast<int>(z.size(2));
+  hold.outputs(a, z, stats, eps, heads_w, activation, z.size(2));
   a.g_dim = static_cast<int>(gx.size(2));
-  a.activation = static_cast<int>(activation);
   a.g_terms = static_cast<T>(g_terms);
   a.gx = hold(gx);
-  a.eps = eps.defined() ? hold(eps) : nullptr;
-  a.zeros = hold(at::zeros({a.z_dim}, gx.options()));
   a.z_to_g = hold.forward(z_to_g);
   a.posterior = hold.forward(posterior_mlp);
-  a.heads = hold.heads(heads_w);
   a.z_to_g_out = rows::regions<T>(ws.z_to_g);
   a.posterior_out = rows::regions<T>(ws.posterior);
   a.g = hold.out(ws.g[0]);
-  a.z = hold.out(z);
-  a.stats = hold.out(stats);
   rows::run(path, a, rows::team_size(rows::widest({z_to_g, posterior_mlp}, 2 * a.z_dim)));
 }
 
@@ -167,18 +159,10 @@ void dkf_backward_rows(rows::Path path, const DkfBackwardState& s, at::TensorLis
                        double g_terms) {
   rows::Hold<T> hold;
   rows::DkfBackward<T> a;
-  a.frames = s.dz.size(0);
-  a.batch = s.dz.size(1);
-  a.z_dim = static_cast<int>(s.dz.size(2));
+  hold.gradients(a, s.dstats, s.dz, s.grad_mean, s.grad_logvar, s.half_noise, s.heads_cat);
   a.g_dim = static_cast<int>(s.dg.size(2));
   a.hidden = static_cast<int>(s.heads_cat.size(1));
   a.alpha = static_cast<T>(1.0 / g_terms);
-  a.dstats = hold.out(s.dstats);
-  a.dz = hold.out(s.dz);
-  a.grad_mean = hold(s.grad_mean);
-  a.grad_logvar = hold(s.grad_logvar);
-  a.half_noise = s.half_noise.defined() ? hold(s.half_noise) : nullptr;
-  a.heads_cat = hold(s.heads_cat);
   a.dg = hold.out(s.dg);
   a.z_to_g = hold.backward(z_to_g);
   a.posterior = hold.backward(posterior_mlp);
@@ -187,8 +171,7 @@ void dkf_backward_rows(rows::Path path, const DkfBackwardState& s, at::TensorLis
   a.dact_posterior = rows::regions<T>(s.dact_posterior);
   a.dpre_posterior = rows::regions<T>(s.dpre_posterior);
   const int widest = rows::widest({z_to_g, posterior_mlp}, std::max({a.hidden, a.g_dim, 2 * a.z_dim}));
-  a.scratch_width = a.hidden + widest;
-  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
+  hold.scratch(a, a.hidden + widest, s.dz.options());
   rows::run(path, a, rows::team_size(widest));
 }
 
@@ -405,20 +388,12 @@ void srnn_forward_rows(rows::Path path, const at::Tensor& projected, const at::T
                        int64_t activation, const at::Tensor& eps, const at::Tensor& z, const at::Tensor& stats) {
   rows::Hold<T> hold;
   rows::SrnnForward<T> a;
-  a.frames = z.size(0);
-  a.batch = z.size(1);
-  a.z_dim = static_cast<int>(z.size(2));
+  hold.outputs(a, z, stats, eps, heads_w, activation, z.size(2));
   a.out = static_cast<int>(projected.size(2));
-  a.activation = static_cast<int>(activation);
   a.projected = hold(projected);
   a.w_z = hold(w_z_t);
-  a.eps = eps.defined() ? hold(eps) : nullptr;
-  a.zeros = hold(at::zeros({a.z_dim}, z.options()));
   a.posterior = hold.forward(posterior_mlp);
-  a.heads = hold.heads(heads_w);
   a.posterior_out = rows::regions<T>(posterior);
-  a.z = hold.out(z);
-  a.stats = hold.out(stats);
   rows::run(path, a, rows::team_size(rows::widest({posterior_mlp}, std::max(a.out, 2 * a.z_dim))));
 }
 
@@ -429,24 +404,15 @@ void srnn_backward_rows(rows::Path path, const Regions& dact, const Regions& dpr
                         const at::Tensor& half_noise) {
   rows::Hold<T> hold;
   rows::SrnnBackward<T> a;
-  a.frames = dz.size(0);
-  a.batch = dz.size(1);
-  a.z_dim = static_cast<int>(dz.size(2));
+  hold.gradients(a, dstats, dz, grad_mean, grad_logvar, half_noise, heads_cat);
   a.g_dim = static_cast<int>(w_joint.size(1)) - a.z_dim;
   a.hidden = static_cast<int>(heads_cat.size(1));
-  a.dstats = hold.out(dstats);
-  a.dz = hold.out(dz);
-  a.grad_mean = hold(grad_mean);
-  a.grad_logvar = hold(grad_logvar);
-  a.half_noise = half_noise.defined() ? hold(half_noise) : nullptr;
-  a.heads_cat = hold(heads_cat);
   a.w_joint = hold(w_joint);
   a.posterior = hold.backward(posterior_mlp);
   a.dact = rows::regions<T>(dact);
   a.dpre = rows::regions<T>(dpre);
   const int widest = rows::widest({posterior_mlp}, std::max(a.hidden, 2 * a.z_dim));
-  a.scratch_width = a.hidden + widest;
-  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, dz.options()));
+  hold.scratch(a, a.hidden + widest, dz.options());
   rows::run(path, a, rows::team_size(widest));
 }
 

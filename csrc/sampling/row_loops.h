@@ -175,27 +175,54 @@ LDV_ROW const T* stack_backward(const Team& team, const Stack<T>& w, const Regio
   return dy;
 }
 
+// ------------------------------------------------------------------------------------------ the loops
+//
+// Each loop has an argument struct and a row function `row_loop(team, args, b)` (an overload per struct), which the
+// CUDA kernel and the serial CPU run call for row b (the runners at the end).
+
+// What every forward loop holds: its sizes, the noise, the Gaussian heads and the outputs.
+template <typename T>
+struct LoopForward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, activation = 0;
+  const T* eps = nullptr;    // (frames, batch, z_dim) or null
+  const T* zeros = nullptr;  // zeros: the state before frame 0
+  Lin<T> heads;              // hidden -> [mean | logvar]
+  T* z = nullptr;            // (frames, batch, z_dim)
+  T* stats = nullptr;        // (frames, batch, 2 z_dim): [mean | logvar]
+};
+
+// What every backward loop holds: its sizes, the gradients of the draw and the heads, and a scratch row per batch
+// row.
+template <typename T>
+struct LoopBackward {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0;
+  T* dstats = nullptr;  // (frames, batch, 2 z_dim); dlogvar preset without noise
+  T* dz = nullptr;      // (frames, batch, z_dim): grad_z, plus the recurrent terms as the loop goes
+  const T* grad_mean = nullptr;
+  const T* grad_logvar = nullptr;
+  const T* half_noise = nullptr;  // exp(logvar / 2) * eps / 2, or null
+  const T* heads_cat = nullptr;   // (2 z_dim, the heads' input width)
+  T* scratch = nullptr;           // (batch, scratch_width)
+  int64_t scratch_width = 0;
+};
+
 // ------------------------------------------------------------------------------------------ DKF
 
 template <typename T>
-struct DkfForward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, g_dim = 0, activation = 0;
+struct DkfForward : LoopForward<T> {
+  int g_dim = 0;
   T g_terms = 1;
-  const T* gx = nullptr;   // (frames, batch, g_dim)
-  const T* eps = nullptr;  // (frames, batch, z_dim) or null
-  const T* zeros = nullptr;  // z_dim zeros: z_0's predecessor
+  const T* gx = nullptr;  // (frames, batch, g_dim)
   Stack<T> z_to_g, posterior;
-  Lin<T> heads;  // hidden -> [mean | logvar]
   Regions<T> z_to_g_out, posterior_out;
-  T* g = nullptr;      // (frames, batch, g_dim)
-  T* z = nullptr;      // (frames, batch, z_dim)
-  T* stats = nullptr;  // (frames, batch, 2 z_dim)
+  T* g = nullptr;  // (frames, batch, g_dim)
 };
 
 // The forward loop of row b (posterior_bptt.cpp's dkf_forward_small for one row).
 template <typename T, typename Team>
-LDV_ROW void dkf_forward_row(const Team& team, const DkfForward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const DkfForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   for (int64_t t = 0; t < a.frames; ++t) {
     const T* prev = t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros;
@@ -212,26 +239,17 @@ LDV_ROW void dkf_forward_row(const Team& team, const DkfForward<T>& a, int64_t b
 }
 
 template <typename T>
-struct DkfBackward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, g_dim = 0, hidden = 0;
-  T alpha = 1;  // 1 / g_terms
-  T* dstats = nullptr;  // (frames, batch, 2 z_dim); dlogvar preset without noise
-  T* dz = nullptr;      // (frames, batch, z_dim): grad_z, plus the recurrent terms as the loop goes
-  const T* grad_mean = nullptr;
-  const T* grad_logvar = nullptr;
-  const T* half_noise = nullptr;  // exp(logvar / 2) * eps / 2, or null
-  const T* heads_cat = nullptr;   // (2 z_dim, hidden)
-  T* dg = nullptr;                // (frames, batch, g_dim)
-  Stack<T> z_to_g, posterior;     // W (out, in)
+struct DkfBackward : LoopBackward<T> {  // scratch: hidden + the widest input of any layer
+  int g_dim = 0, hidden = 0;
+  T alpha = 1;                  // 1 / g_terms
+  T* dg = nullptr;              // (frames, batch, g_dim)
+  Stack<T> z_to_g, posterior;  // W (out, in)
   Regions<T> dact_z_to_g, dpre_z_to_g, dact_posterior, dpre_posterior;
-  T* scratch = nullptr;  // (batch, hidden + widest input of any layer)
-  int64_t scratch_width = 0;
 };
 
 // The backward loop of row b (posterior_bptt.cpp's dkf_backward_small for one row).
 template <typename T, typename Team>
-LDV_ROW void dkf_backward_row(const Team& team, const DkfBackward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const DkfBackward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   T* dh = a.scratch + b * a.scratch_width;
   T* scratch = dh + a.hidden;
@@ -265,23 +283,17 @@ LDV_ROW void dkf_backward_row(const Team& team, const DkfBackward<T>& a, int64_t
 // ----------------------------------------------------------------------------------------- SRNN
 
 template <typename T>
-struct SrnnForward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, out = 0, activation = 0;
+struct SrnnForward : LoopForward<T> {
+  int out = 0;
   const T* projected = nullptr;  // (frames, batch, out): the g part and bias of the layer reading [g_t ; z_{t-1}]
   const T* w_z = nullptr;        // (z_dim, out): its z part, transposed
-  const T* eps = nullptr;
-  const T* zeros = nullptr;
   Stack<T> posterior;  // forward layers; layer 0 (the joint layer) is applied from projected and w_z
-  Lin<T> heads;
   Regions<T> posterior_out;
-  T* z = nullptr;
-  T* stats = nullptr;
 };
 
 // The forward loop of row b (posterior_bptt.cpp's srnn_forward_small for one row).
 template <typename T, typename Team>
-LDV_ROW void srnn_forward_row(const Team& team, const SrnnForward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const SrnnForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const bool mlp = a.posterior.n > 0;
   for (int64_t t = 0; t < a.frames; ++t) {
@@ -304,25 +316,16 @@ LDV_ROW void srnn_forward_row(const Team& team, const SrnnForward<T>& a, int64_t
 }
 
 template <typename T>
-struct SrnnBackward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, g_dim = 0, hidden = 0;
-  T* dstats = nullptr;
-  T* dz = nullptr;
-  const T* grad_mean = nullptr;
-  const T* grad_logvar = nullptr;
-  const T* half_noise = nullptr;
-  const T* heads_cat = nullptr;  // (2 z_dim, hidden)
-  const T* w_joint = nullptr;    // (out, g_dim + z_dim): the layer reading [g_t ; z_{t-1}]
-  Stack<T> posterior;            // W (out, in)
+struct SrnnBackward : LoopBackward<T> {  // scratch: hidden + the widest input of any layer
+  int g_dim = 0, hidden = 0;
+  const T* w_joint = nullptr;  // (out, g_dim + z_dim): the layer reading [g_t ; z_{t-1}]
+  Stack<T> posterior;          // W (out, in)
   Regions<T> dact, dpre;
-  T* scratch = nullptr;
-  int64_t scratch_width = 0;
 };
 
 // The backward loop of row b (posterior_bptt.cpp's srnn_backward_small for one row).
 template <typename T, typename Team>
-LDV_ROW void srnn_backward_row(const Team& team, const SrnnBackward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const SrnnBackward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const int joint_in = a.g_dim + a.z_dim;
   const T* w_z = a.w_joint + a.g_dim;  // its z columns, row stride joint_in
@@ -355,30 +358,24 @@ LDV_ROW inline T sigmoid(T x) {
 }
 
 template <typename T>
-struct RvaeForward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, hidden = 0, layers = 0, out = 0, activation = 0;
+struct RvaeForward : LoopForward<T> {  // zeros: max(z_dim, hidden) of them
+  int hidden = 0, layers = 0, out = 0;
   const T* projected = nullptr;  // (frames, batch, out): the gx part and bias of the layer reading [gx_t ; gz_t]
   const T* w_gz = nullptr;       // (hidden, out): its gz part, transposed
-  const T* eps = nullptr;
-  const T* zeros = nullptr;  // max(z_dim, hidden) zeros: the state before frame 0
-  Stack<T> z_embed, posterior;  // forward layers; posterior layer 0 is applied from projected and w_gz
-  Lin<T> ih[kMaxLstmLayers];    // W_ih^T (in, 4H) and b_ih + b_hh
+  Stack<T> z_embed, posterior;   // forward layers; posterior layer 0 is applied from projected and w_gz
+  Lin<T> ih[kMaxLstmLayers];     // W_ih^T (in, 4H) and b_ih + b_hh
   const T* w_hh[kMaxLstmLayers] = {};  // W_hh^T (H, 4H)
-  Lin<T> heads;
   Regions<T> z_embed_out, posterior_out;
   T* gates[kMaxLstmLayers] = {};  // (frames, batch, 4H) after the activations [i, f, g, o]
   T* c[kMaxLstmLayers] = {};
   T* tanh_c[kMaxLstmLayers] = {};
   T* h[kMaxLstmLayers] = {};
-  T* z = nullptr;
-  T* stats = nullptr;
 };
 
 // The forward loop of row b (rvae_bptt.cpp's rvae_forward_small for one row; the LSTM step is ATen's LSTMCell:
 // W_ih x + b, then + W_hh h, the gates, c, tanh(c), h).
 template <typename T, typename Team>
-LDV_ROW void rvae_forward_row(const Team& team, const RvaeForward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const RvaeForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const int H = a.hidden;
   const bool mlp = a.posterior.n > 0;
@@ -425,16 +422,10 @@ LDV_ROW void rvae_forward_row(const Team& team, const RvaeForward<T>& a, int64_t
   }
 }
 
+// scratch per row: dh and dc of every layer, dhid, d_in, a layer's input gradient.
 template <typename T>
-struct RvaeBackward {
-  int64_t frames = 0, batch = 0;
-  int z_dim = 0, hidden = 0, layers = 0, gx_dim = 0, head_in = 0, in0 = 0;
-  T* dstats = nullptr;
-  T* dz = nullptr;
-  const T* grad_mean = nullptr;
-  const T* grad_logvar = nullptr;
-  const T* half_noise = nullptr;
-  const T* heads_cat = nullptr;  // (2 z_dim, head_in)
+struct RvaeBackward : LoopBackward<T> {
+  int hidden = 0, layers = 0, gx_dim = 0, head_in = 0, in0 = 0;
   const T* w0 = nullptr;         // (out, gx_dim + hidden): the layer reading [gx_t ; gz_t]
   int w0_out = 0;
   Stack<T> z_embed, posterior;   // W (out, in)
@@ -445,13 +436,11 @@ struct RvaeBackward {
   const T* gates[kMaxLstmLayers] = {};  // the forward's activated gates (f: the dc recurrence)
   T* dgates[kMaxLstmLayers] = {};       // (frames, batch, 4H) out
   Regions<T> dact_embed, dpre_embed, dact_posterior, dpre_posterior;
-  T* scratch = nullptr;  // per row: dh and dc of every layer, dhid, d_in, a layer's input gradient
-  int64_t scratch_width = 0;
 };
 
 // The backward loop of row b (rvae_bptt.cpp's rvae_backward_small for one row).
 template <typename T, typename Team>
-LDV_ROW void rvae_backward_row(const Team& team, const RvaeBackward<T>& a, int64_t b) {
+LDV_ROW void row_loop(const Team& team, const RvaeBackward<T>& a, int64_t b) {
   const int64_t B = a.batch;
   const int H = a.hidden, joint_in = a.gx_dim + a.hidden;
   T* state = a.scratch + b * a.scratch_width;  // dh[l] at l * H, dc[l] at (layers + l) * H
@@ -524,45 +513,16 @@ inline int team_size(int widest) {
 enum class Path { kNo, kCuda, kSerial };
 
 // The rows one after the other on the CPU: the CUDA kernels' code with a team of one.
-template <typename T>
-void serial(const DkfForward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) dkf_forward_row(SerialTeam{}, a, b);
-}
-template <typename T>
-void serial(const DkfBackward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) dkf_backward_row(SerialTeam{}, a, b);
-}
-template <typename T>
-void serial(const SrnnForward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) srnn_forward_row(SerialTeam{}, a, b);
-}
-template <typename T>
-void serial(const SrnnBackward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) srnn_backward_row(SerialTeam{}, a, b);
-}
-template <typename T>
-void serial(const RvaeForward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) rvae_forward_row(SerialTeam{}, a, b);
-}
-template <typename T>
-void serial(const RvaeBackward<T>& a) {
-  for (int64_t b = 0; b < a.batch; ++b) rvae_backward_row(SerialTeam{}, a, b);
+template <typename Args>
+void serial(const Args& a) {
+  for (int64_t b = 0; b < a.batch; ++b) row_loop(SerialTeam{}, a, b);
 }
 
 #if defined(LIGHTDVAE_WITH_CUDA)
-// One launch each on the current stream, a block of `threads` per batch row (row_loops_cuda.cu; float and double).
-template <typename T>
-void launch(const DkfForward<T>& a, int threads);
-template <typename T>
-void launch(const DkfBackward<T>& a, int threads);
-template <typename T>
-void launch(const SrnnForward<T>& a, int threads);
-template <typename T>
-void launch(const SrnnBackward<T>& a, int threads);
-template <typename T>
-void launch(const RvaeForward<T>& a, int threads);
-template <typename T>
-void launch(const RvaeBackward<T>& a, int threads);
+// One launch on the current stream, a block of `threads` per batch row (row_loops_cuda.cu, instantiated for every
+// loop's arguments in float and double).
+template <typename Args>
+void launch(const Args& a, int threads);
 #endif
 
 // A row loop where `path` says (kSerial or kCuda): here row after row, or one CUDA launch with `threads` per row.

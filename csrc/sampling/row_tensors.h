@@ -60,6 +60,39 @@ class Hold {
     }
     return s;
   }
+  // What every forward loop holds (LoopForward): sizes from z (frames, batch, z_dim), the noise (or none), `zeros`
+  // zeros for the state before frame 0, the heads, the outputs z and stats.
+  void outputs(LoopForward<T>& a, const at::Tensor& z, const at::Tensor& stats, const at::Tensor& eps,
+               c10::ArrayRef<at::Tensor> heads_w, int64_t activation, int64_t zeros) {
+    a.frames = z.size(0);
+    a.batch = z.size(1);
+    a.z_dim = static_cast<int>(z.size(2));
+    a.activation = static_cast<int>(activation);
+    a.eps = eps.defined() ? (*this)(eps) : nullptr;
+    a.zeros = (*this)(at::zeros({zeros}, z.options()));
+    a.heads = heads(heads_w);
+    a.z = out(z);
+    a.stats = out(stats);
+  }
+  // What every backward loop holds (LoopBackward) but its scratch: sizes from dz, the gradients of the draw and the
+  // heads (half_noise undefined without noise), the heads' joint weight (2 z_dim, in).
+  void gradients(LoopBackward<T>& a, const at::Tensor& dstats, const at::Tensor& dz, const at::Tensor& grad_mean,
+                 const at::Tensor& grad_logvar, const at::Tensor& half_noise, const at::Tensor& heads_cat) {
+    a.frames = dz.size(0);
+    a.batch = dz.size(1);
+    a.z_dim = static_cast<int>(dz.size(2));
+    a.dstats = out(dstats);
+    a.dz = out(dz);
+    a.grad_mean = (*this)(grad_mean);
+    a.grad_logvar = (*this)(grad_logvar);
+    a.half_noise = half_noise.defined() ? (*this)(half_noise) : nullptr;
+    a.heads_cat = (*this)(heads_cat);
+  }
+  // A scratch row of `width` elements per batch row.
+  void scratch(LoopBackward<T>& a, int64_t width, const at::TensorOptions& options) {
+    a.scratch_width = width;
+    a.scratch = out(at::empty({a.batch * width}, options));
+  }
   // The Gaussian heads [w_mean, b_mean, w_logvar, b_logvar] as one forward Linear hidden -> [mean | logvar].
   Lin<T> heads(c10::ArrayRef<at::Tensor> h) {
     const at::Tensor w = at::cat({h[0], h[2]}, 0);

@@ -156,17 +156,12 @@ void rvae_forward_rows(rows::Path path, const RvaeWorkspace& ws, const at::Tenso
                        const at::Tensor& stats) {
   rows::Hold<T> hold;
   rows::RvaeForward<T> a;
-  a.frames = z.size(0);
-  a.batch = z.size(1);
-  a.z_dim = static_cast<int>(z.size(2));
+  hold.outputs(a, z, stats, eps, heads_w, activation, std::max(z.size(2), rnn_z[1].size(1)));
   a.hidden = static_cast<int>(rnn_z[1].size(1));
   a.layers = static_cast<int>(rnn_z.size() / 4);
   a.out = static_cast<int>(projected.size(2));
-  a.activation = static_cast<int>(activation);
   a.projected = hold(projected);
   a.w_gz = hold(w0_gz_t);
-  a.eps = eps.defined() ? hold(eps) : nullptr;
-  a.zeros = hold(at::zeros({std::max(a.z_dim, a.hidden)}, z.options()));
   a.z_embed = hold.forward(z_embed);
   a.posterior = hold.forward(posterior_mlp);
   for (int l = 0; l < a.layers; ++l) {
@@ -178,11 +173,8 @@ void rvae_forward_rows(rows::Path path, const RvaeWorkspace& ws, const at::Tenso
     a.tanh_c[l] = hold.out(ws.tanh_c(l));
     a.h[l] = hold.out(ws.h(l));
   }
-  a.heads = hold.heads(heads_w);
   a.z_embed_out = rows::regions<T>(ws.z_embed);
   a.posterior_out = rows::regions<T>(ws.posterior);
-  a.z = hold.out(z);
-  a.stats = hold.out(stats);
   const int widest = rows::widest({z_embed, posterior_mlp}, std::max({4 * a.hidden, a.out, 2 * a.z_dim}));
   rows::run(path, a, rows::team_size(widest));
 }
@@ -411,20 +403,12 @@ void rvae_backward_rows(rows::Path path, const RvaeBackwardState& s, at::TensorL
                         at::TensorList posterior_mlp) {
   rows::Hold<T> hold;
   rows::RvaeBackward<T> a;
-  a.frames = s.dz.size(0);
-  a.batch = s.dz.size(1);
-  a.z_dim = static_cast<int>(s.dz.size(2));
+  hold.gradients(a, s.dstats, s.dz, s.grad_mean, s.grad_logvar, s.half_noise, s.heads_cat);
   a.hidden = static_cast<int>(rnn_z[1].size(1));
   a.layers = static_cast<int>(rnn_z.size() / 4);
   a.gx_dim = static_cast<int>(s.w0.size(1)) - a.hidden;
   a.head_in = static_cast<int>(s.heads_cat.size(1));
   a.in0 = static_cast<int>(rnn_z[0].size(1));
-  a.dstats = hold.out(s.dstats);
-  a.dz = hold.out(s.dz);
-  a.grad_mean = hold(s.grad_mean);
-  a.grad_logvar = hold(s.grad_logvar);
-  a.half_noise = s.half_noise.defined() ? hold(s.half_noise) : nullptr;
-  a.heads_cat = hold(s.heads_cat);
   a.w0 = hold(s.w0);
   a.w0_out = static_cast<int>(s.w0.size(0));
   a.z_embed = hold.backward(z_embed);
@@ -442,8 +426,7 @@ void rvae_backward_rows(rows::Path path, const RvaeBackwardState& s, at::TensorL
   a.dact_posterior = rows::regions<T>(s.dact_posterior);
   a.dpre_posterior = rows::regions<T>(s.dpre_posterior);
   const int widest = rows::widest({z_embed, posterior_mlp}, std::max({a.head_in, a.in0, 4 * a.hidden, 2 * a.z_dim}));
-  a.scratch_width = 2 * a.layers * a.hidden + a.head_in + a.in0 + widest;
-  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, s.dz.options()));
+  hold.scratch(a, 2 * a.layers * a.hidden + a.head_in + a.in0 + widest, s.dz.options());
   rows::run(path, a, rows::team_size(widest));
 }
 
