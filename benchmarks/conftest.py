@@ -5,7 +5,11 @@ import os
 import pytest
 import torch
 
+from lightdvae.runtime import keep_freed_memory
+
 os.environ.setdefault("LIGHTDVAE_QUIET_FALLBACK", "1")
+#: every benchmark allocates as lightdvae's training and enhancement do (freed memory kept for the next call)
+MALLOC_KEPT = keep_freed_memory()
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: torch threads of the decoding benchmarks (``pytestmark = pytest.mark.usefixtures("bench_threads")``): batch-1
@@ -30,6 +34,7 @@ def describe(benchmark):
             device=torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
             threads=torch.get_num_threads(),
             native_extension=_ext.HAS_NATIVE,
+            malloc_kept=MALLOC_KEPT,
             **extra,
         )
 

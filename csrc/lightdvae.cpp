@@ -37,6 +37,8 @@ TORCH_LIBRARY(lightdvae, m) {
   // grad / (1 - p) where y > 0 (dropout_cpu.cpp; CPU).
   m.def("relu_dropout(Tensor x, float p, int seed) -> Tensor");
   m.def("relu_dropout_backward(Tensor grad, Tensor y, float p) -> Tensor");
+  // tanh vectorised for float32 (csrc/activations/tanh_cpu.cpp; CPU; float64 takes ATen's): the MLP activation.
+  m.def("tanh(Tensor x) -> Tensor");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

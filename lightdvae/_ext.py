@@ -128,9 +128,9 @@ DEVICE_OPS = (
     "rvae_posterior_bptt",
     "srnn_posterior_bptt",
 )
-#: CPU_OPS have a CPU kernel only (the hashed dropout, alone and after a ReLU): on CUDA ``lightdvae.ops.dropout``
-#: and ``relu_dropout`` run ATen's fused dropout (after ``torch.relu``).
-CPU_OPS = ("dropout", "relu_dropout")
+#: CPU_OPS have a CPU kernel only (the hashed dropout, alone and after a ReLU; the vectorised tanh): on CUDA
+#: ``lightdvae.ops.dropout`` and ``relu_dropout`` run ATen's fused dropout (after ``torch.relu``), ``tanh`` ATen's.
+CPU_OPS = ("dropout", "relu_dropout", "tanh")
 COMPOSITE_OPS = (
     "dkf_posterior",
     "dkf_prior",

@@ -8,14 +8,18 @@ the ops):
 
 - **step**: the median wall time of ``--repeats`` steps, unprofiled;
 - **profile**: one step under ``torch.profiler`` (CPU), each operator's *self* time put in one class — GEMM (the
-  matrix products: ``mm``, ``addmm``, ``bmm``, ...), RNN (the fused LSTM kernels), element-wise (every other ATen or
-  ``lightdvae`` kernel that touches data) — and the rest of the profiled step: dispatch, autograd, views and
-  allocations, Python.  The profiler adds a cost to every operator, so the classes are reported as their shares
-  of the profiled step applied to the unprofiled step time;
-- **floor**: the same matrix products timed alone on the shapes the profile recorded (each distinct shape replayed
-  on fresh contiguous tensors, the fastest of ``--repeats``, times its count), plus every LSTM module's forward and
-  backward timed alone on the inputs it saw. That is what the step cannot go below on this CPU with these
-  kernels; ``step / floor`` is how far above it the step runs.
+  matrix products: ``mm``, ``addmm``, ``bmm``, ...), RNN (oneDNN's fused LSTM layer kernels, forward and
+  backward), attention (the fused CPU flash-attention kernels, forward and backward), element-wise (every other
+  ATen or ``lightdvae`` kernel that touches data) — and the rest of the profiled step: dispatch, autograd, views
+  and allocations, Python.  The profiler adds a cost to every operator, so the classes are reported as their
+  shares of the profiled step applied to the unprofiled step time;
+- **floor**: the step's products and fused kernels timed alone on the shapes the profile recorded, each distinct
+  shape on fresh contiguous tensors, the fastest of ``--repeats``, times its count: every matrix product; every
+  LSTM layer kernel (a layer whose backward ran: its forward and backward through ``nn.LSTM``; one that ran
+  forward only, as the step-by-step own-past loop's cells do: its forward without gradients); every attention
+  kernel (its forward, and its backward on the forward's outputs).  That is what the step cannot go below on
+  this CPU with these kernels; ``step / floor`` is how far above it the step runs.  The step and the replays
+  allocate as the trainer does (``lightdvae.runtime.keep_freed_memory``).
 
 The replay uses contiguous operands (the profiler does not record strides), so a product that ran on a transposed
 view may time slightly differently alone.  Run it on an otherwise idle machine: every figure is a time.
@@ -35,7 +39,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from lightdvae.models import build
-from lightdvae.runtime import flush_denormals
+from lightdvae.runtime import flush_denormals, keep_freed_memory
 from lightdvae.train import train_step
 
 # registry name and forward kwargs of each case (srnn-ss: the scheduled-sampling loop at p = 0.5, as the benchmark)
@@ -49,7 +53,11 @@ CASES = {
     "light-dvae": ("light-dvae", {}),
 }
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation"}
-RNN_OPS = {"aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward"}
+RNN_FORWARD, RNN_BACKWARD = "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward"
+RNN_OPS = {RNN_FORWARD, RNN_BACKWARD}
+ATTENTION_FORWARD = "aten::_scaled_dot_product_flash_attention_for_cpu"
+ATTENTION_BACKWARD = "aten::_scaled_dot_product_flash_attention_for_cpu_backward"
+ATTENTION_OPS = {ATTENTION_FORWARD, ATTENTION_BACKWARD}
 # metadata-only or allocation operators: their self time is dispatch overhead, not data movement
 META_OPS = {
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::view", "aten::reshape", "aten::_reshape_alias",
@@ -66,6 +74,7 @@ class Row:
     step_ms: float
     gemm_ms: float
     rnn_ms: float
+    attention_ms: float
     elementwise_ms: float
     rest_ms: float
     floor_ms: float
@@ -78,11 +87,13 @@ class Row:
 
 
 def classify(name: str) -> str:
-    """The class of one profiled operator: ``gemm``, ``rnn``, ``elementwise`` or ``rest``."""
+    """The class of one profiled operator: ``gemm``, ``rnn``, ``attention``, ``elementwise`` or ``rest``."""
     if name in GEMM_OPS:
         return "gemm"
     if name in RNN_OPS:
         return "rnn"
+    if name in ATTENTION_OPS:
+        return "attention"
     if (name.startswith("aten::") or name.startswith("lightdvae::")) and name not in META_OPS:
         return "elementwise"
     return "rest"
@@ -134,40 +145,65 @@ def replay_gemm(calls: Counter, repeats: int) -> float:
     return total
 
 
-class _RNNRecorder:
-    """Forward hooks on every LSTM / GRU module: the input shape of each call and whether its input needed grad."""
-
-    def __init__(self, model: nn.Module):
-        self.calls: Counter = Counter()
-        self._handles = [
-            m.register_forward_hook(self._hook(m)) for m in model.modules() if isinstance(m, (nn.LSTM, nn.GRU))
-        ]
-
-    def _hook(self, module):
-        def hook(_mod, args, _out):
-            x = args[0]
-            self.calls[(id(module), tuple(x.shape), x.requires_grad)] += 1
-
-        return hook
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
+def kernel_key(name: str, shapes: list, scalars: list) -> tuple:
+    """What a replay of one RNN or attention kernel call needs from the profile: ``("rnn", T, batch, input,
+    hidden)`` of an LSTM layer (forward and backward alike: the input is their first argument, h_0 their sixth) or
+    ``("attention", q, k, v, is_causal)`` of a flash-attention call (the backward's inputs follow its gradient)."""
+    if name in RNN_OPS:
+        (frames, batch, width), (_, hidden) = shapes[0], shapes[5]
+        return ("rnn", frames, batch, width, hidden)
+    if name in ATTENTION_OPS:
+        # forward (q, k, v, dropout_p, is_causal, attn_mask, ...); backward (grad, q, k, v, out, logsumexp,
+        # dropout_p, is_causal, attn_mask, ...)
+        first, causal_at = (0, 4) if name == ATTENTION_FORWARD else (1, 7)
+        causal = scalars[causal_at] if len(scalars) > causal_at else False
+        if len(shapes) > causal_at + 1 and shapes[causal_at + 1]:
+            raise ValueError(f"cannot replay {name} with an attention mask (shapes {shapes})")
+        return ("attention", *(tuple(shape) for shape in shapes[first : first + 3]), bool(causal))
+    raise ValueError(f"{name} is not an RNN or attention kernel")
 
 
-def replay_rnn(model: nn.Module, calls: Counter, repeats: int) -> float:
-    """Sum over the recorded RNN module calls of ``count x`` their forward + backward alone, in ms."""
-    modules = {id(m): m for m in model.modules()}
+def replay_rnn(forward: Counter, backward: Counter, repeats: int) -> float:
+    """The recorded LSTM layer kernels alone, in ms: per shape, as many forward + backward passes of a one-layer
+    ``nn.LSTM`` as backward kernels ran, and the remaining forward kernels without gradients."""
     total = 0.0
-    for (mid, shape, input_grad), count in calls.items():
-        module = modules[mid]
-        x = torch.randn(*shape, requires_grad=input_grad)
+    for key in forward.keys() | backward.keys():
+        _, frames, batch, width, hidden = key
+        lstm = nn.LSTM(width, hidden)
+        x = torch.randn(frames, batch, width, requires_grad=True)
 
-        def run(module=module, x=x):
-            out, _ = module(x)
+        def both(lstm=lstm, x=x):
+            out, _ = lstm(x)
             out.sum().backward()
 
-        total += count * _fastest_ms(run, repeats)
+        def forward_only(lstm=lstm, x=x):
+            with torch.no_grad():
+                lstm(x)
+
+        pairs = backward[key]
+        alone = max(forward[key] - pairs, 0)
+        total += (pairs and pairs * _fastest_ms(both, repeats)) + (alone and alone * _fastest_ms(forward_only, repeats))
+    return total
+
+
+def replay_attention(forward: Counter, backward: Counter, repeats: int) -> float:
+    """The recorded flash-attention kernels alone, in ms: each forward, and each backward on a forward's outputs."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    total = 0.0
+    for key in forward.keys() | backward.keys():
+        _, q_shape, k_shape, v_shape, causal = key
+        q, k, v = torch.randn(*q_shape), torch.randn(*k_shape), torch.randn(*v_shape)
+        out, logsumexp = flash(q, k, v, 0.0, causal)
+        grad = torch.randn_like(out)
+        if forward[key]:
+            total += forward[key] * _fastest_ms(lambda q=q, k=k, v=v, c=causal: flash(q, k, v, 0.0, c), repeats)
+        if backward[key]:
+
+            def run(q=q, k=k, v=v, out=out, lse=logsumexp, grad=grad, c=causal):
+                flash_backward(grad, q, k, v, out, lse, 0.0, c)
+
+            total += backward[key] * _fastest_ms(run, repeats)
     return total
 
 
@@ -183,29 +219,38 @@ def measure(case: str, batch: int, frames: int, repeats: int) -> Row:
         train_step(model, optimizer, power, beta=1e-2, kl_warm=1.0, forward_kwargs=forward_kwargs)
 
     step_ms = _median_ms(step, repeats)
-    recorder = _RNNRecorder(model)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         step()
         profiled_ms = 1e3 * (time.perf_counter() - t0)
-    recorder.close()
     spent = Counter()
     gemm_calls: Counter = Counter()
+    forward_kernels: Counter = Counter()  # kernel_key -> count, for the RNN and attention replays
+    backward_kernels: Counter = Counter()
     for ev in prof.events():
         cls = classify(ev.name)
         spent[cls] += ev.self_cpu_time_total / 1e3
         if cls == "gemm":
             gemm_calls[(ev.name, json.dumps(ev.input_shapes))] += 1
-    floor = replay_gemm(gemm_calls, repeats) + replay_rnn(model, recorder.calls, repeats)
+        elif cls in ("rnn", "attention"):
+            key = kernel_key(ev.name, ev.input_shapes, getattr(ev, "concrete_inputs", None) or [])
+            (backward_kernels if ev.name in (RNN_BACKWARD, ATTENTION_BACKWARD) else forward_kernels)[key] += 1
+    rnn, attention = (
+        [Counter({k: n for k, n in c.items() if k[0] == kind}) for c in (forward_kernels, backward_kernels)]
+        for kind in ("rnn", "attention")
+    )
+    floor = replay_gemm(gemm_calls, repeats) + replay_rnn(*rnn, repeats) + replay_attention(*attention, repeats)
+    kernels = ("gemm", "rnn", "attention", "elementwise")
     # the profiler's cost per operator inflates the profiled step: each class keeps its share of it
-    scale = step_ms / max(profiled_ms, spent["gemm"] + spent["rnn"] + spent["elementwise"])
+    scale = step_ms / max(profiled_ms, sum(spent[c] for c in kernels))
     return Row(
         model=case,
         step_ms=step_ms,
         gemm_ms=scale * spent["gemm"],
         rnn_ms=scale * spent["rnn"],
+        attention_ms=scale * spent["attention"],
         elementwise_ms=scale * spent["elementwise"],
-        rest_ms=scale * (profiled_ms - spent["gemm"] - spent["rnn"] - spent["elementwise"]),
+        rest_ms=scale * (profiled_ms - sum(spent[c] for c in kernels)),
         floor_ms=floor,
         gemm_calls=sum(gemm_calls.values()),
         distinct_shapes=len(gemm_calls),
@@ -216,14 +261,15 @@ def markdown(rows: list[Row], header: str) -> str:
     lines = [
         header,
         "",
-        "| model | step (ms) | GEMM | RNN kernels | element-wise | rest | GEMM calls (shapes) | floor (ms) "
-        "| step / floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | step (ms) | GEMM | RNN kernels | attention | element-wise | rest | GEMM calls (shapes) "
+        "| floor (ms) | step / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.step_ms:.1f} | {r.gemm_ms:.1f} | {r.rnn_ms:.1f} | {r.elementwise_ms:.1f} | "
-            f"{r.rest_ms:.1f} | {r.gemm_calls} ({r.distinct_shapes}) | {r.floor_ms:.1f} | {r.over_floor:.2f}x |"
+            f"| {r.model} | {r.step_ms:.1f} | {r.gemm_ms:.1f} | {r.rnn_ms:.1f} | {r.attention_ms:.1f} | "
+            f"{r.elementwise_ms:.1f} | {r.rest_ms:.1f} | {r.gemm_calls} ({r.distinct_shapes}) | {r.floor_ms:.1f} | "
+            f"{r.over_floor:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 
@@ -242,6 +288,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as lightdvae.train runs its steps (and the replays: fresh outputs, the same pages)
     rows = []
     for case in cases:
         with flush_denormals():  # as lightdvae.train runs its steps

@@ -16,6 +16,7 @@ import time
 import torch
 
 from lightdvae.models import build, transformer_layers
+from lightdvae.runtime import keep_freed_memory
 from lightdvae.train import train_step
 
 
@@ -26,6 +27,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
+    keep_freed_memory()
     power = torch.exp(2.0 * torch.randn(128, 50, 513, generator=torch.Generator().manual_seed(0))) + 1e-6
     fused = transformer_layers.FeedForward.forward
 

@@ -23,6 +23,7 @@ def test_operators_fall_in_one_class_each():
     assert floor_table.classify("aten::addmm") == "gemm"
     assert floor_table.classify("aten::bmm") == "gemm"
     assert floor_table.classify("aten::mkldnn_rnn_layer_backward") == "rnn"
+    assert floor_table.classify("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
     assert floor_table.classify("aten::mul") == "elementwise"
     assert floor_table.classify("lightdvae::is_divergence") == "elementwise"
     assert floor_table.classify("aten::view") == "rest"  # metadata only
@@ -42,19 +43,51 @@ def test_replayed_products_take_the_recorded_shapes():
         floor_table.replay_gemm(Counter({("aten::mm", json.dumps([[6, 4]])): 1}), repeats=1)
 
 
-@pytest.mark.parametrize("case", ["vae", "dkf", "srnn-ss"])
+def test_kernel_keys_come_from_the_recorded_calls():
+    from torch.profiler import ProfilerActivity, profile
+
+    lstm, x = torch.nn.LSTM(6, 5), torch.randn(3, 2, 6, requires_grad=True)
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        lstm(x)[0].sum().backward()
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    keys = Counter(
+        floor_table.kernel_key(ev.name, ev.input_shapes, ev.concrete_inputs)
+        for ev in prof.events()
+        if floor_table.classify(ev.name) in ("rnn", "attention")
+    )
+    # forward and backward of each kernel give the same key: the shapes a replay needs, and causality
+    assert keys == {("rnn", 3, 2, 6, 5): 2, ("attention", (2, 4, 7, 8), (2, 4, 7, 8), (2, 4, 7, 8), True): 2}
+    with pytest.raises(ValueError, match="not an RNN or attention kernel"):
+        floor_table.kernel_key("aten::mm", [[2, 2], [2, 2]], [])
+
+
+def test_kernel_replays_count_forward_only_calls_apart():
+    key = ("rnn", 4, 3, 6, 5)
+    both = floor_table.replay_rnn(Counter({key: 1}), Counter({key: 1}), repeats=3)
+    # a cell of a step-by-step loop runs forward only: replayed without the backward
+    alone = floor_table.replay_rnn(Counter({key: 1}), Counter(), repeats=3)
+    assert both > 0 and alone > 0
+    assert floor_table.replay_rnn(Counter(), Counter(), repeats=1) == 0
+    shapes = (2, 4, 7, 8)
+    attention = ("attention", shapes, shapes, shapes, True)
+    assert floor_table.replay_attention(Counter({attention: 2}), Counter({attention: 2}), repeats=1) > 0
+
+
+@pytest.mark.parametrize("case", ["vae", "dkf", "srnn-ss", "light-dvae"])
 def test_a_row_accounts_for_the_whole_step(case):
     torch.set_num_threads(1)
     row = floor_table.measure(case, batch=2, frames=3, repeats=1)
-    parts = [row.gemm_ms, row.rnn_ms, row.elementwise_ms, row.rest_ms]
+    parts = [row.gemm_ms, row.rnn_ms, row.attention_ms, row.elementwise_ms, row.rest_ms]
     print(row)
     assert all(p >= 0 for p in parts)
     # the classes are shares of the profiled step applied to the unprofiled one: they add up to it
     assert sum(parts) == pytest.approx(row.step_ms, rel=1e-9)
     assert row.gemm_calls >= row.distinct_shapes > 0
     assert row.floor_ms > 0
-    if case != "vae":  # the recurrent models run LSTM modules: their kernels are counted and replayed
+    if case in ("dkf", "srnn-ss"):  # the recurrent models run LSTMs: their kernels are counted and replayed
         assert row.rnn_ms > 0
+    assert (row.attention_ms > 0) == (case == "light-dvae")
 
 
 def test_the_table_names_its_conditions(tmp_path, capsys):

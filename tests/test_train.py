@@ -643,6 +643,62 @@ def test_budget_schedule_follows_the_share_of_time_spent(tmp_path, data, monkeyp
         _cfg(tmp_path, budget_schedule=True).validate()
 
 
+_FAULT_PROBE = """
+import resource
+import torch
+from lightdvae.runtime import keep_freed_memory
+kept = keep_freed_memory()
+def round_():  # a training step's pattern: many large tensors written, then all freed at once
+    tensors = [torch.ones(2 << 20) for _ in range(10)]  # 10 x 8 MiB
+    del tensors
+for _ in range(3):
+    round_()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    round_()
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_kept_memory_spares_the_page_faults_of_every_step():
+    """runtime.keep_freed_memory (issue #17): with glibc's defaults each round of 80 MiB of tensors freed at once is
+    handed back to the system and faulted in again (~20,000 minor faults); kept, none.  LIGHTDVAE_MALLOC=system
+    and the user's own MALLOC_TOP_PAD_ leave malloc alone; another value is one clear error."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the C library is not glibc")
+
+    def probe(**env):
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LIGHTDVAE_MALLOC"}
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULT_PROBE], env={**run_env, **env}, capture_output=True, text=True, check=True
+        )
+        kept, faults = out.stdout.split()
+        return kept == "True", float(faults)
+
+    kept, faults = probe()
+    assert kept and faults < 500
+    for env in ({"LIGHTDVAE_MALLOC": "system"}, {"MALLOC_TOP_PAD_": "0"}):
+        kept, faults = probe(**env)
+        assert not kept and faults > 5000, env
+    bad = subprocess.run(
+        [sys.executable, "-c", "from lightdvae.runtime import keep_freed_memory; keep_freed_memory()"],
+        env={**os.environ, "LIGHTDVAE_MALLOC": "keepp"},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "LIGHTDVAE_MALLOC='keepp' is not one of keep, system" in bad.stderr
+
+
+def test_training_keeps_freed_memory(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop_mod, "keep_freed_memory", lambda: calls.append(True) or True)
+    train(_cfg(tmp_path, epochs=1))
+    assert calls == [True]
+
+
 def test_training_flushes_denormals_and_restores_the_default(tmp_path, monkeypatch):
     """lightdvae.train runs its steps with denormals flushed to zero (the RVAE's LSTM backward is ~5x slower on
     denormal gradients, issue #17) and leaves the process's default behind it."""

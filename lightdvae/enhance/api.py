@@ -28,7 +28,7 @@ from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_s
 from lightdvae.enhance.vem import run_vem
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
-from lightdvae.runtime import flush_denormals, parse_device
+from lightdvae.runtime import flush_denormals, keep_freed_memory, parse_device
 
 __all__ = ["enhance", "enhance_batch", "stream_seed", "batches"]
 
@@ -137,6 +137,7 @@ def enhance_batch(
     param = next(model.parameters())
     results: list[EnhanceResult | None] = [None] * len(waves)
     specs = [stft((w / peak).to(param.device, param.dtype)) for w, peak in waves]
+    keep_freed_memory()  # the EM's iterations reuse each other's pages (runtime.keep_freed_memory)
     # denormal gradients in oneDNN's LSTM backward cost the RVAE E-step 3x (as in training, issue #17)
     with _eval_mode(model), flush_denormals():
         for group in batches(model, [s.shape[0] for s in specs], batch_size, one_at_a_time):

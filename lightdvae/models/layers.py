@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightdvae import _ext
 from lightdvae.models.base import Dropout
 from lightdvae.models.base import activation as make_activation
+from lightdvae.ops.activations import Tanh
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -48,7 +49,8 @@ class MLP(nn.Module):
         super().__init__()
         dims = [in_dim, *sizes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
-        self.act = make_activation(activation)
+        # the vectorised tanh (lightdvae.ops.activations) where it runs: ATen's CPU tanh is scalar
+        self.act = Tanh() if activation == "tanh" else make_activation(activation)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.in_dim = in_dim
         self.out_dim = dims[-1]

@@ -5,6 +5,7 @@ built and supports the inputs, and the reference otherwise; ``LIGHTDVAE_BACKEND=
 forces one.
 """
 
+from lightdvae.ops.activations import tanh
 from lightdvae.ops.attention import kv_attention, kv_attention_ref
 from lightdvae.ops.dropout import dropout, dropout_ref
 from lightdvae.ops.losses import REDUCTIONS, gaussian_kl, gaussian_kl_ref, is_divergence, is_divergence_ref
@@ -45,4 +46,5 @@ __all__ = [
     "srnn_posterior_ref",
     "srnn_prior",
     "srnn_prior_ref",
+    "tanh",
 ]

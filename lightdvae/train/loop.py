@@ -20,7 +20,7 @@ import torch
 from lightdvae.errors import ConfigError
 from lightdvae.models import DVAE
 from lightdvae.resultdir import folder_lock
-from lightdvae.runtime import flush_denormals, progress_bar, thread_scope
+from lightdvae.runtime import flush_denormals, keep_freed_memory, progress_bar, thread_scope
 from lightdvae.train import distrib
 from lightdvae.train.build import build_learner, run_meta, write_meta
 from lightdvae.train.config import VAL_SEED_OFFSET, TrainConfig, kl_warm_at, lr_at, ss_prob_at
@@ -95,6 +95,7 @@ def train(
         raise ConfigError("pass both train_dataset and val_dataset, or neither (to use the corpus config.data)")
     t_start = time.perf_counter()
     torch.autograd.set_detect_anomaly(False)
+    keep_freed_memory()  # each step reuses the last one's pages (runtime.keep_freed_memory)
     setup = distrib.setup(cfg.device)
     # one writer per run folder: a second `lightdvae train` into it is refused, naming the first
     lock = folder_lock(cfg.out, command=f"lightdvae train --model {cfg.model}") if distrib.is_main() else None
