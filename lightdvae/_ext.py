@@ -180,6 +180,23 @@ def missing_native_error(op: str, reason: str) -> RuntimeError:
     )
 
 
+def reference_ops() -> frozenset[str]:
+    """The CPU_OPS that take their reference even where their native kernel runs, from ``LIGHTDVAE_REFERENCE_OPS``
+    (comma-separated: ``dropout``, ``relu_dropout``, ``tanh``; unset: none): to measure one of the element-wise
+    kernels against ATen's in a whole training run (``scripts/epoch_times.py``)."""
+    raw = os.environ.get("LIGHTDVAE_REFERENCE_OPS", "")
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    unknown = sorted(names - set(CPU_OPS))
+    if unknown:
+        from lightdvae.errors import BackendError
+
+        raise BackendError(
+            f"LIGHTDVAE_REFERENCE_OPS names {', '.join(unknown)}; it takes a comma-separated list of "
+            f"{', '.join(CPU_OPS)} (or unset it)"
+        )
+    return names
+
+
 def use_native(op: str, device_type: str, supported: bool = True) -> bool:
     """Decide, for one call, whether the native kernel of ``op`` runs.
 
@@ -187,7 +204,7 @@ def use_native(op: str, device_type: str, supported: bool = True) -> bool:
     implement on this device, say); ``auto`` then falls back to the reference and ``native`` raises.
     """
     choice = backend()
-    if choice == "ref":
+    if choice == "ref" or (op in CPU_OPS and op in reference_ops()):
         return False
     available = has_kernel(op, device_type)
     if choice == "native":

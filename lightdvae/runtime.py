@@ -33,6 +33,7 @@ __all__ = [
     "available_memory",
     "flush_denormals",
     "keep_freed_memory",
+    "malloc_choice",
 ]
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
@@ -106,6 +107,18 @@ _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHO
 _malloc_kept: bool | None = None
 
 
+def malloc_choice() -> str:
+    """``LIGHTDVAE_MALLOC``: ``keep`` (unset) or ``system`` (see :func:`keep_freed_memory`); raises UserError for
+    anything else."""
+    choice = os.environ.get("LIGHTDVAE_MALLOC", "keep").strip().lower() or "keep"
+    if choice not in ("keep", "system"):
+        raise UserError(
+            f"LIGHTDVAE_MALLOC={choice!r} is not one of keep, system; unset it to keep freed memory for the next "
+            "training step (the default), or set it to system to leave malloc as it is"
+        )
+    return choice
+
+
 def keep_freed_memory() -> bool:
     """Keep the memory that tensors free inside the process for the next ones (glibc on Linux; once per process).
 
@@ -122,14 +135,8 @@ def keep_freed_memory() -> bool:
     ``LIGHTDVAE_MALLOC=system``.  Returns whether the settings are in force."""
     global _malloc_kept
     if _malloc_kept is None:
-        choice = os.environ.get("LIGHTDVAE_MALLOC", "keep").strip().lower() or "keep"
-        if choice not in ("keep", "system"):
-            raise UserError(
-                f"LIGHTDVAE_MALLOC={choice!r} is not one of keep, system; unset it to keep freed memory for the "
-                "next training step (the default), or set it to system to leave malloc as it is"
-            )
+        wanted = malloc_choice() == "keep"
         _malloc_kept = False
-        wanted = choice == "keep"
         user_set = any(name in os.environ for name in _MALLOC_ENV)
         if wanted and not user_set and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
             import ctypes

@@ -64,6 +64,12 @@ def test_a_bad_backend_is_said_once_before_any_work(corpus, tmp_path, capsys, mo
     for argv in (["info"], ["eval", str(run), "--data", str(corpus)], ["generate", str(run), "--no-fdsd"]):
         _one_line_error(capsys, argv, "LIGHTDVAE_BACKEND='bogus'")
     assert not (run / "eval").exists() and not (run / "generate").exists()
+    monkeypatch.delenv("LIGHTDVAE_BACKEND")
+    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "tanh,softmax")
+    _one_line_error(capsys, ["info"], "LIGHTDVAE_REFERENCE_OPS names softmax")
+    monkeypatch.delenv("LIGHTDVAE_REFERENCE_OPS")
+    monkeypatch.setenv("LIGHTDVAE_MALLOC", "never")
+    _one_line_error(capsys, ["info"], "LIGHTDVAE_MALLOC='never' is not one of keep, system")
 
 
 def test_import_dvae_with_a_binary_config(tmp_path, capsys):

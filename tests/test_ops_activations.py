@@ -129,6 +129,9 @@ def test_fallbacks(monkeypatch):
     assert torch.equal(tanh(x), torch.tanh(x))
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
     assert torch.equal(tanh(x), _op(x))
+    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "dropout, tanh")  # this op's reference, the others native
+    assert torch.equal(tanh(x), torch.tanh(x)) and _ext.use_native("relu_dropout", "cpu")
+    monkeypatch.delenv("LIGHTDVAE_REFERENCE_OPS")
     with pytest.raises(RuntimeError, match="floating point"):
         _op(torch.arange(4))
     assert _ext.has_kernel("tanh", "cpu") and not _ext.has_kernel("tanh", "cuda")

@@ -662,9 +662,10 @@ print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_kept_memory_spares_the_page_faults_of_every_step():
-    """runtime.keep_freed_memory (issue #17): with glibc's defaults each round of 80 MiB of tensors freed at once is
-    handed back to the system and faulted in again (~20,000 minor faults); kept, none.  LIGHTDVAE_MALLOC=system
-    and the user's own MALLOC_TOP_PAD_ leave malloc alone; another value is one clear error."""
+    """runtime.keep_freed_memory (issue #17): kept, rounds of 80 MiB of tensors freed at once fault no page in again
+    (glibc's defaults hand them back to the system: ~20,000 minor faults a round in a plain process).
+    LIGHTDVAE_MALLOC=system and the user's own MALLOC_TOP_PAD_ leave malloc alone; another value is one clear
+    error."""
     import platform
 
     if platform.libc_ver()[0] != "glibc":
@@ -680,9 +681,11 @@ def test_kept_memory_spares_the_page_faults_of_every_step():
 
     kept, faults = probe()
     assert kept and faults < 500
+    # glibc's own heuristics decide the faults without it (~20,000 a round here, none where a small block happens
+    # to sit above the large ones in the heap): only that it is left alone is certain
     for env in ({"LIGHTDVAE_MALLOC": "system"}, {"MALLOC_TOP_PAD_": "0"}):
         kept, faults = probe(**env)
-        assert not kept and faults > 5000, env
+        assert not kept, env
     bad = subprocess.run(
         [sys.executable, "-c", "from lightdvae.runtime import keep_freed_memory; keep_freed_memory()"],
         env={**os.environ, "LIGHTDVAE_MALLOC": "keepp"},

@@ -499,6 +499,102 @@ LDV_ROW void row_loop(const Team& team, const RvaeBackward<T>& a, int64_t b) {
   }
 }
 
+// --------------------------------------------------------------------------------- SRNN own past
+
+// SRNN's deterministic path on its own past predictions (sampling_loops.cpp's srnn_own_past): at step t, h_embed of
+// the previous prediction s (zeros at t = 0), the LSTM layers, h_used = h_own where use_own[t] else h_true[t], the
+// decoder on [h_used ; z_t], its output layer (no activation), and s = exp(logvar) fed back.  With `fed` set the loop
+// only writes the predictions it fed (the sequence pass recomputes the rest with gradients); else logvar, used and
+// own.  scratch per row: h and c of every layer, the gates, s, two buffers for the stacks, [h ; z].
+template <typename T>
+struct OwnPast {
+  int64_t frames = 0, batch = 0;
+  int z_dim = 0, x_dim = 0, hidden = 0, layers = 0, activation = 0;
+  int widest = 0;             // the stacks' widest layer output, and x_dim
+  const T* z = nullptr;       // (frames, batch, z_dim)
+  const T* h_true = nullptr;  // (frames, batch, hidden), or null when every step uses its own past
+  const T* use_own = nullptr;  // (frames,): 1 where the step uses h_own
+  Stack<T> h_embed, decoder;   // forward layers, each followed by the activation
+  Lin<T> out;                  // the decoder's output layer (dec -> x_dim)
+  Lin<T> ih[kMaxLstmLayers];   // W_ih^T (in, 4H) and b_ih + b_hh
+  const T* w_hh[kMaxLstmLayers] = {};  // W_hh^T (H, 4H)
+  T* fed = nullptr;     // (frames, batch, x_dim): s_{t-1} of every step, or null
+  T* logvar = nullptr;  // (frames, batch, x_dim) unless fed
+  T* used = nullptr;    // (frames, batch, hidden) unless fed
+  T* own = nullptr;     // (frames, batch, hidden) unless fed
+  T* scratch = nullptr;
+  int64_t scratch_width = 0;  // 2 layers H + 4H + x_dim + 2 widest + H + z_dim
+};
+
+// A stack's layers from x, each activated, ping-ponging between two buffers; returns the last output (x for none).
+template <typename T, typename Team>
+LDV_ROW const T* stack_rows(const Team& team, const Stack<T>& s, const T* x, T* a, T* b, int activation) {
+  for (int i = 0; i < s.n; ++i) {
+    T* y = (i % 2 == 0) ? a : b;
+    linear(team, y, x, s.l[i], activation);
+    x = y;
+  }
+  return x;
+}
+
+template <typename T, typename Team>
+LDV_ROW void row_loop(const Team& team, const OwnPast<T>& a, int64_t b) {
+  const int64_t B = a.batch;
+  const int H = a.hidden;
+  T* hs = a.scratch + b * a.scratch_width;  // h of layer l at l * H, c at (layers + l) * H
+  T* gates = hs + 2 * a.layers * H;
+  T* s = gates + 4 * H;
+  T* buf0 = s + a.x_dim;
+  T* buf1 = buf0 + a.widest;
+  T* joint = buf1 + a.widest;
+  for (int j = team.rank(); j < 2 * a.layers * H; j += team.size()) hs[j] = T(0);
+  for (int j = team.rank(); j < a.x_dim; j += team.size()) s[j] = T(0);
+  team.sync();
+  for (int64_t t = 0; t < a.frames; ++t) {
+    if (a.fed) {
+      T* f = a.fed + at(t, b, B, a.x_dim);
+      for (int j = team.rank(); j < a.x_dim; j += team.size()) f[j] = s[j];
+    }
+    const T* x = stack_rows(team, a.h_embed, s, buf0, buf1, a.activation);
+    for (int l = 0; l < a.layers; ++l) {  // ATen's LSTMCell: W_ih x + (b_ih + b_hh), + W_hh h, the gates, c, h
+      T* h = hs + l * H;
+      T* c = hs + (a.layers + l) * H;
+      const Lin<T>& ih = a.ih[l];
+      for (int j = team.rank(); j < 4 * H; j += team.size()) {
+        T acc = ih.b[j];
+        for (int k = 0; k < ih.in; ++k) acc += x[k] * ih.w[static_cast<int64_t>(k) * 4 * H + j];
+        for (int k = 0; k < H; ++k) acc += h[k] * a.w_hh[l][static_cast<int64_t>(k) * 4 * H + j];
+        gates[j] = j >= 2 * H && j < 3 * H ? tanh_(acc) : sigmoid(acc);
+      }
+      team.sync();
+      for (int j = team.rank(); j < H; j += team.size()) {
+        c[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];
+        h[j] = gates[3 * H + j] * tanh_(c[j]);
+      }
+      team.sync();
+      x = h;
+    }
+    const T* h_own = x;
+    const T* h_used = a.use_own[t] != T(0) ? h_own : a.h_true + at(t, b, B, H);
+    const T* zt = a.z + at(t, b, B, a.z_dim);
+    for (int j = team.rank(); j < H + a.z_dim; j += team.size()) joint[j] = j < H ? h_used[j] : zt[j - H];
+    team.sync();
+    const T* d = stack_rows(team, a.decoder, joint, buf0, buf1, a.activation);
+    T* lv = a.fed ? (d == buf0 ? buf1 : buf0) : a.logvar + at(t, b, B, a.x_dim);
+    linear(team, lv, d, a.out, kNone);
+    for (int j = team.rank(); j < a.x_dim; j += team.size()) s[j] = exp_(lv[j]);
+    if (!a.fed) {
+      T* used = a.used + at(t, b, B, H);
+      T* own = a.own + at(t, b, B, H);
+      for (int j = team.rank(); j < H; j += team.size()) {
+        used[j] = h_used[j];
+        own[j] = h_own[j];
+      }
+    }
+    team.sync();
+  }
+}
+
 // ------------------------------------------------------------------------------------------ runners
 
 // Threads per row on CUDA: the widest layer's outputs rounded up to whole warps, 32 to 256.

@@ -32,7 +32,8 @@ void launch(const Args& a, int threads) {
   template void launch(const SrnnForward<T>&, int);         \
   template void launch(const SrnnBackward<T>&, int);        \
   template void launch(const RvaeForward<T>&, int);         \
-  template void launch(const RvaeBackward<T>&, int);
+  template void launch(const RvaeBackward<T>&, int);       \
+  template void launch(const OwnPast<T>&, int);
 LDV_INSTANTIATE(float)
 LDV_INSTANTIATE(double)
 #undef LDV_INSTANTIATE

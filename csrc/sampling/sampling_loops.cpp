@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "sampling/cells.h"
+#include "sampling/row_tensors.h"
 #include "sampling/sampling.h"
 #include "sampling/small_batch.h"
 
@@ -289,6 +290,51 @@ void own_past_small(const at::Tensor& z, const at::Tensor& h_true, const c10::Li
   }
 }
 
+// srnn_own_past's loop as the row code (row_loops.h's OwnPast): one CUDA launch for the whole loop, or the same code
+// row after row on the CPU (the tests' switch).  z and h_true (if defined) time-major and contiguous; writes `fed`
+// when defined, else logvar, used and own.
+template <typename T>
+void own_past_rows(rows::Path path, const at::Tensor& z, const at::Tensor& h_true, const c10::List<bool>& use_own,
+                   at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
+                   int64_t activation, const at::Tensor& fed, const at::Tensor& logvar, const at::Tensor& used,
+                   const at::Tensor& own) {
+  rows::Hold<T> hold;
+  rows::OwnPast<T> a;
+  a.frames = z.size(0);
+  a.batch = z.size(1);
+  a.z_dim = static_cast<int>(z.size(2));
+  a.x_dim = static_cast<int>(decoder_out[0].size(0));
+  a.hidden = static_cast<int>(rnn_h[1].size(1));
+  a.layers = static_cast<int>(rnn_h.size() / 4);
+  a.activation = static_cast<int>(activation);
+  a.widest = rows::widest({h_embed, decoder}, a.x_dim);
+  a.z = hold(z);
+  a.h_true = h_true.defined() ? hold(h_true) : nullptr;
+  std::vector<T> flags;
+  for (const bool f : use_own) flags.push_back(f ? T(1) : T(0));
+  a.use_own = hold(at::tensor(c10::ArrayRef<T>(flags), z.options().device(at::kCPU)).to(z.device()));
+  a.h_embed = hold.forward(h_embed);
+  a.decoder = hold.forward(decoder);
+  a.out = hold.forward(decoder_out).l[0];
+  for (int l = 0; l < a.layers; ++l) {
+    const at::Tensor& w_ih = rnn_h[4 * l];
+    a.ih[l] = {hold(w_ih.t()), hold(rnn_h[4 * l + 2] + rnn_h[4 * l + 3]), static_cast<int>(w_ih.size(1)),
+               static_cast<int>(w_ih.size(0))};
+    a.w_hh[l] = hold(rnn_h[4 * l + 1].t());
+  }
+  if (fed.defined()) {
+    a.fed = hold.out(fed);
+  } else {
+    a.logvar = hold.out(logvar);
+    a.used = hold.out(used);
+    a.own = hold.out(own);
+  }
+  const int64_t H = a.hidden;
+  a.scratch_width = 2 * a.layers * H + 4 * H + a.x_dim + 2 * a.widest + H + a.z_dim;
+  a.scratch = hold.out(at::empty({a.batch * a.scratch_width}, z.options()));
+  rows::run(path, a, rows::team_size(std::max<int>(a.widest, 4 * a.hidden)));
+}
+
 }  // namespace
 
 Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& h_true_in, const c10::List<bool>& use_own,
@@ -325,22 +371,46 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   // call that records gradients runs the loop without a graph and then computes everything that carries gradients
   // once over all frames from them: h_embed and the decoder as sequence-level GEMMs, the LSTM as one torch.lstm
   // call (oneDNN's whole-sequence kernel and its backward), instead of a graph of some twenty ATen calls per step;
-  // the values are the loop's within float rounding.  Elsewhere (CUDA, where torch.lstm on loose weights would
-  // compact them at every call) the loop records its steps, the LSTM's only when its weights need gradients.
+  // the values are the loop's within float rounding.  On CUDA the same, the loop being one launch of the row code
+  // (the sequence pass's torch.lstm is cuDNN's, on the model's flattened weights); where the row code does not fit
+  // (deeper stacks, other dtypes) the loop records its steps, the LSTM's only when its weights need gradients.
   const bool record_h = any_requires_grad({h_embed, rnn_h}, {});
   const bool record = record_h || any_requires_grad({decoder, decoder_out}, {z_in, h_true});
-  const bool sequence_pass = record && z_in.is_cpu() && batch > 0;  // oneDNN's LSTM divides by the batch size
+  // The row code (one CUDA launch for the loop; the CPU's serial run of it under the tests' switch) where the stacks
+  // and the LSTM fit it: to find the fed-back predictions of a call that records gradients, and for the whole loop
+  // without gradients when bit-parity is not asked for (exact = false).
+  const rows::Path rows_path = static_cast<int64_t>(rnn_h.size() / 4) <= rows::kMaxLstmLayers
+                                   ? rows::path(z_in, {h_embed, decoder, decoder_out})
+                                   : rows::Path::kNo;
+  // oneDNN's LSTM divides by the batch size: no sequence pass (and no rows) for an empty batch
+  const bool sequence_pass = record && batch > 0 && (z_in.is_cpu() || rows_path == rows::Path::kCuda);
   const bool step_graph = record && !sequence_pass;
+  const bool use_rows = rows_path != rows::Path::kNo && batch > 0 && frames > 0 && (sequence_pass || !exact);
   // made before the loop's grad mode is set: in the sequence pass these views and copies carry the gradients
   const at::Tensor z = z_in.contiguous();
   const auto h_embed_l = linears(h_embed), decoder_l = linears(decoder);
   const auto out_l = linears(decoder_out)[0];
   at::AutoGradMode grad_mode(step_graph);
+  const auto time_major = [&](int64_t width) { return at::empty({frames, batch, width}, z.options()); };
+  if (use_rows) {
+    const at::Tensor ht = h_true.defined() ? h_true.contiguous() : at::Tensor();
+    const at::Tensor fed_all = sequence_pass ? time_major(x_dim) : at::Tensor();
+    const at::Tensor logvar_all = sequence_pass ? at::Tensor() : time_major(x_dim);
+    const at::Tensor used_all = sequence_pass ? at::Tensor() : time_major(h_dim);
+    const at::Tensor own_all = sequence_pass ? at::Tensor() : time_major(h_dim);
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_own_past_rows", [&] {
+      own_past_rows<scalar_t>(rows_path, z, ht, use_own, h_embed, rnn_h, decoder, decoder_out, activation, fed_all,
+                              logvar_all, used_all, own_all);
+    });
+    if (!sequence_pass) {
+      return {logvar_all, used_all, own_all};
+    }
+    return own_past_sequence(fed_all, z, h_true, use_own, all_own, h_embed_l, decoder_l, out_l, rnn_h, activation);
+  }
   // Without bit-parity (exact = false, lightdvae.ops.sampling.exact_loops), a small CPU batch whose loop records
   // nothing runs on raw pointers.
   if (!exact && !exact_lstm && !step_graph && small::eligible(z, batch)) {
     const at::Tensor ht = h_true.defined() ? h_true.contiguous() : at::Tensor();
-    const auto time_major = [&](int64_t width) { return at::empty({frames, batch, width}, z.options()); };
     at::Tensor fed_all, logvar_all, used_all, own_all;
     if (sequence_pass) {
       fed_all = time_major(x_dim);

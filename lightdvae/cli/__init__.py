@@ -90,13 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     code: 2 for what the user can fix (:class:`lightdvae.errors.UserError`), 1 for what the system refused (a
     read-only or full disk, a path that is a file: ``OSError``), 130 for Ctrl-C."""
     from lightdvae import _ext
+    from lightdvae.runtime import malloc_choice
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the sub-command's parser, with its usage (not the top-level one)
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        _ext.backend()  # a bad LIGHTDVAE_BACKEND is said once, before any work
+        # a bad LIGHTDVAE_BACKEND / LIGHTDVAE_REFERENCE_OPS / LIGHTDVAE_MALLOC is said once, before any work
+        _ext.backend()
+        _ext.reference_ops()
+        malloc_choice()
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(_show_warning, args.command)
             return int(args.func(args) or 0)
