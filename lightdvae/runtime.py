@@ -1,5 +1,6 @@
 """Where the package runs: the device, torch's thread count, device synchronisation, the version stamp every result
-file carries, the ops backend, and progress bars.  One home for each, so that training, evaluation, generation and
+file carries, the ops backend, progress bars, and the CPU's floating-point and memory settings for training
+(denormals flushed, freed memory kept).  One home for each, so that training, evaluation, generation and
 experiments resolve ``--device cuda:1`` the same way, restore the thread count they change, and show a bar on the
 same terminals.
 

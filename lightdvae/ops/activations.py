@@ -1,13 +1,13 @@
 """tanh vectorised on the CPU (issue #17): the recurrent models' MLP activation.
 
-ATen's CPU ``tanh`` runs libm's scalar ``tanhf`` on float32 (about 2.4 ns per element on one thread at every
-``ATEN_CPU_CAPABILITY``, ten times its ``sigmoid``): 4-6 % of a VAE, DKF or SRNN training step at batch 128.
+ATen's CPU ``tanh`` runs libm's scalar ``tanhf`` on float32 (2.2-2.7 ns per element on one thread at every
+``ATEN_CPU_CAPABILITY``, about ten times its ``sigmoid``): 3-6 % of a VAE, DKF or SRNN training step at batch 128.
 ``torch.ops.lightdvae.tanh`` (csrc/activations/tanh_cpu.cpp) is one branch-free pass the compiler vectorises,
-compiled per instruction set like the loss kernels: Cephes' odd polynomial below ``|x| = 0.625``, ``1 - 2 / (exp(2|x|)
-+ 1)`` above, within a few ulp of the exact value (``tests/test_ops_activations.py`` measures it against float64).
-The backward is ATen's ``tanh_backward`` on the output, as for ``torch.tanh``.  float64, CUDA and the reference
-backend take ``torch.tanh``.
-"""
+compiled for AVX2 and AVX-512 like the loss kernels (below AVX2 it is ATen's tanh): Cephes' odd polynomial below
+``|x| = 0.625``, ``1 - 2 / (exp(2|x|) + 1)`` above, at most 1.32 ulp from the exact value measured
+(``tests/test_ops_activations.py`` bounds it by 2 against float64 on every instruction set).  The backward is
+ATen's ``tanh_backward`` on the output, as for ``torch.tanh``.  float64, CUDA, the reference backend and
+``LIGHTDVAE_REFERENCE_OPS=tanh`` take ``torch.tanh``."""
 
 from __future__ import annotations
 
