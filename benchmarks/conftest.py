@@ -22,6 +22,24 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seeded_input(shape, backward):
+    """x (requiring a gradient when the backward is timed) and the output gradient, seeded."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=backward)
+    return x, torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
+def timed_forward_backward(benchmark, fn, x, grad, backward):
+    """Times ``fn(x)``, then its backward from ``grad`` when asked; returns the output."""
+
+    def run():
+        y = fn(x)
+        if backward:
+            y.backward(grad)
+        return y
+
+    return benchmark(run)
+
+
 @pytest.fixture
 def describe(benchmark):
     """Call describe(device, **extra) to put the environment into benchmark.extra_info."""

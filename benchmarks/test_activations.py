@@ -10,6 +10,7 @@ step is in the floor table (``scripts/floor_table.py``) and benchmarks/test_trai
 
 import pytest
 import torch
+from conftest import seeded_input, timed_forward_backward
 
 from lightdvae import _ext
 from lightdvae.ops import tanh
@@ -26,19 +27,10 @@ def test_tanh(benchmark, describe, shape, impl, what):
         pytest.skip("the native extension is not built")
     if impl == "copy" and what != "forward":
         pytest.skip("the floor is a forward's traffic")
-    backward = what != "forward"
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=backward)
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    x, grad = seeded_input(shape, what != "forward")
     fn = {"aten": torch.tanh, "native": tanh, "copy": torch.clone}[impl]
     benchmark.group = f"tanh-{'x'.join(map(str, shape))}-{what}"
     describe("cpu", shape=list(shape), isa=torch.ops.lightdvae.loss_cpu_isa() if _ext.HAS_NATIVE else None)
-
-    def run():
-        y = fn(x)
-        if backward:
-            y.backward(grad)
-        return y
-
-    y = benchmark(run)
+    y = timed_forward_backward(benchmark, fn, x, grad, what != "forward")
     if impl != "copy":
         torch.testing.assert_close(y, torch.tanh(x), rtol=3e-7, atol=1e-7)

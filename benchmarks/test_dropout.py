@@ -11,6 +11,7 @@ against in the same group (relative column).  What it buys in a training step is
 
 import pytest
 import torch
+from conftest import seeded_input, timed_forward_backward
 
 from lightdvae import _ext
 from lightdvae.ops import dropout, dropout_ref
@@ -21,24 +22,6 @@ SHAPES = [(128, 50, 512), (128, 50, 128)]
 P = 0.1
 
 
-def _inputs(shape, backward):
-    """x (requiring a gradient when the backward is timed) and the output gradient, seeded."""
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=backward)
-    return x, torch.randn(shape, generator=torch.Generator().manual_seed(1))
-
-
-def _timed(benchmark, fn, x, grad, backward):
-    """Times ``fn(x)``, then its backward from ``grad`` when asked; returns the output."""
-
-    def run():
-        y = fn(x)
-        if backward:
-            y.backward(grad)
-        return y
-
-    return benchmark(run)
-
-
 @pytest.mark.parametrize("what", ["forward", "forward+backward"])
 @pytest.mark.parametrize("impl", ["aten", "hashed", "copy"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -47,11 +30,11 @@ def test_dropout(benchmark, describe, shape, impl, what):
         pytest.skip("the native extension is not built")
     if impl == "copy" and what != "forward":
         pytest.skip("the floor is a forward's traffic")
-    x, grad = _inputs(shape, what != "forward")
+    x, grad = seeded_input(shape, what != "forward")
     fn = {"aten": lambda t: dropout_ref(t, P), "hashed": lambda t: dropout(t, P), "copy": torch.clone}[impl]
     benchmark.group = f"dropout-{'x'.join(map(str, shape))}-{what}"
     describe("cpu", shape=list(shape), p=P)
-    y = _timed(benchmark, fn, x, grad, what != "forward")
+    y = timed_forward_backward(benchmark, fn, x, grad, what != "forward")
     if impl != "copy":
         assert 0.85 < (y != 0).float().mean().item() < 0.95
 
@@ -64,11 +47,11 @@ def test_relu_dropout(benchmark, describe, impl, what):
     if not _ext.has_kernel("relu_dropout", "cpu"):
         pytest.skip("the native extension is not built")
     shape = SHAPES[0]
-    x, grad = _inputs(shape, what != "forward")
+    x, grad = seeded_input(shape, what != "forward")
     fn = {"relu+hashed": lambda t: dropout(torch.relu(t), P), "fused": lambda t: relu_dropout(t, P)}[impl]
     benchmark.group = f"relu-dropout-{'x'.join(map(str, shape))}-{what}"
     describe("cpu", shape=list(shape), p=P)
-    y = _timed(benchmark, fn, x, grad, what != "forward")
+    y = timed_forward_backward(benchmark, fn, x, grad, what != "forward")
     assert 0.4 < (y != 0).float().mean().item() < 0.5  # half the inputs are negative, a tenth of the rest dropped
 
 
@@ -84,7 +67,7 @@ def test_feed_forward_block(benchmark, describe, impl):
     torch.manual_seed(0)
     block = FeedForward(128, 512, "relu", P).train()
     forward = block.forward if impl == "fused" else block.net.forward
-    x, grad = _inputs((128, 50, 128), True)
+    x, grad = seeded_input((128, 50, 128), True)
     benchmark.group = "feed-forward-128x50x128-forward+backward"
     describe("cpu", shape=[128, 50, 128], ff_dim=512, p=P)
-    _timed(benchmark, forward, x, grad, True)
+    timed_forward_backward(benchmark, forward, x, grad, True)
