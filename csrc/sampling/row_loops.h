@@ -357,6 +357,28 @@ LDV_ROW inline T sigmoid(T x) {
   return T(1) / (T(1) + exp_(-x));
 }
 
+// One LSTM layer at one step (ATen's LSTMCell: W_ih x + (b_ih + b_hh), + W_hh h_prev, the gates, c, h): the
+// activated gates [i, f, g, o] into `gates`, then c, tanh(c) (into tanh_c unless null) and h.  c may be c_prev and h
+// may be h_prev (in place): every gate is computed before either is written.
+template <typename T, typename Team>
+LDV_ROW void lstm_step(const Team& team, const Lin<T>& ih, const T* w_hh, int H, const T* x, const T* h_prev,
+                       const T* c_prev, T* gates, T* c, T* tanh_c, T* h) {
+  for (int j = team.rank(); j < 4 * H; j += team.size()) {
+    T acc = ih.b[j];
+    for (int k = 0; k < ih.in; ++k) acc += x[k] * ih.w[static_cast<int64_t>(k) * 4 * H + j];
+    for (int k = 0; k < H; ++k) acc += h_prev[k] * w_hh[static_cast<int64_t>(k) * 4 * H + j];
+    gates[j] = j >= 2 * H && j < 3 * H ? tanh_(acc) : sigmoid(acc);
+  }
+  team.sync();
+  for (int j = team.rank(); j < H; j += team.size()) {
+    c[j] = gates[H + j] * c_prev[j] + gates[j] * gates[2 * H + j];
+    const T tc = tanh_(c[j]);
+    if (tanh_c) tanh_c[j] = tc;
+    h[j] = gates[3 * H + j] * tc;
+  }
+  team.sync();
+}
+
 template <typename T>
 struct RvaeForward : LoopForward<T> {  // zeros: max(z_dim, hidden) of them
   int hidden = 0, layers = 0, out = 0;
@@ -372,8 +394,7 @@ struct RvaeForward : LoopForward<T> {  // zeros: max(z_dim, hidden) of them
   T* h[kMaxLstmLayers] = {};
 };
 
-// The forward loop of row b (rvae_bptt.cpp's rvae_forward_small for one row; the LSTM step is ATen's LSTMCell:
-// W_ih x + b, then + W_hh h, the gates, c, tanh(c), h).
+// The forward loop of row b (rvae_bptt.cpp's rvae_forward_small for one row; the LSTM step is lstm_step).
 template <typename T, typename Team>
 LDV_ROW void row_loop(const Team& team, const RvaeForward<T>& a, int64_t b) {
   const int64_t B = a.batch;
@@ -383,26 +404,10 @@ LDV_ROW void row_loop(const Team& team, const RvaeForward<T>& a, int64_t b) {
     const T* x = stack_forward(team, a.z_embed, a.z_embed_out, t, b, B,
                                t > 0 ? a.z + at(t - 1, b, B, a.z_dim) : a.zeros, a.activation);
     for (int l = 0; l < a.layers; ++l) {
-      T* gates = a.gates[l] + at(t, b, B, 4 * H);
-      const T* h_prev = t > 0 ? a.h[l] + at(t - 1, b, B, H) : a.zeros;
-      const T* c_prev = t > 0 ? a.c[l] + at(t - 1, b, B, H) : a.zeros;
-      const Lin<T>& ih = a.ih[l];
-      for (int j = team.rank(); j < 4 * H; j += team.size()) {
-        T acc = ih.b[j];
-        for (int k = 0; k < ih.in; ++k) acc += x[k] * ih.w[static_cast<int64_t>(k) * 4 * H + j];
-        for (int k = 0; k < H; ++k) acc += h_prev[k] * a.w_hh[l][static_cast<int64_t>(k) * 4 * H + j];
-        gates[j] = j >= 2 * H && j < 3 * H ? tanh_(acc) : sigmoid(acc);
-      }
-      team.sync();
-      T* c = a.c[l] + at(t, b, B, H);
-      T* tanh_c = a.tanh_c[l] + at(t, b, B, H);
       T* h = a.h[l] + at(t, b, B, H);
-      for (int j = team.rank(); j < H; j += team.size()) {
-        c[j] = gates[H + j] * c_prev[j] + gates[j] * gates[2 * H + j];
-        tanh_c[j] = tanh_(c[j]);
-        h[j] = gates[3 * H + j] * tanh_c[j];
-      }
-      team.sync();
+      lstm_step(team, a.ih[l], a.w_hh[l], H, x, t > 0 ? a.h[l] + at(t - 1, b, B, H) : a.zeros,
+                t > 0 ? a.c[l] + at(t - 1, b, B, H) : a.zeros, a.gates[l] + at(t, b, B, 4 * H),
+                a.c[l] + at(t, b, B, H), a.tanh_c[l] + at(t, b, B, H), h);
       x = h;
     }
     T* stats = a.stats + at(t, b, B, 2 * a.z_dim);
@@ -556,22 +561,10 @@ LDV_ROW void row_loop(const Team& team, const OwnPast<T>& a, int64_t b) {
       for (int j = team.rank(); j < a.x_dim; j += team.size()) f[j] = s[j];
     }
     const T* x = stack_rows(team, a.h_embed, s, buf0, buf1, a.activation);
-    for (int l = 0; l < a.layers; ++l) {  // ATen's LSTMCell: W_ih x + (b_ih + b_hh), + W_hh h, the gates, c, h
+    for (int l = 0; l < a.layers; ++l) {  // h and c in place
       T* h = hs + l * H;
       T* c = hs + (a.layers + l) * H;
-      const Lin<T>& ih = a.ih[l];
-      for (int j = team.rank(); j < 4 * H; j += team.size()) {
-        T acc = ih.b[j];
-        for (int k = 0; k < ih.in; ++k) acc += x[k] * ih.w[static_cast<int64_t>(k) * 4 * H + j];
-        for (int k = 0; k < H; ++k) acc += h[k] * a.w_hh[l][static_cast<int64_t>(k) * 4 * H + j];
-        gates[j] = j >= 2 * H && j < 3 * H ? tanh_(acc) : sigmoid(acc);
-      }
-      team.sync();
-      for (int j = team.rank(); j < H; j += team.size()) {
-        c[j] = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];
-        h[j] = gates[3 * H + j] * tanh_(c[j]);
-      }
-      team.sync();
+      lstm_step(team, a.ih[l], a.w_hh[l], H, x, h, c, gates, c, static_cast<T*>(nullptr), h);
       x = h;
     }
     const T* h_own = x;
