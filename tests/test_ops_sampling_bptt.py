@@ -10,7 +10,7 @@ model's training step against the Python loops.
 import pytest
 import torch
 from helpers import report_close, requires_native
-from test_ops_sampling import _leaves, _op_args, _tensors, make_case
+from test_ops_sampling import _cast, _leaves, _op_args, _tensors, make_case
 
 from lightdvae import _ext
 from lightdvae.errors import BackendError
@@ -327,6 +327,45 @@ def _addmm_calls(fn) -> tuple[object, int]:
     return out, sum(e.count for e in prof.key_averages() if e.key == "aten::addmm")
 
 
+def own_past_run(args, opts, grad, exact, weights):
+    """srnn_own_past's outputs, the gradients of a fixed random loss of them (``weights``; with ``grad``) and its
+    addmm calls, inside ``exact_loops(exact)``."""
+    leaves = _leaves(args) if grad else args
+    with torch.set_grad_enabled(grad), sampling.exact_loops(exact):
+        outs, calls = _addmm_calls(lambda: sampling.srnn_own_past(*leaves, **opts))
+    grads = []
+    if grad:
+        loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights, strict=True))
+        grads = [g for g in torch.autograd.grad(loss, _tensors(leaves), allow_unused=True) if g is not None]
+    return [o.detach() for o in outs], grads, calls
+
+
+def check_inexact_own_past(args, opts, grad, device="cpu", rows=1):
+    """The inexact own-past loop (``exact_loops(False)``; on ``device``) against the exact one on the CPU, outputs
+    and gradients: float64 within a few ulps of the reference, float32 no further from float64 than 4x the exact
+    loop's own float32 error (``rows``: see _compare).  Returns the float32 runs' addmm calls, exact and inexact
+    (float32: the sequence pass's LSTM is oneDNN's kernel, where ATen's float64 LSTM makes a product per step), and
+    how many inputs got a gradient."""
+    batch, frames = args[0].shape[:2]
+    hidden = args[4][1].shape[1]
+    g = torch.Generator().manual_seed(5)
+    widths = (args[-1][0].shape[0], hidden, hidden)
+    weights = [torch.randn(batch, frames, w, generator=g, dtype=torch.float64) for w in widths]
+    truth, truth_grads, _ = own_past_run(args, opts, grad, True, weights)
+    fast64, grads64, _ = own_past_run([_cast(a, torch.float64, device) for a in args], opts, grad, False, weights)
+    for i, (a, b) in enumerate(zip(fast64 + grads64, truth + truth_grads, strict=True)):
+        _compare(f"float64 output/gradient {i}", a.cpu(), b, b, torch.float64)
+    args32 = [_cast(a, torch.float32, "cpu") for a in args]
+    exact, exact_grads, exact_calls = own_past_run(args32, opts, grad, True, weights)
+    fast, fast_grads, fast_calls = own_past_run(
+        [_cast(a, torch.float32, device) for a in args], opts, grad, False, weights
+    )
+    assert len(fast_grads) == len(truth_grads)
+    for i, (a, b, c) in enumerate(zip(fast + fast_grads, exact + exact_grads, truth + truth_grads, strict=True)):
+        _compare(f"output/gradient {i}", a.cpu(), b, c, torch.float32, rows=rows)
+    return exact_calls, fast_calls, len(fast_grads)
+
+
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])  # raw-pointer steps up to batch 4, the ATen loop above
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("grad", [False, True])
@@ -337,39 +376,8 @@ def test_inexact_own_past_runs_small_batches_on_raw_pointers(native, batch, laye
     float32 no further from float64 than 4x the exact loop's own float32 error."""
     frames = 151
     args, opts = make_case("srnn_own_past", batch, frames, torch.float64, layers=layers)
-    g = torch.Generator().manual_seed(5)
-    hidden = args[4][1].shape[1]
-    weights = [
-        torch.randn(batch, frames, w, generator=g, dtype=torch.float64) for w in (args[-1][0].shape[0],) + 2 * (hidden,)
-    ]
-
-    def run(args, exact):
-        leaves = _leaves(args) if grad else args
-        with torch.set_grad_enabled(grad), sampling.exact_loops(exact):
-            outs, calls = _addmm_calls(lambda: sampling.srnn_own_past(*leaves, **opts))
-        grads = []
-        if grad:
-            loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights, strict=True))
-            grads = torch.autograd.grad(loss, _tensors(leaves), allow_unused=True)
-        return [o.detach() for o in outs], [x for x in grads if x is not None], calls
-
-    truth, truth_grads, _ = run(args, True)
-    fast64, grads64, _ = run(args, False)
-    for i, (a, b) in enumerate(zip(fast64 + grads64, truth + truth_grads, strict=True)):
-        _compare(f"float64 output/gradient {i}", a, b, b, torch.float64)
-    args32 = [
-        a.float()
-        if isinstance(a, torch.Tensor)
-        else [t.float() for t in a]
-        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
-        else a
-        for a in args
-    ]
-    exact, exact_grads, exact_calls = run(args32, True)
-    fast, fast_grads, fast_calls = run(args32, False)
-    assert len(fast_grads) == len(truth_grads) == (len(_tensors(args)) if grad else 0)
-    for i, (a, b, c) in enumerate(zip(fast + fast_grads, exact + exact_grads, truth + truth_grads, strict=True)):
-        _compare(f"output/gradient {i}", a, b, c, torch.float32)
+    exact_calls, fast_calls, grads = check_inexact_own_past(args, opts, grad)
+    assert grads == (len(_tensors(args)) if grad else 0)
     assert exact_calls >= 3 * frames  # the ATen loop: h_embed, the cell's two products, the decoder, the head
     raw = batch <= 4
     assert (fast_calls < frames) == raw, (fast_calls, exact_calls)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import report_close, requires_native
 from test_ops_sampling import _cast, make_case
-from test_ops_sampling_bptt import _addmm_calls, _compare, _run_with_grads
+from test_ops_sampling_bptt import _addmm_calls, _compare, _run_with_grads, check_inexact_own_past, own_past_run
 
 from lightdvae import _ext
 
@@ -239,52 +239,12 @@ def test_cuda_training_step_uses_the_row_loops(monkeypatch, name):
 # ------------------------------------------------------------------------------------------ SRNN's own past
 
 
-def _own_past(args, opts, grad, exact, weights):
-    """srnn_own_past's outputs, the gradients of a fixed random loss of them (grad), and its addmm calls."""
-    from test_ops_sampling import _leaves, _tensors
-    from test_ops_sampling_bptt import _addmm_calls
-
-    from lightdvae.ops import sampling
-
-    leaves = _leaves(args) if grad else args
-    with torch.set_grad_enabled(grad), sampling.exact_loops(exact):
-        outs, calls = _addmm_calls(lambda: sampling.srnn_own_past(*leaves, **opts))
-    grads = []
-    if grad:
-        loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights, strict=True))
-        grads = [g for g in torch.autograd.grad(loss, _tensors(leaves), allow_unused=True) if g is not None]
-    return [o.detach() for o in outs], grads, calls
-
-
-def _check_own_past(args, opts, grad, device="cpu"):
-    """The row loop (inexact: without gradients the whole loop; with them the search for the fed-back predictions
-    before the sequence pass) against the exact loop: float64 to a few ulps, float32 within 4x the exact loop's own
-    float32 error of the float64 truth.  Returns the float32 row run's addmm calls (its sequence pass's LSTM is
-    oneDNN's kernel; ATen's float64 LSTM makes a product per step)."""
-    batch, frames = args[0].shape[:2]
-    hidden = args[4][1].shape[1]
-    g = torch.Generator().manual_seed(5)
-    widths = (args[-1][0].shape[0], hidden, hidden)
-    weights = [torch.randn(batch, frames, w, generator=g, dtype=torch.float64) for w in widths]
-    truth, truth_grads, _ = _own_past(args, opts, grad, True, weights)
-    rows64, rows64_grads, _ = _own_past(_cast_all(args, torch.float64, device), opts, grad, False, weights)
-    for i, (a, b) in enumerate(zip(rows64 + rows64_grads, truth + truth_grads, strict=True)):
-        _compare(f"float64 output/gradient {i}", a.cpu(), b, b, torch.float64)
-    exact32, exact32_grads, _ = _own_past(_cast_all(args, torch.float32), opts, grad, True, weights)
-    rows32, rows32_grads, calls = _own_past(_cast_all(args, torch.float32, device), opts, grad, False, weights)
-    for i, (a, b, c) in enumerate(
-        zip(rows32 + rows32_grads, exact32 + exact32_grads, truth + truth_grads, strict=True)
-    ):
-        _compare(f"output/gradient {i}", a.cpu(), b, c, torch.float32, rows=frames * batch)
-    return calls
-
-
 @pytest.mark.parametrize("batch", [1, 5, 17])
 @pytest.mark.parametrize("frames", [1, 2, 151])
 @pytest.mark.parametrize("grad", [False, True])
 def test_own_past_row_loop_equals_the_exact_loop(rows_on_cpu, batch, frames, grad):
     args, opts = make_case("srnn_own_past", batch, frames, torch.float64)
-    calls = _check_own_past(args, opts, grad)
+    _, calls, _ = check_inexact_own_past(args, opts, grad, rows=frames * batch)
     # no per-step product left to ATen: without gradients none at all; with them the sequence pass's few, however
     # many frames (the ATen loop makes at least three a step)
     assert calls <= (8 if grad else 0), calls
@@ -297,21 +257,21 @@ def test_own_past_row_layouts(rows_on_cpu, layers, activation):
     from test_ops_sampling import _lstm
 
     args, opts = make_case("srnn_own_past", 6, 40, torch.float64, layers=layers, activation=activation)
-    _check_own_past(args, opts, grad=True)
-    _check_own_past([args[0], None, [True] * 40, *args[3:]], opts, grad=False)
+    check_inexact_own_past(args, opts, grad=True, rows=6 * 40)
+    check_inexact_own_past([args[0], None, [True] * 40, *args[3:]], opts, grad=False, rows=6 * 40)
     x_dim, hidden = args[-1][0].shape[0], args[4][1].shape[1]
     no_embed = [*args[:3], [], _lstm(torch.Generator().manual_seed(4), x_dim, hidden, layers), *args[5:]]
-    _check_own_past(no_embed, opts, grad=True)
+    check_inexact_own_past(no_embed, opts, grad=True, rows=6 * 40)
 
 
 def test_own_past_rows_take_their_place_only_without_bit_parity(rows_on_cpu):
     """With exact loops and no gradients the ATen loop runs (bit for bit the Python loop's); more LSTM layers than
     the row code takes run it too."""
     args, opts = make_case("srnn_own_past", 6, 30, torch.float64)
-    _, _, calls = _own_past(args, opts, grad=False, exact=True, weights=None)
+    _, _, calls = own_past_run(args, opts, grad=False, exact=True, weights=None)
     assert calls >= 3 * 30
     deep, opts = make_case("srnn_own_past", 6, 30, torch.float64, layers=5)
-    _, _, calls = _own_past(deep, opts, grad=False, exact=False, weights=None)
+    _, _, calls = own_past_run(deep, opts, grad=False, exact=False, weights=None)
     assert calls >= 3 * 30
 
 
@@ -321,4 +281,4 @@ def test_own_past_rows_take_their_place_only_without_bit_parity(rows_on_cpu):
 def test_cuda_own_past_row_loop_equals_the_exact_loop(monkeypatch, batch, grad):
     monkeypatch.setenv("LIGHTDVAE_BACKEND", "native")
     args, opts = make_case("srnn_own_past", batch, 151, torch.float64, layers=2)
-    _check_own_past(args, opts, grad, device="cuda")
+    check_inexact_own_past(args, opts, grad, device="cuda", rows=151 * batch)
