@@ -163,11 +163,17 @@ def kernel_key(name: str, shapes: list, scalars: list) -> tuple:
     raise ValueError(f"{name} is not an RNN or attention kernel")
 
 
+def _of_kind(kind: str, forward: Counter, backward: Counter) -> list:
+    """The kernel keys (kernel_key) of one kind that ran forward or backward, in a fixed order."""
+    return sorted(k for k in forward.keys() | backward.keys() if k[0] == kind)
+
+
 def replay_rnn(forward: Counter, backward: Counter, repeats: int) -> float:
-    """The recorded LSTM layer kernels alone, in ms: per shape, as many forward + backward passes of a one-layer
-    ``nn.LSTM`` as backward kernels ran, and the remaining forward kernels without gradients."""
+    """The recorded LSTM layer kernels (the "rnn" keys of the two counters) alone, in ms: per shape, as many
+    forward + backward passes of a one-layer ``nn.LSTM`` as backward kernels ran, and the remaining forward kernels
+    without gradients."""
     total = 0.0
-    for key in forward.keys() | backward.keys():
+    for key in _of_kind("rnn", forward, backward):
         _, frames, batch, width, hidden = key
         lstm = nn.LSTM(width, hidden)
         x = torch.randn(frames, batch, width, requires_grad=True)
@@ -187,11 +193,12 @@ def replay_rnn(forward: Counter, backward: Counter, repeats: int) -> float:
 
 
 def replay_attention(forward: Counter, backward: Counter, repeats: int) -> float:
-    """The recorded flash-attention kernels alone, in ms: each forward, and each backward on a forward's outputs."""
+    """The recorded flash-attention kernels (the "attention" keys of the two counters) alone, in ms: each forward,
+    and each backward on a forward's outputs."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     total = 0.0
-    for key in forward.keys() | backward.keys():
+    for key in _of_kind("attention", forward, backward):
         _, q_shape, k_shape, v_shape, causal = key
         q, k, v = torch.randn(*q_shape), torch.randn(*k_shape), torch.randn(*v_shape)
         out, logsumexp = flash(q, k, v, 0.0, causal)
@@ -235,11 +242,11 @@ def measure(case: str, batch: int, frames: int, repeats: int) -> Row:
         elif cls in ("rnn", "attention"):
             key = kernel_key(ev.name, ev.input_shapes, getattr(ev, "concrete_inputs", None) or [])
             (backward_kernels if ev.name in (RNN_BACKWARD, ATTENTION_BACKWARD) else forward_kernels)[key] += 1
-    rnn, attention = (
-        [Counter({k: n for k, n in c.items() if k[0] == kind}) for c in (forward_kernels, backward_kernels)]
-        for kind in ("rnn", "attention")
+    floor = (
+        replay_gemm(gemm_calls, repeats)
+        + replay_rnn(forward_kernels, backward_kernels, repeats)
+        + replay_attention(forward_kernels, backward_kernels, repeats)
     )
-    floor = replay_gemm(gemm_calls, repeats) + replay_rnn(*rnn, repeats) + replay_attention(*attention, repeats)
     kernels = ("gemm", "rnn", "attention", "elementwise")
     # the profiler's cost per operator inflates the profiled step: each class keeps its share of it
     scale = step_ms / max(profiled_ms, sum(spent[c] for c in kernels))
