@@ -72,6 +72,24 @@ def test_split_planning_keeps_variants_together():
     assert {s.split for s in plan_mod.plan_speakers(few, random.Random(0))} == {"train", "val", "test"}
 
 
+def test_extra_train_speakers_never_share_a_held_out_timbre():
+    import random
+
+    probes = [B.VoiceProbe(v, v, np.zeros(513), 1.0) for v in B.candidate_voices()[:40]]
+    speakers = plan_mod.plan_speakers(probes, random.Random(0))
+    before = [dict(vars(s)) for s in speakers]
+    spare = B.candidate_voices()[40:]
+    extra = plan_mod.extra_train_speakers(speakers, spare, 25, seed=0)
+    held_out = {plan_mod._variant(s.voice) for s in speakers if s.split != "train"}
+    assert len(extra) == 25 and all(s.split == "train" for s in extra)
+    assert not {plan_mod._variant(s.voice) for s in extra} & held_out
+    assert [s.voice for s in extra] == [v for v in spare if plan_mod._variant(v) not in held_out][:25]  # in order
+    assert [dict(vars(s)) for s in speakers] == before  # the plan itself untouched
+    again = plan_mod.extra_train_speakers(speakers, spare, 25, seed=0)
+    assert [(s.pitch, s.speed) for s in again] == [(s.pitch, s.speed) for s in extra]
+    assert plan_mod.extra_train_speakers(speakers, spare, 0, seed=0) == []
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # With espeak-ng
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,6 +227,36 @@ def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
     assert rows == ref_rows  # deterministic, and the resumed build equals an uninterrupted one
     for r in rows:
         assert sf.read(out / r["file"])[0].tolist() == sf.read(ref.root / r["file"])[0].tolist()
+
+
+@needs_espeak
+def test_more_training_speech_keeps_the_validation_and_test_splits(tmp_path, capsys):
+    voices = ["en+f2", "en-us+m1", "en-gb-scotland+m3", "en-029+f4", "en-us+m3", "en+m7", "en-029+f1", "en+klatt2"]
+    opts = {"minutes": 0.4, "voices": voices, "speakers": 4, "seed": 2, "progress": False}
+    base = B.build_corpus(tmp_path / "base", **opts)
+    more = B.build_corpus(tmp_path / "more", train_minutes=1.0, **opts)
+    base_rows, more_rows = (
+        [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(c.root)] for c in (base, more)
+    )
+    for split in ("val", "test"):
+        held = [r for r in base_rows if r["split"] == split]
+        assert held and held == [r for r in more_rows if r["split"] == split]
+        for r in held:
+            assert (base.root / r["file"]).read_bytes() == (more.root / r["file"]).read_bytes()
+    train = [r for r in more_rows if r["split"] == "train"]
+    assert sum(r["seconds"] for r in train) >= 60.0
+    base_info, info = (json.loads((c.root / "corpus.json").read_text()) for c in (base, more))
+    assert "train_minutes" not in base_info["settings"] and info["settings"]["train_minutes"] == 1.0
+    held_out = {plan_mod._variant(v["voice"]) for v in info["speakers"].values() if v["split"] != "train"}
+    added = set(info["speakers"]) - set(base_info["speakers"])
+    assert added and {info["speakers"][s]["split"] for s in added} == {"train"}
+    assert not {plan_mod._variant(info["speakers"][s]["voice"]) for s in added} & held_out
+    assert {r["speaker"] for r in train} >= {s for s, v in base_info["speakers"].items() if v["split"] == "train"}
+    # the same options reuse it; less training speech than --minutes already gives is one clear line
+    assert B.build_corpus(tmp_path / "more", train_minutes=1.0, **opts).root == more.root
+    assert cli_main(["corpus", "build", str(tmp_path / "x"), "--minutes", "10", "--train-minutes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--train-minutes" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @needs_espeak

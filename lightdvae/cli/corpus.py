@@ -1,6 +1,7 @@
 """``lightdvae corpus``: build the built-in espeak-ng corpus, inspect corpora, precompute the spectrogram cache.
 
-    lightdvae corpus build OUT [--minutes 30] [--voices V ...] [--speakers N] [--seed 0] [--workers N] [--force]
+    lightdvae corpus build OUT [--minutes 30] [--train-minutes M] [--voices V ...] [--speakers N] [--seed 0]
+                               [--workers N] [--force]
     lightdvae corpus voices [--all] [--json]
     lightdvae corpus info SPEC [--json]
     lightdvae corpus cache SPEC [--cache-dir DIR] [--workers N]
@@ -41,6 +42,7 @@ def _build(args) -> int:
         voices=voices,
         speakers=args.speakers,
         seed=args.seed,
+        train_minutes=args.train_minutes,
         workers=args.workers,
         force=args.force,
         progress=False if args.quiet else None,
@@ -147,6 +149,14 @@ def register(sub) -> None:
     b = csub.add_parser("build", help="synthesise the built-in corpus with espeak-ng into OUT")
     b.add_argument("out", metavar="OUT", help="output folder (new, empty, or a corpus built before)")
     b.add_argument("--minutes", type=float, default=30.0, help="minutes of speech in all splits (default 30)")
+    b.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="minutes of training speech, more than the training share of --minutes: the validation and test "
+        "splits stay those of --minutes (same test set), the training split gains speakers and files",
+    )
     b.add_argument(
         "--voices",
         nargs="+",

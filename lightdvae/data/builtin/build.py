@@ -20,10 +20,12 @@ from lightdvae._io import atomic_write_text
 from lightdvae.audio import SAMPLE_RATE
 from lightdvae.data.builtin.espeak import espeak_path, espeak_version, synthesize, transcribe
 from lightdvae.data.builtin.plan import (
+    SPLIT_FRACTIONS,
     Speaker,
     Utterance,
     auto_speakers,
     estimate_seconds,
+    extra_train_speakers,
     load_sentences,
     partition_sentences,
     plan_speakers,
@@ -56,13 +58,22 @@ class BuildSettings:
     speakers: int | None
     seed: int
     sentences: str  #: digest of the sentence list
+    train_minutes: float | None = None  #: training speech when not the split's share of ``minutes``
 
     @classmethod
-    def checked(cls, minutes, voices, speakers, seed, sentences: list[str]) -> BuildSettings:
+    def checked(cls, minutes, voices, speakers, seed, sentences: list[str], train_minutes=None) -> BuildSettings:
         """The settings of these options; raises :class:`DataError` for impossible ones."""
         minutes = float(minutes)
         if not minutes > 0:
             raise DataError(f"--minutes must be positive, got {minutes}")
+        if train_minutes is not None:
+            train_minutes = float(train_minutes)
+            share = minutes * SPLIT_FRACTIONS["train"]
+            if not train_minutes >= share:
+                raise DataError(
+                    f"--train-minutes {train_minutes:g} is less than the training share of --minutes {minutes:g} "
+                    f"({share:g}); give at least that, or a smaller --minutes"
+                )
         if speakers is not None and int(speakers) < 3:
             raise DataError(f"need at least 3 speakers (one per split), got {speakers}")
         if voices is not None:
@@ -77,18 +88,23 @@ class BuildSettings:
             speakers=int(speakers) if speakers is not None else None,
             seed=seed,
             sentences=sentences_digest(sentences),
+            train_minutes=train_minutes,
         )
 
     def to_dict(self) -> dict:
-        """The ``settings`` object of the files (this key order)."""
-        return {
+        """The ``settings`` object of the files (this key order; ``train_minutes`` only when given, so that the
+        corpora built before it existed keep their settings)."""
+        out = {
             "minutes": self.minutes,
             "voices": list(self.voices) if self.voices is not None else None,
             "speakers": self.speakers,
             "seed": int(self.seed),
             "sentences": self.sentences,
-            "format_version": FORMAT_VERSION,
         }
+        if self.train_minutes is not None:
+            out["train_minutes"] = self.train_minutes
+        out["format_version"] = FORMAT_VERSION
+        return out
 
 
 def build_corpus(
@@ -98,6 +114,7 @@ def build_corpus(
     voices: Sequence[str] | None = None,
     speakers: int | None = None,
     seed: int = 0,
+    train_minutes: float | None = None,
     workers: int | None = None,
     force: bool = False,
     resume: bool = False,
@@ -114,6 +131,11 @@ def build_corpus(
         speakers: number of speakers; default ``minutes * 60 / 3.2 s / 10`` clamped to [6, 120] (about ten
             utterances each), or all of ``voices`` when they are given.  At least 3 (one per split).
         seed: seeds the voice order, speaker pitch/speed, splits and sentence order.
+        train_minutes: training speech, in minutes, when more than the training share of ``minutes`` is wanted.
+            The validation and test splits stay exactly those of ``minutes`` (same speakers, sentences and audio),
+            so models trained on more speech are scored on the same test split; the training split keeps its
+            speakers and sentences, and gains speakers from the rest of the voice pool (about ten files each,
+            none with a variant of a validation or test voice, up to 120 in all).
         workers: parallel espeak-ng processes (default ``min(4, cpu_count)``).
         force: delete a previous corpus (built by this function) in ``out`` first.
         resume: finish an interrupted build in ``out`` with the options it was started with.
@@ -128,8 +150,8 @@ def build_corpus(
         raise DataError(f"{out} exists and is not a folder")
     sentences = load_sentences()
     if resume:
-        minutes, voices, speakers, seed = _resumed_options(out)
-    settings = BuildSettings.checked(minutes, voices, speakers, seed, sentences)
+        minutes, voices, speakers, seed, train_minutes = _resumed_options(out)
+    settings = BuildSettings.checked(minutes, voices, speakers, seed, sentences, train_minutes)
     if _claim(out, settings.to_dict(), force):
         logger.info("%s already holds this corpus", out)
         return discover(out, "builtin")
@@ -140,10 +162,15 @@ def build_corpus(
     rng = random.Random(seed)
     workers = workers or min(4, os.cpu_count() or 1)
     avg = float(np.mean([estimate_seconds(s) for s in sentences]))
-    probes, rejected = _choose_voices(settings, rng, avg, workers)
+    probes, spare, rejected = _choose_voices(settings, rng, avg, workers)
     speaker_plan = plan_speakers(probes, rng)
     sentence_plan = partition_sentences(sentences, rng)
-    rows = _synthesise(out, speaker_plan, sentence_plan, settings, avg, workers, progress)
+    targets = split_targets(speaker_plan, settings.minutes)
+    if settings.train_minutes is not None:
+        targets["train"] = settings.train_minutes * 60.0
+        want = auto_speakers(settings.train_minutes, avg) - sum(sp.split == "train" for sp in speaker_plan)
+        speaker_plan += extra_train_speakers(speaker_plan, [p.voice for p in spare], want, settings.seed)
+    rows = _synthesise(out, speaker_plan, sentence_plan, targets, settings.seed, avg, workers, progress)
     _remove_leftovers(out, rows)
     summary = _summary(settings, sentences, rows, speaker_plan, sentence_plan, rejected, t0)
     atomic_write_text(out / BUILTIN_MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -163,12 +190,18 @@ def build_corpus(
 # Whose folder: reuse, resume, refuse or replace
 # --------------------------------------------------------------------------------------------------------------
 def _resumed_options(out: Path) -> tuple:
-    """``(minutes, voices, speakers, seed)`` of the unfinished build in ``out``."""
+    """``(minutes, voices, speakers, seed, train_minutes)`` of the unfinished build in ``out``."""
     state_file = out / BUILD_STATE
     if not state_file.is_file():
         raise DataError(f"nothing to resume in {out} ({BUILD_STATE} missing)")
     settings = json.loads(state_file.read_text())["settings"]
-    return settings["minutes"], settings["voices"], settings["speakers"], settings["seed"]
+    return (
+        settings["minutes"],
+        settings["voices"],
+        settings["speakers"],
+        settings["seed"],
+        settings.get("train_minutes"),
+    )
 
 
 def _recorded_settings(path: Path) -> dict:
@@ -211,6 +244,8 @@ def _describe(settings: dict) -> str:
     if not settings:
         return "unknown options"
     parts = [f"minutes={settings.get('minutes')}", f"seed={settings.get('seed')}"]
+    if settings.get("train_minutes") is not None:
+        parts.append(f"train_minutes={settings['train_minutes']}")
     if settings.get("speakers") is not None:
         parts.append(f"speakers={settings['speakers']}")
     if settings.get("voices"):
@@ -223,8 +258,11 @@ def _describe(settings: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 def _choose_voices(
     settings: BuildSettings, rng: random.Random, avg: float, workers: int
-) -> tuple[list[VoiceProbe], dict[str, str]]:
-    """The distinct voices of the corpus (the given ones, or a seeded choice from the pool) and the rejected ones."""
+) -> tuple[list[VoiceProbe], list[VoiceProbe], dict[str, str]]:
+    """The distinct voices of the corpus (the given ones, or a seeded choice from the pool), the distinct voices
+    after them (only looked for with ``train_minutes``: the extra training speakers come from them) and the
+    rejected ones.  The voices kept are those of a search that stops at the number needed: a kept voice is only
+    compared with the voices kept before it."""
     if settings.voices is not None:
         candidates = list(settings.voices)
         need = settings.speakers
@@ -232,7 +270,10 @@ def _choose_voices(
         candidates = candidate_voices()
         rng.shuffle(candidates)
         need = settings.speakers if settings.speakers is not None else auto_speakers(settings.minutes, avg)
-    probes, rejected = distinct_voices(candidates, need=need, workers=workers)
+    search = None if settings.train_minutes is not None else need
+    probes, rejected = distinct_voices(candidates, need=search, workers=workers)
+    spare = probes[need:] if need is not None else []
+    probes = probes[:need] if need is not None else probes
     for v, why in rejected.items():
         logger.info("voice %s left out: %s", v, why)
     if settings.voices is not None:
@@ -246,7 +287,7 @@ def _choose_voices(
         )
     if need is not None and len(probes) < need:
         logger.warning("only %d distinct voices found, fewer than the %d speakers asked for", len(probes), need)
-    return probes, rejected
+    return probes, spare, rejected
 
 
 def _synthesize_one(root: Path, utt: Utterance) -> dict:
@@ -270,22 +311,21 @@ def _synthesise(
     out: Path,
     speakers: list[Speaker],
     sentence_plan: dict[str, list[str]],
-    settings: BuildSettings,
+    targets: dict[str, float],
+    seed: int,
     avg: float,
     workers: int,
     progress: bool | None,
 ) -> list[dict]:
-    """Synthesise every split, ``workers`` espeak-ng processes at a time; the manifest rows, in order."""
-    targets = split_targets(speakers, settings.minutes)
+    """Synthesise every split up to its ``targets`` seconds, ``workers`` espeak-ng processes at a time; the
+    manifest rows, in order."""
     rows: list[dict] = []
-    bar = progress_bar(
-        total=round(settings.minutes * 60.0), desc="synthesising", unit="s", progress=progress, leave=True
-    )
+    bar = progress_bar(total=round(sum(targets.values())), desc="synthesising", unit="s", progress=progress, leave=True)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lightdvae-espeak") as pool:
             for split in SPLITS:
                 split_speakers = [sp for sp in speakers if sp.split == split]
-                todo = utterances(split, split_speakers, sentence_plan[split], settings.seed)
+                todo = utterances(split, split_speakers, sentence_plan[split], seed)
                 rows += _synthesise_split(pool, out, todo, targets[split], len(split_speakers), avg, workers, bar)
     finally:
         bar.close()

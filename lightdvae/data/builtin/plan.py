@@ -29,6 +29,7 @@ __all__ = [
     "estimate_seconds",
     "auto_speakers",
     "plan_speakers",
+    "extra_train_speakers",
     "partition_sentences",
     "split_targets",
     "utterances",
@@ -133,6 +134,23 @@ def plan_speakers(probes: list[VoiceProbe], rng: random.Random) -> list[Speaker]
             pitch, speed = rng.randint(*PITCH_RANGE), rng.randint(*SPEED_RANGE)
             speakers.append(Speaker(_speaker_name(p.voice), p.voice, split, pitch, speed))
     return speakers
+
+
+def extra_train_speakers(speakers: list[Speaker], voices: list[str], want: int, seed: int) -> list[Speaker]:
+    """Up to ``want`` training speakers to add to the plan ``speakers`` (for a longer training split), from
+    ``voices`` in order, leaving out every voice whose variant (its timbre) a validation or test speaker has;
+    pitch and speed from a random stream of their own, so that the plan's own speakers and splits are those it
+    had without them."""
+    held_out = {_variant(sp.voice) for sp in speakers if sp.split != "train"}
+    rng = random.Random(f"{seed}-extra-train-speakers")
+    extra: list[Speaker] = []
+    for voice in voices:
+        if len(extra) >= want:
+            break
+        if _variant(voice) not in held_out:
+            pitch, speed = rng.randint(*PITCH_RANGE), rng.randint(*SPEED_RANGE)
+            extra.append(Speaker(_speaker_name(voice), voice, "train", pitch, speed))
+    return extra
 
 
 def partition_sentences(sentences: list[str], rng: random.Random) -> dict[str, list[str]]:
