@@ -1,6 +1,7 @@
 """Shared test helpers: markers for the native build and the GPU, tolerances by dtype, a speech-like signal, a tiny
 corpus of such signals and a run folder holding a tiny untrained model."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,18 @@ TINY_LIGHT = dict(d_model=16, n_heads=2, enc_layers=1, dec_layers=2, ff_dim=32, 
 
 CPU_DTYPES = [torch.float32, torch.float64]
 CUDA_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@contextlib.contextmanager
+def no_vmap_fallback():
+    """Inside: ``torch.func.vmap`` raises where an op has no batching rule, instead of running it once per sample
+    (slow) with a warning printed each time; the previous setting restored after."""
+    before = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(before)
 
 
 def report_close(name: str, actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:

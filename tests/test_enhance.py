@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import TINY_LIGHT, make_run, speech_like
+from helpers import TINY_LIGHT, make_run, no_vmap_fallback, speech_like
 
 from lightdvae.audio import istft, stft
 from lightdvae.cli import main
@@ -161,6 +161,44 @@ def test_a_batch_gives_each_utterance_what_it_gets_alone(name):
     # another seed, another result
     other = enhance(model, waves[0], iterations=3, seed=8)
     assert not np.allclose(other.waveform, together[0].waveform)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_float32_batch_runs_every_op_batched(name):
+    # float32 takes the native kernels (the float64 tests above take ATen's): each must have a batching rule where
+    # the engine vmaps the inference copies, or vmap runs it per sample, slowly and printing a warning per call
+    torch.manual_seed(0)
+    model = build(name, **FAMILIES[name]).eval()
+    waves = [_mixture(0.3, i)[1].astype(np.float32) for i in range(3)]
+    with no_vmap_fallback():
+        results = enhance_batch(model, waves, iterations=2, seed=7)
+    assert [r.batch for r in results] == [3] * 3 and all(np.isfinite(r.waveform).all() for r in results)
+
+
+def test_the_m_step_in_chunks_changes_no_number(monkeypatch):
+    # on the CPU the M-step works on a few utterances at a time (they stay in the cache); utterances are independent
+    gen = torch.Generator().manual_seed(5)
+    lengths = [31, 17, 40, 40, 9]
+    shape = (5, 40, 513)
+    power = torch.rand(shape, generator=gen) ** 3
+    speech = torch.rand(shape, generator=gen) + 1e-6
+    mask = torch.arange(40)[None] < torch.tensor(lengths)[:, None]
+    results = []
+    for cache_bytes in (1 << 40, 2 * 40 * 513 * 4, 1):  # the whole batch, two utterances, one
+        monkeypatch.setattr("lightdvae.enhance.noise.CACHE_BYTES", cache_bytes)
+        gens = [torch.Generator().manual_seed(i) for i in range(5)]
+        state = init_noise_model(lengths, 513, 8, gens, dtype=torch.float32, device="cpu")
+        divergences = []
+        for _ in range(4):
+            m_step(state, power, speech, mask)
+            divergences.append(mixture_divergence(state, power, speech, mask))
+        results.append((state.W, state.H, state.g, torch.stack(divergences)))
+    from lightdvae.enhance.noise import _chunks
+
+    assert len(_chunks(power)) == 5  # the last setting: one utterance a chunk
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_batches_follow_the_family():

@@ -3,7 +3,7 @@ special values, symmetry, strides and threads, its backward, opcheck, the fallba
 
 import pytest
 import torch
-from helpers import requires_native
+from helpers import no_vmap_fallback, requires_native
 
 from lightdvae import _ext
 from lightdvae.models import build
@@ -111,6 +111,18 @@ def test_backward_is_atens_formula_on_the_output():
     x64 = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_op, (x64,))
     assert torch.autograd.gradgradcheck(_op, (x64,))
+
+
+def test_vmap_batches_the_op_whole():
+    # the VAE's E-step vmaps its encoder copies over a batch of utterances; without a batching rule vmap would run
+    # the op once per sample and print a warning each time
+    x = torch.randn(4, 6, 9, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    with no_vmap_fallback():
+        for dim in (0, 1, 2):
+            y = torch.func.vmap(_op, in_dims=dim, out_dims=dim)(x)
+            assert torch.equal(y, _op(x))
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(dx, torch.ops.aten.tanh_backward(torch.ones_like(y), _op(x.detach())))
 
 
 def test_opcheck():

