@@ -35,3 +35,19 @@ def test_parts_time_each_part_of_a_transformer_iteration(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(line.startswith("light-dvae: ") for line in lines)  # the VAE has no loop
     assert all(re.search(r": [\d.]+ ms$", line) for line in lines)
+
+
+def test_the_work_counts_atens_lstm_layers():
+    # torch's flop counter does not know ATen's CPU LSTM layers: the script counts their products itself
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lstm = torch.nn.LSTM(24, 8, batch_first=True, bidirectional=True)
+    x = torch.randn(3, 11, 24, requires_grad=True)
+    forward = 2 * 2 * 11 * 3 * (4 * 8) * (24 + 8)  # directions x (2 x frames x batch x 4H x (in + H))
+    with FlopCounterMode(display=False, custom_mapping=enhance_speed.lstm_flop_formulas()) as counter:
+        out, _ = lstm(x)
+    assert counter.get_total_flops() == forward
+    with FlopCounterMode(display=False, custom_mapping=enhance_speed.lstm_flop_formulas()) as counter:
+        lstm(x)[0].sum().backward()
+    assert counter.get_total_flops() == 3 * forward
