@@ -90,6 +90,23 @@ def test_extra_train_speakers_never_share_a_held_out_timbre():
     assert plan_mod.extra_train_speakers(speakers, spare, 0, seed=0) == []
 
 
+def test_which_corpora_have_the_default_held_out_splits(tmp_path):
+    # a shipped prior trained on more training speech is scored on the default test split: its corpus must have it
+    default = B.BuildSettings.checked(B.DEFAULT_MINUTES, None, None, 0, plan_mod.load_sentences()).to_dict()
+    cases = {
+        "default": (default, True),
+        "longer": ({**default, "train_minutes": 150.0}, True),
+        "other-seed": ({**default, "seed": 1}, False),
+        "shorter": ({**default, "minutes": 20.0}, False),
+        "speakers": ({**default, "speakers": 12}, False),
+    }
+    for name, (settings, expected) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "corpus.json").write_text(json.dumps({"settings": settings}))
+        assert B.has_default_held_out_splits(tmp_path / name) is expected, name
+    assert not B.has_default_held_out_splits(tmp_path / "missing")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # With espeak-ng
 # ----------------------------------------------------------------------------------------------------------------

@@ -210,8 +210,8 @@ def shipped_section(evals: Sequence[dict]) -> list[str]:
         "## Shipped priors",
         "",
         "Rows marked _(shipped)_ are the package's converged priors (`lightdvae info`; `pretrained:NAME` in every "
-        "command), trained on the built-in corpus to early stopping with the published protocol; the other rows "
-        "are the runs given to the report.",
+        "command), converged on the built-in corpus (a card's commands rebuild it: a longer training split first "
+        "where it was trained on one; the test split is the same); the other rows are the runs given to the report.",
         "",
         "| prior | epochs (best) | training | command |",
         "|---|---:|---:|---|",
@@ -222,8 +222,10 @@ def shipped_section(evals: Sequence[dict]) -> list[str]:
         except PretrainedError:
             lines.append(f"| `pretrained:{name}` | | | (its card is not installed here) |")
             continue
+        corpus = (card.get("training_corpus") or {}).get("command")
+        command = (f"`{corpus}`, then " if corpus else "") + f"`{card.get('command', '?')}`"
         lines.append(
             f"| {card.get('label', name)} (`pretrained:{name}`) | {card.get('epochs', '?')} "
-            f"({card.get('best_epoch', '?')}) | {card.get('train_minutes', '?')} min | `{card.get('command', '?')}` |"
+            f"({card.get('best_epoch', '?')}) | {card.get('train_minutes', '?')} min | {command} |"
         )
     return lines + [""]

@@ -35,7 +35,14 @@ corpus layout it writes is read by :mod:`lightdvae.data.corpora` (:func:`read_ma
 does not import this package: it is only needed to build a corpus.
 """
 
-from lightdvae.data.builtin.build import DEFAULT_MINUTES, FORMAT, FORMAT_VERSION, BuildSettings, build_corpus
+from lightdvae.data.builtin.build import (
+    DEFAULT_MINUTES,
+    FORMAT,
+    FORMAT_VERSION,
+    BuildSettings,
+    build_corpus,
+    has_default_held_out_splits,
+)
 from lightdvae.data.builtin.espeak import (
     ESPEAK_INSTALL,
     ESPEAK_INSTALL_HINT,
@@ -81,6 +88,7 @@ __all__ = [
     "probe_voice",
     "distinct_voices",
     "build_corpus",
+    "has_default_held_out_splits",
     "read_manifest",
 ]
 #: Also importable from here, as from the single module this package replaced.

@@ -45,7 +45,14 @@ FORMAT = "lightdvae-builtin-corpus"
 FORMAT_VERSION = 1
 DEFAULT_MINUTES = 30.0
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DEFAULT_MINUTES", "BuildSettings", "build_corpus"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DEFAULT_MINUTES",
+    "BuildSettings",
+    "build_corpus",
+    "has_default_held_out_splits",
+]
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,18 @@ class BuildSettings:
             out["train_minutes"] = self.train_minutes
         out["format_version"] = FORMAT_VERSION
         return out
+
+
+def has_default_held_out_splits(root: str | os.PathLike) -> bool:
+    """Whether the built-in corpus in ``root`` has the validation and test splits of the default corpus (``lightdvae
+    corpus build`` with no option but, possibly, ``--train-minutes``): a model trained on it is scored on the same
+    test split as one trained on the default corpus."""
+    recorded = dict(_recorded_settings(Path(root) / BUILTIN_MARKER))
+    if not recorded:
+        return False
+    recorded.pop("train_minutes", None)
+    default = BuildSettings.checked(DEFAULT_MINUTES, None, None, 0, load_sentences()).to_dict()
+    return recorded == default
 
 
 def build_corpus(
