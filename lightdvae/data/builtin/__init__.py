@@ -25,6 +25,12 @@ Manifest rows: ``file`` (relative to OUT), ``split``, ``speaker``, ``voice``, ``
 clauses joined by a space) and ``phoneme_tokens`` (the same, one list of phoneme symbols per word, from
 ``--sep``; stress marks stay attached to the following vowel, ``_:`` etc. are pauses).
 
+More training speech.  ``build_corpus(out, train_minutes=M)`` (``--train-minutes M``) keeps the validation and
+test splits of ``minutes`` exactly (same speakers, sentences and audio: models trained on it are scored on the
+default test split) and synthesises M minutes of training speech: the training speakers say the training sentences
+in new pairings, and speakers from the rest of the voice pool join them (about ten files each, up to 120 speakers,
+never with the variant of a validation or test voice).
+
 A build is deterministic for given options, written file by file (atomically), and resumable: run the same
 command again after an interruption and it keeps the files already written.
 
