@@ -4,7 +4,8 @@
                                    [--corpus-command "lightdvae corpus build ..."] [--out lightdvae/models/weights]
 
 A run trained on a built-in corpus with more training speech (``lightdvae corpus build DIR --train-minutes M``,
-whose validation and test splits are the default corpus's) ships with ``data: builtin`` (what it is scored on, and
+whose validation and test splits are the default corpus's) or a noise floor (``--noise-floor DB``: the same
+utterances under a floor) ships with ``data: builtin`` (what it is scored on, and
 what ``pretrained:NAME`` evaluates on by default) and a ``training_corpus`` entry: the corpus's settings and the
 command that builds it (``--corpus-command``, required then).
 
@@ -41,7 +42,7 @@ def _training_corpus(run: str, command: str | None, parser: argparse.ArgumentPar
     if not spec.startswith("builtin:"):
         return None
     root = Path(spec.split(":", 1)[1]).expanduser()
-    if not has_default_held_out_splits(root):
+    if not has_default_held_out_splits(root, floor_ok=True):
         return None
     if not command or not command.startswith("lightdvae corpus build"):
         parser.error(f'{run} was trained on {spec}: give --corpus-command "lightdvae corpus build ..."')
@@ -61,6 +62,13 @@ def main() -> None:
     p.add_argument("--command", required=True, help="the exact command that trained RUN")
     p.add_argument("--corpus-command", help="the command that built RUN's corpus, when not the default built-in one")
     p.add_argument("--out", default=str(WEIGHTS), help="weights folder (default: the package's)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="the run's best-validation weights (default) or its last epoch's, for a model whose validation loss "
+        "does not select what it is used for (the card says which)",
+    )
     args = p.parse_args()
     training_corpus = _training_corpus(args.run, args.corpus_command, p)
     rows = read_log(args.run)
@@ -73,12 +81,16 @@ def main() -> None:
         "stop": status.get("state"),
         "best_epoch": int(status["best_epoch"]),
         "val_loss": round(float(status["best_val_loss"]), 2),
+    }
+    if args.checkpoint == "last":  # the last epoch's weights: its own validation loss
+        card.update(checkpoint="last", val_loss=round(float(rows[-1]["val_loss"]), 2))
+    card |= {
         "train_minutes": round(sum(r["seconds"] for r in rows) / 60, 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
     if training_corpus is not None:
         card.update(data="builtin", training_corpus=training_corpus)
-    export_pretrained(args.run, args.out, args.name, card)
+    export_pretrained(args.run, args.out, args.name, card, which=args.checkpoint)
     os.environ["LIGHTDVAE_PRETRAINED"] = args.out
     test = {}
     for past in ("gen", "gt"):
@@ -89,7 +101,8 @@ def main() -> None:
     full = json.loads(card_path.read_text())
     atomic_write_json(card_path, {**full, "test": test, "test_split": "builtin test (GEN and GT past)"})
     pt = Path(args.out) / f"{args.name}.pt"
-    print(f"{pt}: {card['epochs']} epochs, best {card['val_loss']} at {card['best_epoch']}; test {test}")
+    kept = "the last epoch's weights" if args.checkpoint == "last" else f"the best, at epoch {card['best_epoch']}"
+    print(f"{pt}: {card['epochs']} epochs, {kept} (validation {card['val_loss']}); test {test}")
 
 
 if __name__ == "__main__":

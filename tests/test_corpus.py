@@ -99,11 +99,16 @@ def test_which_corpora_have_the_default_held_out_splits(tmp_path):
         "other-seed": ({**default, "seed": 1}, False),
         "shorter": ({**default, "minutes": 20.0}, False),
         "speakers": ({**default, "speakers": 12}, False),
+        "floor": ({**default, "noise_floor_db": -70.0}, False),
+        "longer-floor": ({**default, "train_minutes": 150.0, "noise_floor_db": -70.0}, False),
     }
     for name, (settings, expected) in cases.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "corpus.json").write_text(json.dumps({"settings": settings}))
         assert B.has_default_held_out_splits(tmp_path / name) is expected, name
+        # the same utterances under a noise floor: scored on the default test split itself
+        floor_ok = expected or name.endswith("floor")
+        assert B.has_default_held_out_splits(tmp_path / name, floor_ok=True) is floor_ok, name
     assert not B.has_default_held_out_splits(tmp_path / "missing")
 
 
@@ -214,7 +219,7 @@ def test_refuses_foreign_folder_and_bad_options(tmp_path, capsys):
 
 @needs_espeak
 def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
-    opts = {"minutes": 0.3, "seed": 1, "progress": False}
+    opts = {"minutes": 0.3, "seed": 1, "noise_floor_db": -70.0, "progress": False}  # the floor's draws resume too
     ref = B.build_corpus(tmp_path / "ref", **opts)
     ref_rows = [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(ref.root)]
 
@@ -222,11 +227,11 @@ def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, monkeypatch):
     real = build_mod._synthesize_one
     calls = []
 
-    def crash_after_five(root, utt):
+    def crash_after_five(root, utt, settings):
         calls.append(utt.file)
         if len(calls) > 5:
             raise KeyboardInterrupt
-        return real(root, utt)
+        return real(root, utt, settings)
 
     monkeypatch.setattr(build_mod, "_synthesize_one", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
@@ -276,6 +281,48 @@ def test_more_training_speech_keeps_the_validation_and_test_splits(tmp_path, cap
     assert "--train-minutes" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def _longest_zero_run(x: np.ndarray) -> int:
+    edges = np.diff(np.concatenate([[0], (x == 0).astype(np.int8), [0]]))
+    return int(np.max(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1), initial=0))
+
+
+@needs_espeak
+def test_noise_floor_replaces_digital_silence(tmp_path, capsys):
+    opts = {"minutes": 0.3, "seed": 3, "progress": False}
+    plain = B.build_corpus(tmp_path / "plain", **opts)
+    floored = B.build_corpus(tmp_path / "floor", noise_floor_db=-60.0, **opts)
+    rows = [[{k: v for k, v in r.items() if k != "path"} for r in read_manifest(c.root)] for c in (plain, floored)]
+    assert rows[0] == rows[1]  # the same utterances
+    sigma = B.PEAK * 10 ** (-60 / 20)
+    silent = 0  # samples in the longest run of exact zeros, summed over the files
+    for r in rows[0]:
+        x = sf.read(plain.root / r["file"], dtype="float64")[0]
+        y = sf.read(floored.root / r["file"], dtype="float64")[0]
+        silent += _longest_zero_run(x)
+        assert _longest_zero_run(y) < 8  # no run of digital silence is left (one sample in ~75 rounds to 0)
+        # the difference is the floor: white, of the asked RMS (16-bit rounding adds 2 x LSB^2/12 of variance)
+        d = y - x
+        assert abs(np.std(d) / np.sqrt(sigma**2 + 2 / 12 / 32768**2) - 1) < 0.05 and abs(np.mean(d)) < 3 * sigma
+    assert silent > 1000  # espeak-ng's pauses are digital silence without the floor
+    info = json.loads((floored.root / "corpus.json").read_text())
+    assert (
+        info["settings"]["noise_floor_db"] == -60.0
+        and "noise_floor_db" not in json.loads((plain.root / "corpus.json").read_text())["settings"]
+    )
+    assert not B.has_default_held_out_splits(floored.root)  # its test audio is not the default corpus's
+    assert not B.has_default_held_out_splits(floored.root, floor_ok=True)  # nor its utterances (minutes 0.3)
+    again = B.build_corpus(tmp_path / "again", noise_floor_db=-60.0, **opts)  # seeded by the file: reproducible
+    for r in rows[0]:
+        assert (again.root / r["file"]).read_bytes() == (floored.root / r["file"]).read_bytes()
+    assert cli_main(["corpus", "info", f"builtin:{floored.root}"]) == 0
+    assert "noise_floor_db=-60.0" in capsys.readouterr().out  # the build options are shown
+    with pytest.raises(DataError, match="other options"):
+        B.build_corpus(tmp_path / "floor", noise_floor_db=-70.0, **opts)
+    assert cli_main(["corpus", "build", str(tmp_path / "x"), "--noise-floor", "-10"]) == 2
+    err = capsys.readouterr().err
+    assert "--noise-floor" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 @needs_espeak
 def test_resolve_builtin_builds_in_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTDVAE_DATA", str(tmp_path / "data"))
@@ -300,11 +347,11 @@ def test_resolve_builtin_resumes_an_interrupted_build(tmp_path, monkeypatch):
     real = build_mod._synthesize_one
     calls = []
 
-    def crash_after_three(root, utt):
+    def crash_after_three(root, utt, settings):
         calls.append(utt.file)
         if len(calls) > 3:
             raise KeyboardInterrupt
-        return real(root, utt)
+        return real(root, utt, settings)
 
     monkeypatch.setattr(build_mod, "_synthesize_one", crash_after_three)
     with pytest.raises(KeyboardInterrupt):

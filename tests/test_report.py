@@ -176,6 +176,19 @@ def test_same_label_different_runs_are_told_apart_and_datasets_get_own_tables(tm
     assert "Structure study" not in text
 
 
+def test_a_replaced_shipped_prior_is_told_apart_by_its_digest(tmp_path):
+    # the same pretrained:NAME before and after its weights were replaced: one run folder, two digests
+    old = summary("x", "vae", "VAE (shipped)", "gen", 4.6)
+    new = summary("x", "vae", "VAE (shipped)", "gen", 4.8)
+    for s, digest in ((old, "385407ec" + "0" * 56), (new, "9f1c2e3d" + "1" * 56)):
+        s["run_dir"], s["checkpoint"]["sha256"] = "pretrained:vae", digest
+    write(tmp_path / "old" / "e", old)
+    write(tmp_path / "new" / "e", new)
+    write(tmp_path / "again" / "e", dict(new, created="2026-01-02T00:00:00+00:00"))  # the same weights twice
+    rows = table_rows(write_report([tmp_path]), "### Analysis-resynthesis: corpus **voicebank**")
+    assert sorted({r[0] for r in rows}) == ["VAE (shipped) [385407ec]", "VAE (shipped) [9f1c2e3d]"]
+
+
 def test_figures_from_saved_examples(results, tmp_path):
     rng = np.random.default_rng(0)
     ref = rng.random((40, 513)).astype(np.float32)

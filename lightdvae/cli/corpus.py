@@ -1,7 +1,7 @@
 """``lightdvae corpus``: build the built-in espeak-ng corpus, inspect corpora, precompute the spectrogram cache.
 
-    lightdvae corpus build OUT [--minutes 30] [--train-minutes M] [--voices V ...] [--speakers N] [--seed 0]
-                               [--workers N] [--force]
+    lightdvae corpus build OUT [--minutes 30] [--train-minutes M] [--noise-floor DB] [--voices V ...]
+                               [--speakers N] [--seed 0] [--workers N] [--force]
     lightdvae corpus voices [--all] [--json]
     lightdvae corpus info SPEC [--json]
     lightdvae corpus cache SPEC [--cache-dir DIR] [--workers N]
@@ -43,6 +43,7 @@ def _build(args) -> int:
         speakers=args.speakers,
         seed=args.seed,
         train_minutes=args.train_minutes,
+        noise_floor_db=args.noise_floor,
         workers=args.workers,
         force=args.force,
         progress=False if args.quiet else None,
@@ -83,6 +84,7 @@ def _info(args) -> int:
         print(json.dumps(noisy.to_dict(), indent=2) if args.json else noisy.describe())
         return 0
     corpus = resolve_corpus(args.spec, build=False)
+    settings = _builtin_settings(corpus)
     if args.json:
         out = {
             "name": corpus.name,
@@ -91,10 +93,28 @@ def _info(args) -> int:
             "splits": {s: {"files": len(f), "speakers": len({a.speaker for a in f})} for s, f in corpus.splits.items()},
             "notes": corpus.notes,
         }
+        if settings is not None:
+            out["settings"] = settings
         print(json.dumps(out, indent=2))
     else:
         print(corpus.describe())
+        if settings is not None:
+            from lightdvae.data.builtin.build import describe_settings
+
+            print(f"  built with {describe_settings(settings)}")
     return 0
+
+
+def _builtin_settings(corpus) -> dict | None:
+    """The build options recorded in a built-in corpus's ``corpus.json`` (None for other layouts)."""
+    from lightdvae.data.corpora import BUILTIN_MARKER
+
+    if corpus.layout != "builtin":
+        return None
+    try:
+        return json.loads((corpus.root / BUILTIN_MARKER).read_text()).get("settings")
+    except (OSError, ValueError):
+        return None
 
 
 def _cache(args) -> int:
@@ -156,6 +176,14 @@ def register(sub) -> None:
         metavar="M",
         help="minutes of training speech, more than the training share of --minutes: the validation and test "
         "splits stay those of --minutes (same test set), the training split gains speakers and files",
+    )
+    b.add_argument(
+        "--noise-floor",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="add a white noise floor DB dB below the files' peak to every file (e.g. -70; default none: espeak-ng's "
+        "pauses stay digital silence, where the Itakura-Saito loss has no minimum)",
     )
     b.add_argument(
         "--voices",

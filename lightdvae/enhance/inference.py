@@ -272,9 +272,11 @@ class SequentialEngine(InferenceEngine):
             raise ValueError(f"{type(self.model).__name__} enhances one utterance at a time, got {power.shape[0]}")
         reuse = self.keep_features
         # without gradients the copy stays attached only when its features are kept (no other op records a graph);
-        # its views are taken with gradients on (a view made under no_grad would not carry them)
+        # its views are taken with gradients on (a view made under no_grad would not carry them).  squeeze, not
+        # p[0]: the backward of a select writes its gradient into a zero-filled tensor of the leaf's shape (one
+        # allocation, fill and copy per parameter and iteration), that of squeeze is a view
         with torch.enable_grad():
-            copy = {n: p[0] if grad or reuse else p[0].detach() for n, p in self.stacked.items()}
+            copy = {n: p.squeeze(0) if grad or reuse else p.squeeze(0).detach() for n, p in self.stacked.items()}
         params = {**self.frozen, **copy}
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
         with exact_loops(False), self._features_kept(power, grad, reuse):  # the fast loops: no bit-parity needed

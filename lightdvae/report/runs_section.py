@@ -224,8 +224,9 @@ def shipped_section(evals: Sequence[dict]) -> list[str]:
             continue
         corpus = (card.get("training_corpus") or {}).get("command")
         command = (f"`{corpus}`, then " if corpus else "") + f"`{card.get('command', '?')}`"
+        kept = "last" if card.get("checkpoint") == "last" else card.get("best_epoch", "?")  # its weights' epoch
         lines.append(
             f"| {card.get('label', name)} (`pretrained:{name}`) | {card.get('epochs', '?')} "
-            f"({card.get('best_epoch', '?')}) | {card.get('train_minutes', '?')} min | {command} |"
+            f"({kept}) | {card.get('train_minutes', '?')} min | {command} |"
         )
     return lines + [""]

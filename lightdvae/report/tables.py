@@ -61,16 +61,30 @@ def model_sort_key(s: dict):
 
 
 def row_labels(rows: list[dict]) -> dict[int, str]:
-    """Row labels; two different runs with one label get their run folder's name appended."""
+    """Row labels; two different runs with one label get their run folder's name appended, and two different weights
+    of one run (a shipped prior before and after it was replaced: ``pretrained:vae`` twice) their digest's first
+    eight hex digits."""
     labels = {id(s): str((s.get("model") or {}).get("label", "?")) for s in rows}
-    counts: dict[str, set] = {}
+    runs: dict[str, set] = {}
+    weights: dict[tuple[str, str], set] = {}
     for s in rows:
-        counts.setdefault(labels[id(s)], set()).add(s.get("run_dir") or s["_path"])
+        run = s.get("run_dir") or s["_path"]
+        runs.setdefault(labels[id(s)], set()).add(run)
+        weights.setdefault((labels[id(s)], run), set()).add(_digest(s))
     for s in rows:
-        if len(counts[labels[id(s)]]) > 1:
-            run = Path(s.get("run_dir") or s["_path"]).name
-            labels[id(s)] = f"{labels[id(s)]} [{run}]"
+        label, run = labels[id(s)], s.get("run_dir") or s["_path"]
+        tags = [Path(run).name] if len(runs[label]) > 1 else []
+        if len(weights[(label, run)]) > 1 and _digest(s):
+            tags.append(_digest(s)[:8])
+        if tags:
+            labels[id(s)] = f"{label} [{', '.join(tags)}]"
     return labels
+
+
+def _digest(s: dict) -> str:
+    """The SHA-256 of the weights a result was computed with, when its summary records it (else '')."""
+    checkpoint = s.get("checkpoint")
+    return str(checkpoint.get("sha256") or "") if isinstance(checkpoint, dict) else ""
 
 
 def params(s: dict) -> str:

@@ -37,11 +37,14 @@ def save_model(run_dir: str | os.PathLike, model: DVAE, source: dict | None = No
     return run_dir
 
 
-def export_pretrained(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: str, card: dict) -> Path:
-    """Write the best weights of ``run_dir`` as the shipped prior ``name`` in ``out_dir``: ``<name>.pt`` (float16
-    state dict, model name and config) and ``<name>.json`` (``card`` plus the label, parameter count, config and
-    the SHA-256 of the ``.pt``), both atomically.  :func:`lightdvae.models.pretrained` reads them back."""
-    payload = load_checkpoint(checkpoint_path(run_dir, "best"))
+def export_pretrained(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: str, card: dict, which: str = "best"
+) -> Path:
+    """Write the ``which`` weights of ``run_dir`` (``best`` or ``last``) as the shipped prior ``name`` in
+    ``out_dir``: ``<name>.pt`` (float16 state dict, model name and config) and ``<name>.json`` (``card`` plus the
+    label, parameter count, config and the SHA-256 of the ``.pt``), both atomically.
+    :func:`lightdvae.models.pretrained` reads them back."""
+    payload = load_checkpoint(checkpoint_path(run_dir, which))
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
     half = {"model": state, "model_name": payload["model_name"], "config": payload["config"]}
     out_dir = Path(out_dir)

@@ -31,6 +31,13 @@ default test split) and synthesises M minutes of training speech: the training s
 in new pairings, and speakers from the rest of the voice pool join them (about ten files each, up to 120 speakers,
 never with the variant of a validation or test voice).
 
+A noise floor.  espeak-ng's pauses are digital silence (power exactly 0 in whole frames, about 1 % of them), which
+no recording has and where the Itakura-Saito loss of SPEC section 7 (``s e^{-logvar} - log(s + eps) + logvar - 1``)
+has no minimum: at ``s = 0`` it falls without bound as the decoder's log-variance does, so training keeps pushing the
+variance of "silence" down and a frame taken for silence costs ever more.  ``build_corpus(out, noise_floor_db=-70)``
+(``--noise-floor -70``) adds to every file white Gaussian noise that many dB below the files' peak, seeded by the
+file (reproducible, resumable), as a quiet studio would; the default leaves the audio as espeak-ng writes it.
+
 A build is deterministic for given options, written file by file (atomically), and resumable: run the same
 command again after an interruption and it keeps the files already written.
 
@@ -47,6 +54,7 @@ from lightdvae.data.builtin.build import (
     FORMAT_VERSION,
     BuildSettings,
     build_corpus,
+    describe_settings,
     has_default_held_out_splits,
 )
 from lightdvae.data.builtin.espeak import (
@@ -94,6 +102,7 @@ __all__ = [
     "probe_voice",
     "distinct_voices",
     "build_corpus",
+    "describe_settings",
     "has_default_held_out_splits",
     "read_manifest",
 ]

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from lightdvae._io import atomic_write_text
-from lightdvae.audio import SAMPLE_RATE
-from lightdvae.data.builtin.espeak import espeak_path, espeak_version, synthesize, transcribe
+from lightdvae.audio import SAMPLE_RATE, save_audio
+from lightdvae.data.builtin.espeak import PEAK, espeak_path, espeak_version, synthesize, transcribe
 from lightdvae.data.builtin.plan import (
     SPLIT_FRACTIONS,
     Speaker,
@@ -44,13 +45,16 @@ logger = logging.getLogger("lightdvae.data")
 FORMAT = "lightdvae-builtin-corpus"
 FORMAT_VERSION = 1
 DEFAULT_MINUTES = 30.0
+NOISE_FLOOR_RANGE_DB = (-120.0, -30.0)  #: the --noise-floor levels accepted, dB re the files' peak
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "DEFAULT_MINUTES",
+    "NOISE_FLOOR_RANGE_DB",
     "BuildSettings",
     "build_corpus",
+    "describe_settings",
     "has_default_held_out_splits",
 ]
 
@@ -66,9 +70,12 @@ class BuildSettings:
     seed: int
     sentences: str  #: digest of the sentence list
     train_minutes: float | None = None  #: training speech when not the split's share of ``minutes``
+    noise_floor_db: float | None = None  #: level of the white noise floor under every file, dB re the peak
 
     @classmethod
-    def checked(cls, minutes, voices, speakers, seed, sentences: list[str], train_minutes=None) -> BuildSettings:
+    def checked(
+        cls, minutes, voices, speakers, seed, sentences: list[str], train_minutes=None, noise_floor_db=None
+    ) -> BuildSettings:
         """The settings of these options; raises :class:`DataError` for impossible ones."""
         minutes = float(minutes)
         if not minutes > 0:
@@ -80,6 +87,14 @@ class BuildSettings:
                 raise DataError(
                     f"--train-minutes {train_minutes:g} is less than the training share of --minutes {minutes:g} "
                     f"({share:g}); give at least that, or a smaller --minutes"
+                )
+        if noise_floor_db is not None:
+            noise_floor_db = float(noise_floor_db)
+            lo, hi = NOISE_FLOOR_RANGE_DB
+            if not lo <= noise_floor_db <= hi:
+                raise DataError(
+                    f"--noise-floor {noise_floor_db:g} dB is outside [{lo:g}, {hi:g}] dB re the peak; -70 is a quiet "
+                    "studio, -90 the dither of 16-bit audio"
                 )
         if speakers is not None and int(speakers) < 3:
             raise DataError(f"need at least 3 speakers (one per split), got {speakers}")
@@ -96,11 +111,12 @@ class BuildSettings:
             seed=seed,
             sentences=sentences_digest(sentences),
             train_minutes=train_minutes,
+            noise_floor_db=noise_floor_db,
         )
 
     def to_dict(self) -> dict:
-        """The ``settings`` object of the files (this key order; ``train_minutes`` only when given, so that the
-        corpora built before it existed keep their settings)."""
+        """The ``settings`` object of the files (this key order; ``train_minutes`` and ``noise_floor_db`` only
+        when given, so that the corpora built before they existed keep their settings)."""
         out = {
             "minutes": self.minutes,
             "voices": list(self.voices) if self.voices is not None else None,
@@ -110,18 +126,24 @@ class BuildSettings:
         }
         if self.train_minutes is not None:
             out["train_minutes"] = self.train_minutes
+        if self.noise_floor_db is not None:
+            out["noise_floor_db"] = self.noise_floor_db
         out["format_version"] = FORMAT_VERSION
         return out
 
 
-def has_default_held_out_splits(root: str | os.PathLike) -> bool:
+def has_default_held_out_splits(root: str | os.PathLike, floor_ok: bool = False) -> bool:
     """Whether the built-in corpus in ``root`` has the validation and test splits of the default corpus (``lightdvae
     corpus build`` with no option but, possibly, ``--train-minutes``): a model trained on it is scored on the same
-    test split as one trained on the default corpus."""
+    test split as one trained on the default corpus.  With ``floor_ok``, also when it was built with a
+    ``--noise-floor``: the same utterances, under a floor (a model trained on it is scored on the default test split
+    itself, as the shipped priors are)."""
     recorded = dict(_recorded_settings(Path(root) / BUILTIN_MARKER))
     if not recorded:
         return False
     recorded.pop("train_minutes", None)
+    if floor_ok:
+        recorded.pop("noise_floor_db", None)
     default = BuildSettings.checked(DEFAULT_MINUTES, None, None, 0, load_sentences()).to_dict()
     return recorded == default
 
@@ -134,6 +156,7 @@ def build_corpus(
     speakers: int | None = None,
     seed: int = 0,
     train_minutes: float | None = None,
+    noise_floor_db: float | None = None,
     workers: int | None = None,
     force: bool = False,
     resume: bool = False,
@@ -155,6 +178,11 @@ def build_corpus(
             so models trained on more speech are scored on the same test split; the training split keeps its
             speakers and sentences, and gains speakers from the rest of the voice pool (about ten files each,
             none with a variant of a validation or test voice, up to 120 in all).
+        noise_floor_db: add to every file a white Gaussian noise floor this many dB below the files' peak
+            (e.g. -70), seeded by the file, as every real recording has one.  espeak-ng's pauses are digital
+            silence, power exactly 0, where the Itakura-Saito loss has no minimum (its log-variance term rewards
+            an ever smaller variance): a floor gives those frames a finite target.  Every split gets it, so the
+            held-out splits differ from the default corpus's by the floor alone.
         workers: parallel espeak-ng processes (default ``min(4, cpu_count)``).
         force: delete a previous corpus (built by this function) in ``out`` first.
         resume: finish an interrupted build in ``out`` with the options it was started with.
@@ -169,8 +197,8 @@ def build_corpus(
         raise DataError(f"{out} exists and is not a folder")
     sentences = load_sentences()
     if resume:
-        minutes, voices, speakers, seed, train_minutes = _resumed_options(out)
-    settings = BuildSettings.checked(minutes, voices, speakers, seed, sentences, train_minutes)
+        minutes, voices, speakers, seed, train_minutes, noise_floor_db = _resumed_options(out)
+    settings = BuildSettings.checked(minutes, voices, speakers, seed, sentences, train_minutes, noise_floor_db)
     if _claim(out, settings.to_dict(), force):
         logger.info("%s already holds this corpus", out)
         return discover(out, "builtin")
@@ -189,7 +217,7 @@ def build_corpus(
         targets["train"] = settings.train_minutes * 60.0
         want = auto_speakers(settings.train_minutes, avg) - sum(sp.split == "train" for sp in speaker_plan)
         speaker_plan += extra_train_speakers(speaker_plan, [p.voice for p in spare], want, settings.seed)
-    rows = _synthesise(out, speaker_plan, sentence_plan, targets, settings.seed, avg, workers, progress)
+    rows = _synthesise(out, speaker_plan, sentence_plan, targets, settings, avg, workers, progress)
     _remove_leftovers(out, rows)
     summary = _summary(settings, sentences, rows, speaker_plan, sentence_plan, rejected, t0)
     atomic_write_text(out / BUILTIN_MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -209,7 +237,7 @@ def build_corpus(
 # Whose folder: reuse, resume, refuse or replace
 # --------------------------------------------------------------------------------------------------------------
 def _resumed_options(out: Path) -> tuple:
-    """``(minutes, voices, speakers, seed, train_minutes)`` of the unfinished build in ``out``."""
+    """``(minutes, voices, speakers, seed, train_minutes, noise_floor_db)`` of the unfinished build in ``out``."""
     state_file = out / BUILD_STATE
     if not state_file.is_file():
         raise DataError(f"nothing to resume in {out} ({BUILD_STATE} missing)")
@@ -220,6 +248,7 @@ def _resumed_options(out: Path) -> tuple:
         settings["speakers"],
         settings["seed"],
         settings.get("train_minutes"),
+        settings.get("noise_floor_db"),
     )
 
 
@@ -247,24 +276,28 @@ def _claim(out: Path, settings: dict, force: bool) -> bool:
         if previous == settings:
             return True
         raise DataError(
-            f"{out} already holds a corpus built with other options ({_describe(previous)}); "
+            f"{out} already holds a corpus built with other options ({describe_settings(previous)}); "
             "pass --force to replace it, or choose another folder"
         )
     previous = _recorded_settings(out / BUILD_STATE)
     if previous != settings:
         raise DataError(
-            f"{out} holds an unfinished build with other options ({_describe(previous)}); rerun it with "
+            f"{out} holds an unfinished build with other options ({describe_settings(previous)}); rerun it with "
             "those options to resume, or pass --force to start over"
         )
     return False
 
 
-def _describe(settings: dict) -> str:
+def describe_settings(settings: dict) -> str:
+    """The options a built-in corpus was built with, from its recorded ``settings`` (``minutes=30.0, seed=0,
+    train_minutes=150.0, noise_floor_db=-70.0``)."""
     if not settings:
         return "unknown options"
     parts = [f"minutes={settings.get('minutes')}", f"seed={settings.get('seed')}"]
     if settings.get("train_minutes") is not None:
         parts.append(f"train_minutes={settings['train_minutes']}")
+    if settings.get("noise_floor_db") is not None:
+        parts.append(f"noise_floor_db={settings['noise_floor_db']}")
     if settings.get("speakers") is not None:
         parts.append(f"speakers={settings['speakers']}")
     if settings.get("voices"):
@@ -309,7 +342,7 @@ def _choose_voices(
     return probes, spare, rejected
 
 
-def _synthesize_one(root: Path, utt: Utterance) -> dict:
+def _synthesize_one(root: Path, utt: Utterance, settings: BuildSettings) -> dict:
     """The manifest row of ``utt``, its audio synthesised (or kept from an interrupted earlier build)."""
     import soundfile as sf
 
@@ -322,7 +355,12 @@ def _synthesize_one(root: Path, utt: Utterance) -> dict:
             path.unlink()
         else:
             return {**asdict(utt), "seconds": round(seconds, 4), "phonemes": phonemes, "phoneme_tokens": tokens}
-    wave, phonemes, tokens = synthesize(utt.text, utt.voice, path, pitch=utt.pitch, speed=utt.speed)
+    if settings.noise_floor_db is None:
+        wave, phonemes, tokens = synthesize(utt.text, utt.voice, path, pitch=utt.pitch, speed=utt.speed)
+    else:
+        wave, phonemes, tokens = synthesize(utt.text, utt.voice, pitch=utt.pitch, speed=utt.speed)
+        wave = add_noise_floor(wave, settings.noise_floor_db, f"{settings.seed}/{utt.file}")
+        save_audio(path, wave, SAMPLE_RATE)
     return {**asdict(utt), "seconds": round(wave.size / SAMPLE_RATE, 4), "phonemes": phonemes, "phoneme_tokens": tokens}
 
 
@@ -331,7 +369,7 @@ def _synthesise(
     speakers: list[Speaker],
     sentence_plan: dict[str, list[str]],
     targets: dict[str, float],
-    seed: int,
+    settings: BuildSettings,
     avg: float,
     workers: int,
     progress: bool | None,
@@ -344,21 +382,25 @@ def _synthesise(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lightdvae-espeak") as pool:
             for split in SPLITS:
                 split_speakers = [sp for sp in speakers if sp.split == split]
-                todo = utterances(split, split_speakers, sentence_plan[split], seed)
-                rows += _synthesise_split(pool, out, todo, targets[split], len(split_speakers), avg, workers, bar)
+                todo = utterances(split, split_speakers, sentence_plan[split], settings.seed)
+                rows += _synthesise_split(
+                    pool, out, todo, targets[split], len(split_speakers), avg, workers, bar, settings
+                )
     finally:
         bar.close()
     return rows
 
 
-def _synthesise_split(pool, out: Path, todo: Iterator[Utterance], target: float, n_speakers: int, avg, workers, bar):
+def _synthesise_split(
+    pool, out: Path, todo: Iterator[Utterance], target: float, n_speakers: int, avg, workers, bar, settings
+):
     """Utterances of one split until it has ``target`` seconds and every speaker has spoken."""
     rows, done_s, n_done = [], 0.0, 0
     while done_s < target or n_done < n_speakers:
         # enough for the rest of the split, estimated, plus one batch of slack
         est_left = max(1, int((target - done_s) / avg) + 1)
         batch = [next(todo) for _ in range(min(max(est_left, workers), 4 * workers))]
-        for row in pool.map(lambda u: _synthesize_one(out, u), batch):
+        for row in pool.map(lambda u: _synthesize_one(out, u, settings), batch):
             if done_s >= target and n_done >= n_speakers:
                 (out / row["file"]).unlink(missing_ok=True)  # overshoot of the last batch
                 continue
@@ -367,6 +409,14 @@ def _synthesise_split(pool, out: Path, todo: Iterator[Utterance], target: float,
             n_done += 1
             bar.update(min(row["seconds"], max(0.0, bar.total - bar.n)))
     return rows
+
+
+def add_noise_floor(wave: np.ndarray, level_db: float, key: str) -> np.ndarray:
+    """``wave`` plus white Gaussian noise of RMS ``PEAK * 10**(level_db / 20)`` (``level_db`` re the files' peak),
+    drawn from a generator seeded by ``key`` (the build's seed and the file), so a build is reproducible."""
+    rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+    sigma = PEAK * 10.0 ** (level_db / 20.0)
+    return (wave.astype(np.float64) + sigma * rng.standard_normal(wave.size)).astype(np.float32)
 
 
 def _remove_leftovers(out: Path, rows: list[dict]) -> None:
