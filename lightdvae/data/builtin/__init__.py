@@ -43,20 +43,13 @@ command again after an interruption and it keeps the files already written.
 
 Submodules: :mod:`~lightdvae.data.builtin.espeak` (the espeak-ng wrapper), :mod:`~lightdvae.data.builtin.voices`
 (the voice pool and the probe keeping distinct voices), :mod:`~lightdvae.data.builtin.plan` (sentences, speakers,
-splits and utterances, before any audio) and :mod:`~lightdvae.data.builtin.build` (:func:`build_corpus`).  The
+splits and utterances, before any audio), :mod:`~lightdvae.data.builtin.settings` (the options a corpus is a
+function of, as recorded) and :mod:`~lightdvae.data.builtin.build` (:func:`build_corpus`).  The
 corpus layout it writes is read by :mod:`lightdvae.data.corpora` (:func:`read_manifest`).  ``import lightdvae.data``
 does not import this package: it is only needed to build a corpus.
 """
 
-from lightdvae.data.builtin.build import (
-    DEFAULT_MINUTES,
-    FORMAT,
-    FORMAT_VERSION,
-    BuildSettings,
-    build_corpus,
-    describe_settings,
-    has_default_held_out_splits,
-)
+from lightdvae.data.builtin.build import build_corpus
 from lightdvae.data.builtin.espeak import (
     ESPEAK_INSTALL,
     ESPEAK_INSTALL_HINT,
@@ -77,6 +70,15 @@ from lightdvae.data.builtin.plan import (
     SPLIT_FRACTIONS,
     UTTERANCES_PER_SPEAKER,
     load_sentences,
+)
+from lightdvae.data.builtin.settings import (
+    DEFAULT_MINUTES,
+    FORMAT,
+    FORMAT_VERSION,
+    NOISE_FLOOR_RANGE_DB,
+    BuildSettings,
+    describe_settings,
+    has_default_held_out_splits,
 )
 from lightdvae.data.builtin.voices import (
     DEFAULT_BASES,
@@ -116,6 +118,7 @@ __all__ += [
     "FORMAT",
     "FORMAT_VERSION",
     "DEFAULT_MINUTES",
+    "NOISE_FLOOR_RANGE_DB",
     "BUILD_STATE",
     "SPLIT_FRACTIONS",
     "UTTERANCES_PER_SPEAKER",

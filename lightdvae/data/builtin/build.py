@@ -12,7 +12,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ from lightdvae._io import atomic_write_text
 from lightdvae.audio import SAMPLE_RATE, save_audio
 from lightdvae.data.builtin.espeak import PEAK, espeak_path, espeak_version, synthesize, transcribe
 from lightdvae.data.builtin.plan import (
-    SPLIT_FRACTIONS,
     Speaker,
     Utterance,
     auto_speakers,
@@ -30,9 +29,16 @@ from lightdvae.data.builtin.plan import (
     load_sentences,
     partition_sentences,
     plan_speakers,
-    sentences_digest,
     split_targets,
     utterances,
+)
+from lightdvae.data.builtin.settings import (
+    DEFAULT_MINUTES,
+    FORMAT,
+    FORMAT_VERSION,
+    BuildSettings,
+    describe_settings,
+    recorded_settings,
 )
 from lightdvae.data.builtin.voices import VoiceProbe, candidate_voices, distinct_voices
 from lightdvae.data.corpora import BUILD_STATE, BUILTIN_MANIFEST, BUILTIN_MARKER, SPLITS, Corpus, discover
@@ -42,110 +48,7 @@ from lightdvae.runtime import progress_bar
 
 logger = logging.getLogger("lightdvae.data")
 
-FORMAT = "lightdvae-builtin-corpus"
-FORMAT_VERSION = 1
-DEFAULT_MINUTES = 30.0
-NOISE_FLOOR_RANGE_DB = (-120.0, -30.0)  #: the --noise-floor levels accepted, dB re the files' peak
-
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "DEFAULT_MINUTES",
-    "NOISE_FLOOR_RANGE_DB",
-    "BuildSettings",
-    "build_corpus",
-    "describe_settings",
-    "has_default_held_out_splits",
-]
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """The options a built-in corpus is a function of.  Recorded as ``settings`` in ``corpus.json`` and in the
-    state of an unfinished build: the same settings reuse or resume a build, other ones are refused."""
-
-    minutes: float
-    voices: tuple[str, ...] | None
-    speakers: int | None
-    seed: int
-    sentences: str  #: digest of the sentence list
-    train_minutes: float | None = None  #: training speech when not the split's share of ``minutes``
-    noise_floor_db: float | None = None  #: level of the white noise floor under every file, dB re the peak
-
-    @classmethod
-    def checked(
-        cls, minutes, voices, speakers, seed, sentences: list[str], train_minutes=None, noise_floor_db=None
-    ) -> BuildSettings:
-        """The settings of these options; raises :class:`DataError` for impossible ones."""
-        minutes = float(minutes)
-        if not minutes > 0:
-            raise DataError(f"--minutes must be positive, got {minutes}")
-        if train_minutes is not None:
-            train_minutes = float(train_minutes)
-            share = minutes * SPLIT_FRACTIONS["train"]
-            if not train_minutes >= share:
-                raise DataError(
-                    f"--train-minutes {train_minutes:g} is less than the training share of --minutes {minutes:g} "
-                    f"({share:g}); give at least that, or a smaller --minutes"
-                )
-        if noise_floor_db is not None:
-            noise_floor_db = float(noise_floor_db)
-            lo, hi = NOISE_FLOOR_RANGE_DB
-            if not lo <= noise_floor_db <= hi:
-                raise DataError(
-                    f"--noise-floor {noise_floor_db:g} dB is outside [{lo:g}, {hi:g}] dB re the peak; -70 is a quiet "
-                    "studio, -90 the dither of 16-bit audio"
-                )
-        if speakers is not None and int(speakers) < 3:
-            raise DataError(f"need at least 3 speakers (one per split), got {speakers}")
-        if voices is not None:
-            voices = [v.strip() for v in voices if v and v.strip()]
-            if len(voices) < 3:
-                raise DataError(
-                    f"need at least 3 voices (one speaker per split), got {len(voices)}: {', '.join(voices)}"
-                )
-        return cls(
-            minutes=minutes,
-            voices=tuple(voices) if voices is not None else None,
-            speakers=int(speakers) if speakers is not None else None,
-            seed=seed,
-            sentences=sentences_digest(sentences),
-            train_minutes=train_minutes,
-            noise_floor_db=noise_floor_db,
-        )
-
-    def to_dict(self) -> dict:
-        """The ``settings`` object of the files (this key order; ``train_minutes`` and ``noise_floor_db`` only
-        when given, so that the corpora built before they existed keep their settings)."""
-        out = {
-            "minutes": self.minutes,
-            "voices": list(self.voices) if self.voices is not None else None,
-            "speakers": self.speakers,
-            "seed": int(self.seed),
-            "sentences": self.sentences,
-        }
-        if self.train_minutes is not None:
-            out["train_minutes"] = self.train_minutes
-        if self.noise_floor_db is not None:
-            out["noise_floor_db"] = self.noise_floor_db
-        out["format_version"] = FORMAT_VERSION
-        return out
-
-
-def has_default_held_out_splits(root: str | os.PathLike, floor_ok: bool = False) -> bool:
-    """Whether the built-in corpus in ``root`` has the validation and test splits of the default corpus (``lightdvae
-    corpus build`` with no option but, possibly, ``--train-minutes``): a model trained on it is scored on the same
-    test split as one trained on the default corpus.  With ``floor_ok``, also when it was built with a
-    ``--noise-floor``: the same utterances, under a floor (a model trained on it is scored on the default test split
-    itself, as the shipped priors are)."""
-    recorded = dict(_recorded_settings(Path(root) / BUILTIN_MARKER))
-    if not recorded:
-        return False
-    recorded.pop("train_minutes", None)
-    if floor_ok:
-        recorded.pop("noise_floor_db", None)
-    default = BuildSettings.checked(DEFAULT_MINUTES, None, None, 0, load_sentences()).to_dict()
-    return recorded == default
+__all__ = ["BuildSettings", "build_corpus", "add_noise_floor"]
 
 
 def build_corpus(
@@ -252,13 +155,6 @@ def _resumed_options(out: Path) -> tuple:
     )
 
 
-def _recorded_settings(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()).get("settings", {})
-    except (OSError, ValueError):
-        return {}
-
-
 def _claim(out: Path, settings: dict, force: bool) -> bool:
     """Whether ``out`` already holds the corpus of ``settings`` (nothing to build).  A folder holding files but
     no corpus is refused (also with ``force``); a finished corpus or an unfinished build with other settings is
@@ -272,37 +168,20 @@ def _claim(out: Path, settings: dict, force: bool) -> bool:
         clear(out, files=(BUILTIN_MANIFEST, BUILTIN_MARKER, BUILD_STATE))
         return False
     if (out / BUILTIN_MARKER).is_file():
-        previous = _recorded_settings(out / BUILTIN_MARKER)
+        previous = recorded_settings(out / BUILTIN_MARKER)
         if previous == settings:
             return True
         raise DataError(
             f"{out} already holds a corpus built with other options ({describe_settings(previous)}); "
             "pass --force to replace it, or choose another folder"
         )
-    previous = _recorded_settings(out / BUILD_STATE)
+    previous = recorded_settings(out / BUILD_STATE)
     if previous != settings:
         raise DataError(
             f"{out} holds an unfinished build with other options ({describe_settings(previous)}); rerun it with "
             "those options to resume, or pass --force to start over"
         )
     return False
-
-
-def describe_settings(settings: dict) -> str:
-    """The options a built-in corpus was built with, from its recorded ``settings`` (``minutes=30.0, seed=0,
-    train_minutes=150.0, noise_floor_db=-70.0``)."""
-    if not settings:
-        return "unknown options"
-    parts = [f"minutes={settings.get('minutes')}", f"seed={settings.get('seed')}"]
-    if settings.get("train_minutes") is not None:
-        parts.append(f"train_minutes={settings['train_minutes']}")
-    if settings.get("noise_floor_db") is not None:
-        parts.append(f"noise_floor_db={settings['noise_floor_db']}")
-    if settings.get("speakers") is not None:
-        parts.append(f"speakers={settings['speakers']}")
-    if settings.get("voices"):
-        parts.append(f"voices={','.join(settings['voices'])}")
-    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------
