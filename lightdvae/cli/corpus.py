@@ -106,15 +106,13 @@ def _info(args) -> int:
 
 
 def _builtin_settings(corpus) -> dict | None:
-    """The build options recorded in a built-in corpus's ``corpus.json`` (None for other layouts)."""
+    """The build options recorded in a built-in corpus's ``corpus.json`` (None for other layouts or none recorded)."""
+    from lightdvae.data.builtin.settings import recorded_settings
     from lightdvae.data.corpora import BUILTIN_MARKER
 
     if corpus.layout != "builtin":
         return None
-    try:
-        return json.loads((corpus.root / BUILTIN_MARKER).read_text()).get("settings")
-    except (OSError, ValueError):
-        return None
+    return recorded_settings(corpus.root / BUILTIN_MARKER) or None
 
 
 def _cache(args) -> int:

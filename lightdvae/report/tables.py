@@ -72,10 +72,10 @@ def row_labels(rows: list[dict]) -> dict[int, str]:
         runs.setdefault(labels[id(s)], set()).add(run)
         weights.setdefault((labels[id(s)], run), set()).add(_digest(s))
     for s in rows:
-        label, run = labels[id(s)], s.get("run_dir") or s["_path"]
+        label, run, digest = labels[id(s)], s.get("run_dir") or s["_path"], _digest(s)
         tags = [Path(run).name] if len(runs[label]) > 1 else []
-        if len(weights[(label, run)]) > 1 and _digest(s):
-            tags.append(_digest(s)[:8])
+        if len(weights[(label, run)]) > 1 and digest:
+            tags.append(digest[:8])
         if tags:
             labels[id(s)] = f"{label} [{', '.join(tags)}]"
     return labels

@@ -234,12 +234,10 @@ def _synthesize_one(root: Path, utt: Utterance, settings: BuildSettings) -> dict
             path.unlink()
         else:
             return {**asdict(utt), "seconds": round(seconds, 4), "phonemes": phonemes, "phoneme_tokens": tokens}
-    if settings.noise_floor_db is None:
-        wave, phonemes, tokens = synthesize(utt.text, utt.voice, path, pitch=utt.pitch, speed=utt.speed)
-    else:
-        wave, phonemes, tokens = synthesize(utt.text, utt.voice, pitch=utt.pitch, speed=utt.speed)
+    wave, phonemes, tokens = synthesize(utt.text, utt.voice, pitch=utt.pitch, speed=utt.speed)
+    if settings.noise_floor_db is not None:
         wave = add_noise_floor(wave, settings.noise_floor_db, f"{settings.seed}/{utt.file}")
-        save_audio(path, wave, SAMPLE_RATE)
+    save_audio(path, wave, SAMPLE_RATE)
     return {**asdict(utt), "seconds": round(wave.size / SAMPLE_RATE, 4), "phonemes": phonemes, "phoneme_tokens": tokens}
 
 
