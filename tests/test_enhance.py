@@ -290,23 +290,33 @@ def test_a_batch_of_one_runs_the_models_own_native_loops(name, config):
     assert isinstance(engine_for(model, 2, lr=1e-3), RecurrentEngine)
 
 
-@pytest.mark.parametrize("name", ["dkf", "rvae"])
+@pytest.mark.parametrize("name", ["dkf", "rvae", "srnn"])
 def test_a_batch_of_one_encodes_the_speech_once_per_iteration(name, monkeypatch):
-    """DKF / RVAE alone: the sample pass keeps its speech features for the next E-step (same weights, same mixture),
-    so an EM of n iterations encodes n + 1 times (the first E-step, then each sample pass; one more sample for the
-    final filter) instead of 2 n + 1 on the reference path, with the same result (the batching test above holds
+    """DKF / RVAE / SRNN alone: the sample pass keeps its speech features for the next E-step (same weights, same
+    mixture), so an EM of n iterations encodes n + 1 times (the first E-step, then each sample pass; one more
+    sample for the final filter) instead of 2 n + 1 on the reference path, and SRNN's true-past h (frozen weights,
+    the mixture) is computed once instead of 2 n + 1 times, with the same result (the batching test above holds
     both paths to each other)."""
     model = _model(name)
-    calls = []
-    real = type(model)._encode_speech_tm
-    monkeypatch.setattr(type(model), "_encode_speech_tm", lambda self, x: calls.append(1) or real(self, x))
+    counted = ["_encode_speech_tm"] + (["_deterministic_h_tm"] if name == "srnn" else [])
+    calls = {method: [] for method in counted}
+    for method in counted:
+        real = getattr(type(model), method)
+        monkeypatch.setattr(
+            type(model), method, lambda self, *a, real=real, log=calls[method]: log.append(1) or real(self, *a)
+        )
     wave = _mixture(0.3, 1)[1]
     fast = enhance(model, wave, iterations=4, seed=3)
-    fast_calls, calls[:] = len(calls), []
+    fast_calls = {method: len(log) for method, log in calls.items()}
+    for log in calls.values():
+        log.clear()
     reference = enhance(model, wave, iterations=4, seed=3, one_at_a_time=True)
-    assert (fast_calls, len(calls)) == (4 + 1 + 1, 2 * 4 + 1)
+    assert fast_calls["_encode_speech_tm"] == 4 + 1 + 1
+    assert len(calls["_encode_speech_tm"]) == 2 * 4 + 1
+    if name == "srnn":
+        assert (fast_calls["_deterministic_h_tm"], len(calls["_deterministic_h_tm"])) == (1, 2 * 4 + 1)
     np.testing.assert_allclose(fast.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
-    assert "_encode_speech_tm" not in vars(model)  # the shadowing attribute is gone after each pass
+    assert not set(counted) & set(vars(model))  # the shadowing attributes are gone after each pass
 
 
 @pytest.mark.parametrize("name, config", RECURRENT)

@@ -383,6 +383,44 @@ def test_inexact_own_past_runs_small_batches_on_raw_pointers(native, batch, laye
     assert (fast_calls < frames) == raw, (fast_calls, exact_calls)
 
 
+def _own_past_frozen_h(args, opts, exact: bool, decoder_grad: bool):
+    """srnn_own_past with gradients for z (and the decoder's weights when ``decoder_grad``) but not for h_embed and
+    the LSTM (the enhancement's E-step), inside ``exact_loops(exact)``: outputs, gradients, LSTM layer calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    z = args[0].detach().clone().requires_grad_()
+    decoder = [_leaves(a) if decoder_grad else a for a in args[5:7]]
+    leaves = [z, *(_tensors(decoder) if decoder_grad else [])]
+    with sampling.exact_loops(exact), profile(activities=[ProfilerActivity.CPU]) as prof:
+        outs = sampling.srnn_own_past(z, *args[1:5], *decoder, **opts)
+    lstm_calls = sum(e.count for e in prof.key_averages() if e.key in ("aten::lstm", "aten::mkldnn_rnn_layer"))
+    weight = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = torch.autograd.grad((outs[0] * weight.to(outs[0].dtype)).sum(), leaves)
+    return [o.detach() for o in outs], list(grads), lstm_calls
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("decoder_grad", [False, True])
+def test_inexact_own_past_with_a_frozen_lstm_recomputes_the_decoder_alone(native, batch, layers, decoder_grad):
+    """With h_embed and the LSTM frozen (the enhancement's E-step), the raw-pointer loop's own-past h carries no
+    gradient, so the sequence-level pass takes it from the loop and recomputes only the decoder (no LSTM call):
+    outputs and gradients of z (and of the decoder) within float rounding of the exact loop, float64 within a few
+    ulps, float32 no further from float64 than 4x the exact loop's own float32 error."""
+    args, opts = make_case("srnn_own_past", batch, 151, torch.float64, layers=layers)
+    truth, truth_grads, _ = _own_past_frozen_h(args, opts, True, decoder_grad)
+    fast64, grads64, lstm_calls = _own_past_frozen_h(args, opts, False, decoder_grad)
+    assert lstm_calls == 0
+    assert not fast64[2].requires_grad
+    for i, (a, b) in enumerate(zip(fast64 + grads64, truth + truth_grads, strict=True)):
+        _compare(f"float64 output/gradient {i}", a, b, b, torch.float64)
+    args32 = [_cast(a, torch.float32, "cpu") for a in args]
+    exact, exact_grads, _ = _own_past_frozen_h(args32, opts, True, decoder_grad)
+    fast, fast_grads, _ = _own_past_frozen_h(args32, opts, False, decoder_grad)
+    for i, (a, b, c) in enumerate(zip(fast + fast_grads, exact + exact_grads, truth + truth_grads, strict=True)):
+        _compare(f"output/gradient {i}", a, b, c, torch.float32, rows=151 * batch)
+
+
 @pytest.mark.parametrize("name", ["dkf", "rvae", "srnn"])
 def test_loops_run_in_float32_under_autocast(monkeypatch, name):
     """Under bf16 autocast (a training precision) the posterior loops' inputs would mix bfloat16 features and float32

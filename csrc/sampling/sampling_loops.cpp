@@ -192,19 +192,23 @@ namespace {
 
 // The sequence-level pass of srnn_own_past with gradients (CPU): from the fed-back predictions s_hat (frames, batch,
 // x_dim) that a loop without a graph found, h_embed and the decoder as sequence-level GEMMs and the LSTM as one
-// torch.lstm call, all recording gradients.
+// torch.lstm call, all recording gradients.  `h_own_found`, when defined, is the loop's own-past h: given when
+// neither h_embed nor the LSTM needs gradients (the enhancement's E-step, whose decoder side is frozen), where h_own
+// carries none (the fed-back predictions are detached) and only the decoder is recomputed.
 Tensors3 own_past_sequence(const at::Tensor& s_hat, const at::Tensor& z, const at::Tensor& h_true,
                            const c10::List<bool>& use_own, bool all_own, const std::vector<Linear>& h_embed_l,
                            const std::vector<Linear>& decoder_l, const Linear& out_l, at::TensorList rnn_h,
-                           int64_t activation) {
+                           int64_t activation, const at::Tensor& h_own_found = at::Tensor()) {
   const at::AutoGradMode sequence_grad(true);
-  const int64_t frames = s_hat.size(0), batch = s_hat.size(1), x_dim = s_hat.size(2), h_dim = rnn_h[1].size(1);
-  const at::Tensor embedded = mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, -1});
-  const int64_t layers = static_cast<int64_t>(rnn_h.size() / 4);
-  const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
-  const at::Tensor h_own = std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers,
-                                                /*dropout=*/0.0, /*train=*/true, /*bidirectional=*/false,
-                                                /*batch_first=*/false));
+  const int64_t frames = s_hat.size(0), batch = s_hat.size(1), x_dim = s_hat.size(2);
+  const at::Tensor h_own = h_own_found.defined() ? h_own_found : [&] {
+    const int64_t h_dim = rnn_h[1].size(1), layers = static_cast<int64_t>(rnn_h.size() / 4);
+    const at::Tensor embedded =
+        mlp(s_hat.view({frames * batch, x_dim}), h_embed_l, activation).view({frames, batch, -1});
+    const at::Tensor zeros = at::zeros({layers, batch, h_dim}, z.options());
+    return std::get<0>(at::lstm(embedded, {zeros, zeros}, rnn_h, /*has_biases=*/true, layers, /*dropout=*/0.0,
+                                /*train=*/true, /*bidirectional=*/false, /*batch_first=*/false));
+  }();
   at::Tensor h = h_own;
   if (!all_own) {
     const at::Tensor own_mask = at::zeros({frames, 1, 1}, z.options().dtype(at::kBool));
@@ -225,8 +229,8 @@ Tensors3 own_past_sequence(const at::Tensor& s_hat, const at::Tensor& z, const a
 // SRNN utterance on its own past twice per iteration; the ATen loop is ~45 calls a frame, dispatch-bound at batch
 // 1).  The same function -- h_embed, the LSTM cell (ATen's LSTMCell arithmetic, its two biases added first), the
 // decoder on [h_t ; z_t], the fed-back exp(logvar) -- with every product through small_gemm.h (each weight read once
-// per step for all rows).  z and h_true (if defined) time-major and contiguous; writes fed[t] = s_hat_{t-1} when `fed` is
-// given (the sequence pass recomputes the rest), else logvar, used and own (frames, batch, width), all contiguous.
+// per step for all rows).  z and h_true (if defined) time-major and contiguous; writes each of fed[t] = s_hat_{t-1},
+// logvar, used and own (frames, batch, width), all contiguous, that is not null.
 template <typename T>
 void own_past_small(const at::Tensor& z, const at::Tensor& h_true, const c10::List<bool>& use_own,
                     at::TensorList h_embed, at::TensorList rnn_h, at::TensorList decoder, at::TensorList decoder_out,
@@ -282,11 +286,9 @@ void own_past_small(const at::Tensor& z, const at::Tensor& h_true, const c10::Li
     }
     out(lv.data(), stack(dec, joined.data()), batch);
     for (int64_t i = 0; i < batch * x_dim; ++i) s_prev[i] = std::exp(lv[i]);
-    if (fed == nullptr) {
-      std::copy(lv.begin(), lv.end(), logvar + t * batch * x_dim);
-      std::copy(h_used, h_used + batch * hidden, used + t * batch * hidden);
-      std::copy(h_own, h_own + batch * hidden, own + t * batch * hidden);
-    }
+    if (logvar != nullptr) std::copy(lv.begin(), lv.end(), logvar + t * batch * x_dim);
+    if (used != nullptr) std::copy(h_used, h_used + batch * hidden, used + t * batch * hidden);
+    if (own != nullptr) std::copy(h_own, h_own + batch * hidden, own + t * batch * hidden);
   }
 }
 
@@ -411,14 +413,12 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
   // nothing runs on raw pointers.
   if (!exact && !exact_lstm && !step_graph && small::eligible(z, batch)) {
     const at::Tensor ht = h_true.defined() ? h_true.contiguous() : at::Tensor();
-    at::Tensor fed_all, logvar_all, used_all, own_all;
-    if (sequence_pass) {
-      fed_all = time_major(x_dim);
-    } else {
-      logvar_all = time_major(x_dim);
-      used_all = time_major(h_dim);
-      own_all = time_major(h_dim);
-    }
+    // with a sequence pass the loop gives the fed-back predictions, and its own-past h where that carries no
+    // gradient (h_embed and the LSTM frozen): the sequence pass then recomputes the decoder alone
+    const at::Tensor fed_all = sequence_pass ? time_major(x_dim) : at::Tensor();
+    const at::Tensor logvar_all = sequence_pass ? at::Tensor() : time_major(x_dim);
+    const at::Tensor used_all = sequence_pass ? at::Tensor() : time_major(h_dim);
+    const at::Tensor own_all = !sequence_pass || !record_h ? time_major(h_dim) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "srnn_own_past_small", [&] {
       auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
       own_past_small<scalar_t>(z, ht, use_own, h_embed, rnn_h, decoder, decoder_out, activation, ptr(fed_all),
@@ -427,7 +427,8 @@ Tensors3 srnn_own_past(const at::Tensor& z_in, const std::optional<at::Tensor>& 
     if (!sequence_pass) {
       return {logvar_all, used_all, own_all};
     }
-    return own_past_sequence(fed_all, z, h_true, use_own, all_own, h_embed_l, decoder_l, out_l, rnn_h, activation);
+    return own_past_sequence(fed_all, z, h_true, use_own, all_own, h_embed_l, decoder_l, out_l, rnn_h, activation,
+                             own_all);
   }
   const LSTMStepper lstm = [&] {
     const at::AutoGradMode h_mode(step_graph && record_h);

@@ -250,22 +250,31 @@ class SequentialEngine(InferenceEngine):
     """DKF, RVAE, SRNN: one utterance per batch, through the model's own ``forward(power, past="gen", eps=...)``
     (the native posterior and own-past loops) with the utterance's inference copy swapped in.
 
-    DKF and RVAE encode the speech (their ``_encode_speech_tm``: an embedding and a backward LSTM over the mixture)
-    without noise, so at the same weights the sample pass and the next E-step get the same features: the sample
-    pass computes them with their autograd graph and keeps them, the E-step takes them instead of encoding again
-    (one encoder pass less per EM iteration; the same gradients), as :class:`RecurrentEngine` does.  (SRNN's
-    encoder reads the own-past state h, which changes with every sample.)  ``keep_features=False`` encodes in every
-    pass, as the reference implementation does (the ``one_at_a_time`` reference path)."""
+    Two outputs of the model's own methods are kept instead of computed again, as :class:`RecurrentEngine` keeps
+    them (the same numbers, the same gradients):
+
+    - the speech features (``_encode_speech_tm``: DKF's and RVAE's embedding and backward LSTM over the mixture,
+      SRNN's over the mixture and its true-past h) carry no noise, so at the same weights the sample pass and the
+      next E-step get the same features: the sample pass computes them with their autograd graph and keeps them,
+      the E-step takes them instead of encoding again (one encoder pass less per EM iteration);
+    - SRNN's true-past h (``_deterministic_h_tm``: the generative model's LSTM over the mixture) reads only the
+      frozen weights and the mixture: it is computed once per mixture, not twice per iteration.
+
+    ``keep_features=False`` computes both in every pass, as the reference implementation does (the
+    ``one_at_a_time`` reference path)."""
 
     batched = False
-    #: the method of the model whose output is kept between passes (see the class docstring)
+    #: the method of the model whose output is kept from a pass without gradients to the next E-step
     KEPT_ENCODER = "_encode_speech_tm"
+    #: the methods whose output depends only on the frozen weights and the mixture, per family: kept for the EM
+    FROZEN_METHODS: ClassVar[dict[type, str]] = {SRNN: "_deterministic_h_tm"}
 
     def __init__(self, model: DVAE, batch: int, lr: float, keep_features: bool = True):
         super().__init__(model, batch, lr)
-        self.keep_features = keep_features and isinstance(model, (DKF, RVAE))
+        self.keep_features = keep_features and isinstance(model, (DKF, RVAE, SRNN))
         self._updates = 0  # Adam steps taken: the version of the copy
         self._kept: tuple[tuple, Tensor] | None = None  # (key, features with their graph) of the last sample pass
+        self._frozen: tuple[Tensor, int, Tensor] | None = None  # SRNN: (mixture, its version, true-past h)
 
     def posterior_pass(self, power, lengths, generators, grad):
         if power.shape[0] != 1:
@@ -279,37 +288,53 @@ class SequentialEngine(InferenceEngine):
             copy = {n: p.squeeze(0) if grad or reuse else p.squeeze(0).detach() for n, p in self.stacked.items()}
         params = {**self.frozen, **copy}
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
-        with exact_loops(False), self._features_kept(power, grad, reuse):  # the fast loops: no bit-parity needed
+        with exact_loops(False), self._outputs_kept(power, grad, reuse):  # the fast loops: no bit-parity needed
             out = self.call("forward", params, power, past="gen", eps=eps)
         if not grad:
             return out.logvar, None
         return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
 
     @contextmanager
-    def _features_kept(self, power: Tensor, grad: bool, reuse: bool):
-        """While the model runs: its speech encoder keeps its output (a pass without gradients) or takes the kept
-        one (the E-step at the same weights and mixture), through an instance attribute that shadows the method."""
+    def _outputs_kept(self, power: Tensor, grad: bool, reuse: bool):
+        """While the model runs on ``power``: its speech encoder keeps its output (a pass without gradients) or
+        takes the kept one (the E-step at the same weights and mixture), and SRNN's true-past h is computed once
+        per mixture, through instance attributes that shadow the methods (their inputs are derived from
+        ``power`` alone, which identifies them)."""
         if not reuse:
             yield
             return
-        model, name = self.model, self.KEPT_ENCODER
-        encoder = getattr(model, name)
-        key = (power.data_ptr(), tuple(power.shape), self._updates)
+        model = self.model
+        encoder = getattr(model, self.KEPT_ENCODER)
+        key = (power.data_ptr(), tuple(power.shape), power._version, self._updates)
 
-        def kept_encoder(x: Tensor) -> Tensor:
+        def kept_encoder(*args: Tensor) -> Tensor:
             if grad:
                 kept, self._kept = self._kept, None
-                return kept[1] if kept is not None and kept[0] == key else encoder(x)
+                return kept[1] if kept is not None and kept[0] == key else encoder(*args)
             with torch.enable_grad():
-                features = encoder(x)
+                features = encoder(*args)
             self._kept = (key, features)
             return features.detach()
 
-        model.__dict__[name] = kept_encoder
+        shadows = {self.KEPT_ENCODER: kept_encoder}
+        frozen = next((m for family, m in self.FROZEN_METHODS.items() if isinstance(model, family)), None)
+        if frozen is not None:
+            method = getattr(model, frozen)
+
+            def once_per_mixture(*args: Tensor) -> Tensor:
+                cached = self._frozen
+                if cached is None or cached[0] is not power or cached[1] != power._version:
+                    with torch.no_grad():  # the frozen weights and the mixture: nothing to differentiate
+                        cached = self._frozen = (power, power._version, method(*args))
+                return cached[2]
+
+            shadows[frozen] = once_per_mixture
+        model.__dict__.update(shadows)
         try:
             yield
         finally:
-            del model.__dict__[name]
+            for name in shadows:
+                del model.__dict__[name]
 
     def step(self, *args, **kwargs) -> Tensor:
         losses = super().step(*args, **kwargs)
