@@ -39,6 +39,12 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def("relu_dropout_backward(Tensor grad, Tensor y, float p) -> Tensor");
   // tanh vectorised for float32 (csrc/activations/tanh_cpu.cpp; CPU; float64 takes ATen's): the MLP activation.
   m.def("tanh(Tensor x) -> Tensor");
+  // The enhancement's M-step (csrc/enhance/nmf_cpu.cpp; CPU; lightdvae/enhance/noise.py): IS-NMF updates of W
+  // (batch, F, K) then H (batch, K, frames), W's columns normalised, the gain g (batch, frames), all in place, for the
+  // speech variance `speech` and the mixture's `power` (batch, frames, F), on the frames where mask (bool, batch x
+  // frames) is true; returns the IS divergence of the updated model per utterance (batch,).  No autograd.
+  m.def(
+      "nmf_m_step(Tensor(a!) W, Tensor(b!) H, Tensor(c!) g, Tensor power, Tensor speech, Tensor mask) -> Tensor");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

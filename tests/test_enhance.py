@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import TINY_LIGHT, make_run, no_vmap_fallback, speech_like
+from helpers import TINY_LIGHT, make_run, no_vmap_fallback, requires_native, speech_like
 
 from lightdvae.audio import istft, stft
 from lightdvae.cli import main
@@ -23,6 +23,7 @@ from lightdvae.enhance import (
     inference_names,
     init_noise_model,
     m_step,
+    m_step_and_divergence,
     mixture_divergence,
     resolve_settings,
     wiener_filter,
@@ -83,6 +84,76 @@ def test_the_m_step_never_increases_the_divergence(case):
         torch.testing.assert_close(state.W.sum(1), torch.ones(3, rank, dtype=torch.float64))  # unit l1 columns
         assert not torch.equal(wh, state.noise_variance())
         before = after
+
+
+def _m_step_runs(dtype, native: bool, iterations: int = 6):
+    """W, H, g and the divergences of ``iterations`` M-steps of a padded batch (lengths 31, 17, 40; rank 8), on the
+    native kernel or the ATen reference (``LIGHTDVAE_REFERENCE_OPS=nmf_m_step``'s path), in ``dtype`` from the same
+    start (float32 numbers, so that float64 runs are the float32 runs' truth)."""
+    gen = torch.Generator().manual_seed(5)
+    lengths = [31, 17, 40]
+    shape = (3, 40, 513)
+    power = (torch.rand(shape, generator=gen) ** 3).to(dtype)
+    speech = (torch.rand(shape, generator=gen) + 1e-6).to(dtype)
+    power[0, 31:] = 0.0  # padded frames of the mixture are zeros (power_batch)
+    power[1, 17:] = 0.0
+    mask = torch.arange(40)[None] < torch.tensor(lengths)[:, None]
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    start = init_noise_model(lengths, 513, 8, gens, dtype=torch.float32, device="cpu")
+    state = dataclasses.replace(start, W=start.W.to(dtype), H=start.H.to(dtype), g=start.g.to(dtype))
+    divergences = []
+    for _ in range(iterations):
+        if native:
+            divergences.append(torch.ops.lightdvae.nmf_m_step(state.W, state.H, state.g, power, speech, mask))
+        else:
+            m_step(state, power, speech, mask)
+            divergences.append(mixture_divergence(state, power, speech, mask))
+    return [state.W, state.H, state.g, torch.stack(divergences)]
+
+
+@requires_native
+def test_the_native_m_step_is_the_reference_within_float_rounding():
+    """The CPU kernel (csrc/enhance/nmf_cpu.cpp) against the ATen calls of noise.py, six M-steps of a padded batch,
+    on every instruction set: float64 within 1e-12 of the scale; float32 no further from the float64 reference than
+    4x the float32 reference's own error (its sums are accumulated in float64, ATen's in float32), plus a few ulps."""
+    truth = _m_step_runs(torch.float64, native=False)
+    reference32 = _m_step_runs(torch.float32, native=False)
+    names = ("W", "H", "g", "divergence")
+    before = torch.ops.lightdvae.loss_cpu_isa()
+    try:
+        for isa in torch.ops.lightdvae.loss_cpu_isas():
+            torch.ops.lightdvae.loss_cpu_isa(isa)
+            for name, got, want in zip(names, _m_step_runs(torch.float64, native=True), truth, strict=True):
+                scale = want.abs().max().item()
+                assert (got - want).abs().max().item() <= 1e-12 * scale, (isa, name)
+            for name, got, ref, want in zip(names, _m_step_runs(torch.float32, True), reference32, truth, strict=True):
+                scale = want.abs().max().item()
+                err, err_ref = ((t.double() - want).abs().max().item() for t in (got, ref))
+                print(f"{isa} {name}: float32 error {err / scale:.2e} of the scale (ATen's {err_ref / scale:.2e})")
+                assert err <= 4 * err_ref + 8 * torch.finfo(torch.float32).eps * scale, (isa, name)
+    finally:
+        torch.ops.lightdvae.loss_cpu_isa("auto")
+    assert torch.ops.lightdvae.loss_cpu_isa() == before
+
+
+@requires_native
+def test_the_em_takes_the_native_m_step_on_the_cpu(monkeypatch):
+    """m_step_and_divergence runs the kernel on the CPU (one call, no ATen M-step) and the ATen reference with
+    LIGHTDVAE_REFERENCE_OPS=nmf_m_step; the EM gives the same enhancement either way (float64)."""
+    calls = []
+    real = m_step
+    monkeypatch.setattr("lightdvae.enhance.noise.m_step", lambda *a: calls.append(1) or real(*a))
+    model, wave = _model("vae"), _mixture(0.3, 1)[1]
+    native = enhance(model, wave, iterations=5, seed=2)
+    assert calls == []
+    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "nmf_m_step")
+    reference = enhance(model, wave, iterations=5, seed=2)
+    assert len(calls) == 5
+    np.testing.assert_allclose(native.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
+    gens = [torch.Generator().manual_seed(0)]
+    state = init_noise_model([4], 513, 2, gens, dtype=torch.float32, device="cpu")
+    power = torch.rand(1, 4, 513)
+    assert m_step_and_divergence(state, power, power, torch.ones(1, 4, dtype=torch.bool)).shape == (1,)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ are the multiplicative updates of IS-NMF with exponent 1/2 (Févotte & Idier, Ne
 exponent each update never increases the Itakura-Saito divergence ``d_IS(|X|^2, g v + WH)``), in the reference's
 order: W, then H, then the columns of W normalised to unit l1 norm (H rescaled so WH is unchanged), then g.
 
-On the CPU both run over the batch in chunks of a few utterances (:data:`CACHE_BYTES`): the M-step makes some
-thirty element-wise passes over ``(frames, F)`` arrays, which stay in the core's cache for a chunk but not for a
-batch of 16 (3.3x faster at batch 16 on the 2-core AMD machine: 39.8 -> 12.2 ms an iteration).  Utterances are
-independent here, so the chunks change no number.
+On the CPU the EM takes both from one native kernel (:func:`m_step_and_divergence`: ``lightdvae::nmf_m_step``,
+csrc/enhance/nmf_cpu.cpp, five passes over an utterance's bins where the ATen calls below make some forty); the
+functions here are its reference, and what runs on other devices.  They run over the batch in chunks of a few
+utterances (:data:`CACHE_BYTES`): the M-step makes some thirty element-wise passes over ``(frames, F)`` arrays,
+which stay in the core's cache for a chunk but not for a batch of 16 (3.3x faster at batch 16 on the 2-core AMD
+machine: 39.8 -> 12.2 ms an iteration).  Utterances are independent here, so the chunks change no number.
 
 Layout: utterances are batched and padded, power and variances ``(batch, frames, F)`` like the models; ``W`` is
 ``(batch, F, K)``, ``H`` ``(batch, K, frames)``, ``g`` ``(batch, frames)``; ``mask`` ``(batch, frames)`` bool is
@@ -24,7 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseModel", "init_noise_model", "m_step", "mixture_divergence"]
+from lightdvae import _ext
+
+__all__ = ["NoiseModel", "init_noise_model", "m_step", "m_step_and_divergence", "mixture_divergence"]
 
 #: Floor of the random initial W and H (the reference's machine epsilon): a zero entry would stay zero forever.
 INIT_FLOOR = 2.220446049250313e-16
@@ -147,3 +151,20 @@ def _divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) 
     d = power / vx - torch.log(ratio) - 1.0
     valid = mask[..., None].to(power.dtype)
     return (d * valid).sum((1, 2)) / (valid.sum((1, 2)) * power.shape[-1])
+
+
+@torch.no_grad()
+def m_step_and_divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> Tensor:
+    """:func:`m_step` in place, then :func:`mixture_divergence` of the updated model, ``(batch,)``: on the CPU one
+    native kernel does both (the same updates within float rounding; sums accumulated in float64)."""
+    tensors = (state.W, state.H, state.g, power, speech)
+    supported = (
+        power.dtype in (torch.float32, torch.float64)
+        and all(t.dtype == power.dtype and t.is_contiguous() for t in tensors)
+        and mask.dtype == torch.bool
+        and mask.is_contiguous()
+    )
+    if power.device.type == "cpu" and _ext.use_native("nmf_m_step", "cpu", supported):
+        return torch.ops.lightdvae.nmf_m_step(state.W, state.H, state.g, power, speech, mask)
+    m_step(state, power, speech, mask)
+    return mixture_divergence(state, power, speech, mask)

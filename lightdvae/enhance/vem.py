@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightdvae.enhance.inference import InferenceEngine
-from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step, mixture_divergence
+from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step_and_divergence
 from lightdvae.enhance.settings import EnhanceSettings
 from lightdvae.runtime import sync
 
@@ -83,8 +83,7 @@ def run_vem(
             break
         engine.step(power, lengths, mask, state.g, state.noise_variance(), s.beta, generators)
         speech = engine.sample(power, lengths, generators)
-        m_step(state, power, speech, mask)
-        losses.append(mixture_divergence(state, power, speech, mask))
+        losses.append(m_step_and_divergence(state, power, speech, mask))
     filt, speech, noise = _final_filter(engine, state, power, lengths, generators, s.samples)
     sync(power.device)
     seconds = time.perf_counter() - start
