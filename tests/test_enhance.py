@@ -365,11 +365,12 @@ def test_a_batch_of_one_runs_the_models_own_native_loops(name, config):
 def test_a_batch_of_one_encodes_the_speech_once_per_iteration(name, monkeypatch):
     """DKF / RVAE / SRNN alone: the sample pass keeps its speech features for the next E-step (same weights, same
     mixture), so an EM of n iterations encodes n + 1 times (the first E-step, then each sample pass; one more
-    sample for the final filter) instead of 2 n + 1 on the reference path, and SRNN's true-past h (frozen weights,
-    the mixture) is computed once instead of 2 n + 1 times, with the same result (the batching test above holds
-    both paths to each other)."""
+    sample for the final filter) instead of 2 n + 1 on the reference path; SRNN's true-past h (frozen weights,
+    the mixture) is computed once instead of 2 n + 1 times; the prior (DKF's transition, SRNN's prior network)
+    runs in the n E-steps alone.  The same result (the batching test above holds both paths to each other)."""
     model = _model(name)
-    counted = ["_encode_speech_tm"] + (["_deterministic_h_tm"] if name == "srnn" else [])
+    prior = {"dkf": ["transition"], "srnn": ["prior", "_deterministic_h_tm"]}.get(name, [])
+    counted = ["_encode_speech_tm", *prior]
     calls = {method: [] for method in counted}
     for method in counted:
         real = getattr(type(model), method)
@@ -382,10 +383,9 @@ def test_a_batch_of_one_encodes_the_speech_once_per_iteration(name, monkeypatch)
     for log in calls.values():
         log.clear()
     reference = enhance(model, wave, iterations=4, seed=3, one_at_a_time=True)
-    assert fast_calls["_encode_speech_tm"] == 4 + 1 + 1
-    assert len(calls["_encode_speech_tm"]) == 2 * 4 + 1
-    if name == "srnn":
-        assert (fast_calls["_deterministic_h_tm"], len(calls["_deterministic_h_tm"])) == (1, 2 * 4 + 1)
+    expected = {"_encode_speech_tm": 4 + 1 + 1, "transition": 4, "prior": 4, "_deterministic_h_tm": 1}
+    assert fast_calls == {method: expected[method] for method in counted}
+    assert all(len(log) == 2 * 4 + 1 for log in calls.values())
     np.testing.assert_allclose(fast.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
     assert not set(counted) & set(vars(model))  # the shadowing attributes are gone after each pass
 

@@ -260,14 +260,18 @@ class SequentialEngine(InferenceEngine):
     - SRNN's true-past h (``_deterministic_h_tm``: the generative model's LSTM over the mixture) reads only the
       frozen weights and the mixture: it is computed once per mixture, not twice per iteration.
 
-    ``keep_features=False`` computes both in every pass, as the reference implementation does (the
-    ``one_at_a_time`` reference path)."""
+    And the sample pass skips the prior's statistics (DKF's gated transition, SRNN's prior network), which only
+    the E-step's KL reads: the model's method is shadowed by zeros of its output's shape.  ``keep_features=False``
+    does none of this, as the reference implementation (the ``one_at_a_time`` reference path)."""
 
     batched = False
     #: the method of the model whose output is kept from a pass without gradients to the next E-step
     KEPT_ENCODER = "_encode_speech_tm"
     #: the methods whose output depends only on the frozen weights and the mixture, per family: kept for the EM
     FROZEN_METHODS: ClassVar[dict[type, str]] = {SRNN: "_deterministic_h_tm"}
+    #: the prior's method, ``(..., z_prev) -> (mean, logvar)`` shaped like ``z_prev``, per family: not run without
+    #: gradients (the sample pass keeps the decoder's output alone)
+    PRIOR_METHODS: ClassVar[dict[type, str]] = {DKF: "transition", SRNN: "prior"}
 
     def __init__(self, model: DVAE, batch: int, lr: float, keep_features: bool = True):
         super().__init__(model, batch, lr)
@@ -288,18 +292,18 @@ class SequentialEngine(InferenceEngine):
             copy = {n: p.squeeze(0) if grad or reuse else p.squeeze(0).detach() for n, p in self.stacked.items()}
         params = {**self.frozen, **copy}
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
-        with exact_loops(False), self._outputs_kept(power, grad, reuse):  # the fast loops: no bit-parity needed
+        with exact_loops(False), self._shortcuts(power, grad, reuse):  # the fast loops: no bit-parity needed
             out = self.call("forward", params, power, past="gen", eps=eps)
         if not grad:
             return out.logvar, None
         return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
 
     @contextmanager
-    def _outputs_kept(self, power: Tensor, grad: bool, reuse: bool):
+    def _shortcuts(self, power: Tensor, grad: bool, reuse: bool):
         """While the model runs on ``power``: its speech encoder keeps its output (a pass without gradients) or
-        takes the kept one (the E-step at the same weights and mixture), and SRNN's true-past h is computed once
-        per mixture, through instance attributes that shadow the methods (their inputs are derived from
-        ``power`` alone, which identifies them)."""
+        takes the kept one (the E-step at the same weights and mixture), SRNN's true-past h is computed once per
+        mixture, and a pass without gradients skips the prior, through instance attributes that shadow the methods
+        (their inputs are derived from ``power`` alone, which identifies them)."""
         if not reuse:
             yield
             return
@@ -317,7 +321,11 @@ class SequentialEngine(InferenceEngine):
             return features.detach()
 
         shadows = {self.KEPT_ENCODER: kept_encoder}
-        frozen = next((m for family, m in self.FROZEN_METHODS.items() if isinstance(model, family)), None)
+
+        def family_method(table: dict[type, str]) -> str | None:
+            return next((m for family, m in table.items() if isinstance(model, family)), None)
+
+        frozen = family_method(self.FROZEN_METHODS)
         if frozen is not None:
             method = getattr(model, frozen)
 
@@ -329,6 +337,14 @@ class SequentialEngine(InferenceEngine):
                 return cached[2]
 
             shadows[frozen] = once_per_mixture
+        prior = family_method(self.PRIOR_METHODS)
+        if prior is not None and not grad:
+
+            def no_prior(*args: Tensor) -> tuple[Tensor, Tensor]:
+                zeros = args[-1].new_zeros(()).expand_as(args[-1])
+                return zeros, zeros
+
+            shadows[prior] = no_prior
         model.__dict__.update(shadows)
         try:
             yield
