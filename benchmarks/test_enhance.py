@@ -19,6 +19,10 @@ Targets (measured here, not asserted): every dynamical prior >= 5x faster per ut
 reference; >= 20x the utterances per second at batch 16 (enhanced together) than at batch 1 reference;
 LigHT-DVAE: a batch of 16 utterances of 2.5 s under 0.5 s per iteration.
 
+``test_m_step``: one M-step and the divergence of the updated model (:func:`lightdvae.enhance.noise.
+m_step_and_divergence`) of ``batch`` utterances of 157 frames on the CPU, ``impl`` ``native`` (the kernel
+``lightdvae::nmf_m_step``) or ``reference`` (the ATen calls, ``LIGHTDVAE_REFERENCE_OPS=nmf_m_step``).
+
 The default run (what the CI runs once with --benchmark-disable) keeps to the cases that finish in seconds on a
 small CPU: 2.5 s utterances at batch 1 for every prior, and the VAE at batch 16; ``LIGHTDVAE_BENCH_ENHANCE=full``
 adds batch 16 for every prior and the 8 s utterances.
@@ -33,7 +37,7 @@ import torch
 from conftest import DEVICES, synchronize
 
 from lightdvae import _ext
-from lightdvae.enhance import enhance_batch
+from lightdvae.enhance import enhance_batch, init_noise_model, m_step_and_divergence
 from lightdvae.models import build
 from lightdvae.runtime import backend_scope
 
@@ -102,3 +106,22 @@ def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl)
         utterances_per_s_per_iteration=1.0 / per,
         seconds_per_iteration_of_the_batch=per * batch,
     )
+
+
+@pytest.mark.parametrize("impl", ["reference", "native"])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_m_step(benchmark, describe, monkeypatch, batch, impl):
+    if impl == "native" and not _ext.has_kernel("nmf_m_step", "cpu"):
+        pytest.skip("the native extension (its M-step kernel) is not built")
+    if impl == "reference":
+        monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "nmf_m_step")
+    benchmark.group = f"enhance-m-step-b{batch}"
+    gen = torch.Generator().manual_seed(0)
+    frames, bins = 157, 513
+    power = torch.rand(batch, frames, bins, generator=gen) ** 3
+    speech = torch.rand(batch, frames, bins, generator=gen) + 1e-6
+    mask = torch.ones(batch, frames, dtype=torch.bool)
+    gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+    state = init_noise_model([frames] * batch, bins, 8, gens, dtype=torch.float32, device="cpu")
+    benchmark(m_step_and_divergence, state, power, speech, mask)
+    describe("cpu", impl=impl, batch=batch, frames=frames, rank=8)
