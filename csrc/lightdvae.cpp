@@ -45,6 +45,12 @@ TORCH_LIBRARY(lightdvae, m) {
   // frames) is true; returns the IS divergence of the updated model per utterance (batch,).  No autograd.
   m.def(
       "nmf_m_step(Tensor(a!) W, Tensor(b!) H, Tensor(c!) g, Tensor power, Tensor speech, Tensor mask) -> Tensor");
+  // The E-step's reconstruction term (csrc/enhance/mixture_is_cpu.cpp; CPU; lightdvae/enhance/noise.py): per
+  // utterance the IS divergence of the mixture's power against gain * exp(logvar) + noise summed over the frames
+  // where mask is true (batch,), and with with_grad its gradient in logvar (else an empty tensor).
+  m.def(
+      "mixture_is(Tensor power, Tensor logvar, Tensor gain, Tensor noise, Tensor mask, float eps, bool with_grad) "
+      "-> (Tensor, Tensor)");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

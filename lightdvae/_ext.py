@@ -129,9 +129,10 @@ DEVICE_OPS = (
     "srnn_posterior_bptt",
 )
 #: CPU_OPS have a CPU kernel only (the hashed dropout, alone and after a ReLU; the vectorised tanh; the enhancement's
-#: M-step): on CUDA ``lightdvae.ops.dropout`` and ``relu_dropout`` run ATen's fused dropout (after ``torch.relu``),
-#: ``tanh`` ATen's, ``nmf_m_step`` the ATen calls of ``lightdvae.enhance.noise``.
-CPU_OPS = ("dropout", "relu_dropout", "tanh", "nmf_m_step")
+#: M-step and E-step reconstruction term): on CUDA ``lightdvae.ops.dropout`` and ``relu_dropout`` run ATen's fused
+#: dropout (after ``torch.relu``), ``tanh`` ATen's, ``nmf_m_step`` and ``mixture_is`` the ATen calls of
+#: ``lightdvae.enhance.noise``.
+CPU_OPS = ("dropout", "relu_dropout", "tanh", "nmf_m_step", "mixture_is")
 COMPOSITE_OPS = (
     "dkf_posterior",
     "dkf_prior",
@@ -183,8 +184,9 @@ def missing_native_error(op: str, reason: str) -> RuntimeError:
 
 def reference_ops() -> frozenset[str]:
     """The CPU_OPS that take their reference even where their native kernel runs, from ``LIGHTDVAE_REFERENCE_OPS``
-    (comma-separated: ``dropout``, ``relu_dropout``, ``tanh``, ``nmf_m_step``; unset: none): to measure one of these
-    kernels against ATen's in a whole training or enhancement run (``scripts/epoch_times.py``)."""
+    (comma-separated: ``dropout``, ``relu_dropout``, ``tanh``, ``nmf_m_step``, ``mixture_is``; unset: none): to
+    measure one of these kernels against ATen's in a whole training or enhancement run
+    (``scripts/epoch_times.py``, ``benchmarks/test_enhance.py``)."""
     raw = os.environ.get("LIGHTDVAE_REFERENCE_OPS", "")
     names = frozenset(n.strip() for n in raw.split(",") if n.strip())
     unknown = sorted(names - set(CPU_OPS))

@@ -25,6 +25,7 @@ from lightdvae.enhance import (
     m_step,
     m_step_and_divergence,
     mixture_divergence,
+    mixture_reconstruction,
     resolve_settings,
     wiener_filter,
 )
@@ -136,20 +137,70 @@ def test_the_native_m_step_is_the_reference_within_float_rounding():
     assert torch.ops.lightdvae.loss_cpu_isa() == before
 
 
+def _reconstruction(dtype, native: bool, monkeypatch):
+    """The E-step's reconstruction term of a padded batch (lengths 31, 17, 40) and its gradient in logvar, on the
+    kernel or the ATen composite (``LIGHTDVAE_REFERENCE_OPS=mixture_is``), from float32 inputs cast to ``dtype``."""
+    gen = torch.Generator().manual_seed(7)
+    shape = (3, 40, 513)
+    power = (torch.rand(shape, generator=gen) ** 3).to(dtype)
+    power[0, 31:] = 0.0
+    power[1, 17:] = 0.0
+    power[2, 5, :100] = 0.0  # digitally silent bins: log(power + eps)
+    logvar = (torch.randn(shape, generator=gen) * 4).to(dtype).requires_grad_()
+    gain = (torch.rand(3, 40, generator=gen) + 0.1).to(dtype)
+    noise = (torch.rand(shape, generator=gen) * 0.1).to(dtype)
+    mask = torch.arange(40)[None] < torch.tensor([31, 17, 40])[:, None]
+    weight = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "" if native else "mixture_is")
+    loss = mixture_reconstruction(power, logvar, gain, noise, mask)
+    (grad,) = torch.autograd.grad((loss * weight).sum(), logvar)
+    return [loss.detach(), grad]
+
+
+@requires_native
+def test_the_native_reconstruction_term_is_the_reference_within_float_rounding(monkeypatch):
+    """The CPU kernel (csrc/enhance/mixture_is_cpu.cpp) against the ATen composite, loss and gradient, on every
+    instruction set: float64 within 1e-12 of the scale; float32 no further from float64 than 4x the composite's own
+    float32 error plus a few ulps; padded frames get a zero gradient."""
+    truth = _reconstruction(torch.float64, False, monkeypatch)
+    reference32 = _reconstruction(torch.float32, False, monkeypatch)
+    assert (truth[1][0, 31:] == 0).all() and (truth[1][1, 17:] == 0).all()
+    before = torch.ops.lightdvae.loss_cpu_isa()
+    try:
+        for isa in torch.ops.lightdvae.loss_cpu_isas():
+            torch.ops.lightdvae.loss_cpu_isa(isa)
+            native64 = _reconstruction(torch.float64, True, monkeypatch)
+            native32 = _reconstruction(torch.float32, True, monkeypatch)
+            assert (native32[1][0, 31:] == 0).all() and (native32[1][1, 17:] == 0).all()
+            for name, got, got32, ref32, want in zip(
+                ("loss", "grad"), native64, native32, reference32, truth, strict=True
+            ):
+                scale = want.abs().max().item()
+                assert (got - want).abs().max().item() <= 1e-12 * scale, (isa, name)
+                err, err_ref = ((t.double() - want).abs().max().item() for t in (got32, ref32))
+                print(f"{isa} {name}: float32 error {err / scale:.2e} of the scale (ATen's {err_ref / scale:.2e})")
+                assert err <= 4 * err_ref + 8 * torch.finfo(torch.float32).eps * scale, (isa, name)
+    finally:
+        torch.ops.lightdvae.loss_cpu_isa("auto")
+    assert torch.ops.lightdvae.loss_cpu_isa() == before
+
+
 @requires_native
 def test_the_em_takes_the_native_m_step_on_the_cpu(monkeypatch):
     """m_step_and_divergence runs the kernel on the CPU (one call, no ATen M-step) and the ATen reference with
-    LIGHTDVAE_REFERENCE_OPS=nmf_m_step; the EM gives the same enhancement either way (float64)."""
+    LIGHTDVAE_REFERENCE_OPS=nmf_m_step; the EM gives the same enhancement either way, and with the reconstruction
+    term's reference too (float64)."""
     calls = []
     real = m_step
     monkeypatch.setattr("lightdvae.enhance.noise.m_step", lambda *a: calls.append(1) or real(*a))
     model, wave = _model("vae"), _mixture(0.3, 1)[1]
     native = enhance(model, wave, iterations=5, seed=2)
     assert calls == []
-    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "nmf_m_step")
-    reference = enhance(model, wave, iterations=5, seed=2)
-    assert len(calls) == 5
-    np.testing.assert_allclose(native.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
+    for ops in ("nmf_m_step", "mixture_is", "nmf_m_step,mixture_is"):
+        monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", ops)
+        reference = enhance(model, wave, iterations=5, seed=2)
+        np.testing.assert_allclose(native.waveform, reference.waveform, rtol=1e-9, atol=1e-12)
+    assert len(calls) == 2 * 5
     gens = [torch.Generator().manual_seed(0)]
     state = init_noise_model([4], 513, 2, gens, dtype=torch.float32, device="cpu")
     power = torch.rand(1, 4, 513)

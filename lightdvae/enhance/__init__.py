@@ -38,7 +38,14 @@ A whole noisy test set (:mod:`~lightdvae.enhance.dataset`; ``lightdvae enhance R
 from lightdvae.enhance.api import batches, enhance, enhance_batch, stream_seed
 from lightdvae.enhance.dataset import enhance_noisy_set, enhance_set
 from lightdvae.enhance.inference import engine_for, inference_names
-from lightdvae.enhance.noise import NoiseModel, init_noise_model, m_step, m_step_and_divergence, mixture_divergence
+from lightdvae.enhance.noise import (
+    NoiseModel,
+    init_noise_model,
+    m_step,
+    m_step_and_divergence,
+    mixture_divergence,
+    mixture_reconstruction,
+)
 from lightdvae.enhance.set_outputs import ENHANCE_METRICS, SET_COLUMNS, default_enhance_dir, read_set_rows
 from lightdvae.enhance.set_summary import ENHANCE_KIND, console_table, read_enhance_summary
 from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_settings
@@ -59,6 +66,7 @@ __all__ = [
     "m_step",
     "m_step_and_divergence",
     "mixture_divergence",
+    "mixture_reconstruction",
     "run_vem",
     "wiener_filter",
     "enhance_set",

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightdvae.enhance import recurrent
+from lightdvae.enhance.noise import mixture_reconstruction
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
 from lightdvae.models.dkf import DKF
@@ -49,7 +50,7 @@ from lightdvae.models.rvae import RVAE
 from lightdvae.models.srnn import SRNN
 from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
 from lightdvae.models.vae import VAE
-from lightdvae.ops import gaussian_kl, is_divergence
+from lightdvae.ops import gaussian_kl
 from lightdvae.ops.sampling import exact_loops
 
 __all__ = [
@@ -159,9 +160,7 @@ class InferenceEngine:
         params = list(self.stacked.values())
         with torch.enable_grad():
             logvar, kl = self.posterior_pass(power, lengths, generators, grad=True)
-            log_vx = torch.log(torch.addcmul(noise, gain[..., None], torch.exp(logvar)))
-            recon = (is_divergence(power, log_vx, reduction="none") * mask[..., None]).sum((1, 2))
-            losses = recon + beta * kl
+            losses = mixture_reconstruction(power, logvar, gain, noise, mask) + beta * kl
             grads = self.gradients(losses.sum(), params)
         for p, g in zip(params, grads, strict=True):
             p.grad = g.contiguous()  # fused CPU Adam misreads a strided gradient (seen in torch 2.14)

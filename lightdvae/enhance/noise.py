@@ -27,8 +27,17 @@ import torch
 from torch import Tensor
 
 from lightdvae import _ext
+from lightdvae.ops import is_divergence
+from lightdvae.ops.losses import DEFAULT_EPS
 
-__all__ = ["NoiseModel", "init_noise_model", "m_step", "m_step_and_divergence", "mixture_divergence"]
+__all__ = [
+    "NoiseModel",
+    "init_noise_model",
+    "m_step",
+    "m_step_and_divergence",
+    "mixture_divergence",
+    "mixture_reconstruction",
+]
 
 #: Floor of the random initial W and H (the reference's machine epsilon): a zero entry would stay zero forever.
 INIT_FLOOR = 2.220446049250313e-16
@@ -168,3 +177,37 @@ def m_step_and_divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask
         return torch.ops.lightdvae.nmf_m_step(state.W, state.H, state.g, power, speech, mask)
     m_step(state, power, speech, mask)
     return mixture_divergence(state, power, speech, mask)
+
+
+def mixture_reconstruction(power: Tensor, logvar: Tensor, gain: Tensor, noise: Tensor, mask: Tensor) -> Tensor:
+    """The E-step's reconstruction term: ``d_IS(|X|^2, g exp(logvar) + WH)`` summed over each utterance's own
+    time-frequency bins, ``(batch,)``; differentiable in ``logvar`` (the decoder's log-variance ``(batch, frames,
+    F)``; ``gain (batch, frames)`` and ``noise (batch, frames, F)`` are the M-step's, constants here).
+
+    On the CPU one native kernel (``lightdvae::mixture_is``) computes it and its gradient in one pass; elsewhere,
+    and with ``LIGHTDVAE_REFERENCE_OPS=mixture_is``, the ATen composite below (the same numbers within float
+    rounding)."""
+    supported = power.dtype in (torch.float32, torch.float64) and all(
+        t.dtype == power.dtype for t in (logvar, gain, noise)
+    )
+    if power.device.type == "cpu" and _ext.use_native("mixture_is", "cpu", supported):
+        return _MixtureIS.apply(power, logvar, gain, noise, mask)
+    log_vx = torch.log(torch.addcmul(noise, gain[..., None], torch.exp(logvar)))
+    return (is_divergence(power, log_vx, reduction="none") * mask[..., None]).sum((1, 2))
+
+
+class _MixtureIS(torch.autograd.Function):
+    """The kernel's loss, its gradient in ``logvar`` computed in the same pass (when one is needed) and scaled in
+    the backward."""
+
+    @staticmethod
+    def forward(ctx, power, logvar, gain, noise, mask):
+        with_grad = ctx.needs_input_grad[1]
+        loss, grad = torch.ops.lightdvae.mixture_is(power, logvar, gain, noise, mask, DEFAULT_EPS, with_grad)
+        ctx.save_for_backward(grad if with_grad else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return None, grad * grad_loss[:, None, None].to(grad.dtype), None, None, None
