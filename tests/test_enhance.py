@@ -29,7 +29,8 @@ from lightdvae.enhance import (
     resolve_settings,
     wiener_filter,
 )
-from lightdvae.enhance.inference import RecurrentEngine, SequentialEngine
+from lightdvae.enhance.inference import RecurrentEngine
+from lightdvae.enhance.sequential import SequentialEngine
 from lightdvae.errors import EnhanceError
 from lightdvae.metrics import si_sdr
 from lightdvae.models import DVAE, build

@@ -37,7 +37,8 @@ A whole noisy test set (:mod:`~lightdvae.enhance.dataset`; ``lightdvae enhance R
 
 from lightdvae.enhance.api import batches, enhance, enhance_batch, stream_seed
 from lightdvae.enhance.dataset import enhance_noisy_set, enhance_set
-from lightdvae.enhance.inference import engine_for, inference_names
+from lightdvae.enhance.engines import engine_for
+from lightdvae.enhance.inference import inference_names
 from lightdvae.enhance.noise import (
     NoiseModel,
     init_noise_model,

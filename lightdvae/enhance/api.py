@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from lightdvae.audio import SILENCE_PEAK, istft, stft
-from lightdvae.enhance.inference import engine_class, engine_for, inference_names
+from lightdvae.enhance.engines import engine_class, engine_for
+from lightdvae.enhance.inference import inference_names
 from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_settings
 from lightdvae.enhance.vem import run_vem
 from lightdvae.errors import EnhanceError

@@ -9,7 +9,7 @@ of the utterances' losses, and utterance ``i``'s loss reads only copy ``i``.  Th
 model's own parameters, detached (frozen: no gradient is computed for them, none is stored on the model, and the
 model itself is never modified).
 
-How a family runs its copies (:func:`engine_for`):
+How a family runs its copies (:func:`lightdvae.enhance.engines.engine_for` chooses):
 
 - :class:`FramewiseEngine` (VAE): ``torch.func.vmap`` of the encoder over the stacked copies; frames are
   independent, so padding is neutral and utterances of any lengths batch together.
@@ -21,7 +21,8 @@ How a family runs its copies (:func:`engine_for`):
   LSTMs; a backward LSTM starts at the utterance's last frame); the sequential posterior is one loop over frames
   for the whole batch, its layers batched products with each utterance's own weights; the decoders and priors
   are the models' own methods.  Padding is neutral, so utterances of any lengths batch.
-- :class:`SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``, and any batch of one): each utterance
+- :class:`~lightdvae.enhance.sequential.SequentialEngine` (DKF, RVAE, SRNN with ``one_at_a_time=True``, and any
+  batch of one; its own module): each utterance
   runs alone through ``torch.func.functional_call`` of the model's own ``forward(power, past="gen", eps=...)``:
   the native sampling loops inside :func:`lightdvae.ops.sampling.exact_loops` ``(False)`` (the posterior loops'
   ``_bptt`` ops, whose steps run on raw pointers at this batch, in both passes; ATen's LSTM cell), or the
@@ -34,7 +35,6 @@ gets the same numbers in any batch.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -45,11 +45,6 @@ from lightdvae.enhance import recurrent
 from lightdvae.enhance.noise import mixture_reconstruction
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
-from lightdvae.models.dkf import DKF
-from lightdvae.models.rvae import RVAE
-from lightdvae.models.srnn import SRNN
-from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
-from lightdvae.models.vae import VAE
 from lightdvae.ops import gaussian_kl
 from lightdvae.ops.sampling import exact_loops
 
@@ -58,9 +53,6 @@ __all__ = [
     "FramewiseEngine",
     "HierarchicalEngine",
     "RecurrentEngine",
-    "SequentialEngine",
-    "engine_class",
-    "engine_for",
 ]
 
 
@@ -177,7 +169,7 @@ class InferenceEngine:
         return torch.exp(self.posterior_pass(power, lengths, generators, grad=False)[0])
 
 
-def _masked_kl(mean, logvar, mean_p, logvar_p, lengths: list[int]) -> Tensor:
+def masked_kl(mean, logvar, mean_p, logvar_p, lengths: list[int]) -> Tensor:
     """Gaussian KL summed over z and over each utterance's own frames: ``(batch,)``."""
     kl = gaussian_kl(mean, logvar, mean_p, logvar_p, reduction="none").sum(-1)  # (batch, frames)
     frames = torch.arange(kl.shape[1], device=kl.device)
@@ -196,7 +188,7 @@ class FramewiseEngine(InferenceEngine):
         eps = draw(generators, lengths, (self.model.config.z_dim,), power)
         z = torch.addcmul(mean, eps, torch.exp(0.5 * logvar))
         out = self.call("decode", self.frozen, z)
-        return out, _masked_kl(mean, logvar, None, None, lengths) if grad else None
+        return out, masked_kl(mean, logvar, None, None, lengths) if grad else None
 
 
 class HierarchicalEngine(InferenceEngine):
@@ -242,120 +234,7 @@ class HierarchicalEngine(InferenceEngine):
             return steps["logvar"], None
         logvar, mean_p, logvar_p = self.call("decode", self.frozen, z, w, torch.exp(steps["logvar"]))
         kl_w = gaussian_kl(w_mean, w_logvar, reduction="none").sum(-1)
-        return logvar, _masked_kl(z_mean, z_logvar, mean_p, logvar_p, lengths) + kl_w
-
-
-class SequentialEngine(InferenceEngine):
-    """DKF, RVAE, SRNN: one utterance per batch, through the model's own ``forward(power, past="gen", eps=...)``
-    (the native posterior and own-past loops) with the utterance's inference copy swapped in.
-
-    Two outputs of the model's own methods are kept instead of computed again, as :class:`RecurrentEngine` keeps
-    them (the same numbers, the same gradients):
-
-    - the speech features (``_encode_speech_tm``: DKF's and RVAE's embedding and backward LSTM over the mixture,
-      SRNN's over the mixture and its true-past h) carry no noise, so at the same weights the sample pass and the
-      next E-step get the same features: the sample pass computes them with their autograd graph and keeps them,
-      the E-step takes them instead of encoding again (one encoder pass less per EM iteration);
-    - SRNN's true-past h (``_deterministic_h_tm``: the generative model's LSTM over the mixture) reads only the
-      frozen weights and the mixture: it is computed once per mixture, not twice per iteration.
-
-    And the sample pass skips the prior's statistics (DKF's gated transition, SRNN's prior network), which only
-    the E-step's KL reads: the model's method is shadowed by zeros of its output's shape.  ``keep_features=False``
-    does none of this, as the reference implementation (the ``one_at_a_time`` reference path)."""
-
-    batched = False
-    #: the method of the model whose output is kept from a pass without gradients to the next E-step
-    KEPT_ENCODER = "_encode_speech_tm"
-    #: the methods whose output depends only on the frozen weights and the mixture, per family: kept for the EM
-    FROZEN_METHODS: ClassVar[dict[type, str]] = {SRNN: "_deterministic_h_tm"}
-    #: the prior's method, ``(..., z_prev) -> (mean, logvar)`` shaped like ``z_prev``, per family: not run without
-    #: gradients (the sample pass keeps the decoder's output alone)
-    PRIOR_METHODS: ClassVar[dict[type, str]] = {DKF: "transition", SRNN: "prior"}
-
-    def __init__(self, model: DVAE, batch: int, lr: float, keep_features: bool = True):
-        super().__init__(model, batch, lr)
-        self.keep_features = keep_features and isinstance(model, (DKF, RVAE, SRNN))
-        self._updates = 0  # Adam steps taken: the version of the copy
-        self._kept: tuple[tuple, Tensor] | None = None  # (key, features with their graph) of the last sample pass
-        self._frozen: tuple[Tensor, int, Tensor] | None = None  # SRNN: (mixture, its version, true-past h)
-
-    def posterior_pass(self, power, lengths, generators, grad):
-        if power.shape[0] != 1:
-            raise ValueError(f"{type(self.model).__name__} enhances one utterance at a time, got {power.shape[0]}")
-        reuse = self.keep_features
-        # without gradients the copy stays attached only when its features are kept (no other op records a graph);
-        # its views are taken with gradients on (a view made under no_grad would not carry them).  squeeze, not
-        # p[0]: the backward of a select writes its gradient into a zero-filled tensor of the leaf's shape (one
-        # allocation, fill and copy per parameter and iteration), that of squeeze is a view
-        with torch.enable_grad():
-            copy = {n: p.squeeze(0) if grad or reuse else p.squeeze(0).detach() for n, p in self.stacked.items()}
-        params = {**self.frozen, **copy}
-        eps = draw(generators, lengths, (self.model.config.z_dim,), power)
-        with exact_loops(False), self._shortcuts(power, grad, reuse):  # the fast loops: no bit-parity needed
-            out = self.call("forward", params, power, past="gen", eps=eps)
-        if not grad:
-            return out.logvar, None
-        return out.logvar, _masked_kl(out.z_mean, out.z_logvar, out.z_mean_p, out.z_logvar_p, lengths)
-
-    @contextmanager
-    def _shortcuts(self, power: Tensor, grad: bool, reuse: bool):
-        """While the model runs on ``power``: its speech encoder keeps its output (a pass without gradients) or
-        takes the kept one (the E-step at the same weights and mixture), SRNN's true-past h is computed once per
-        mixture, and a pass without gradients skips the prior, through instance attributes that shadow the methods
-        (their inputs are derived from ``power`` alone, which identifies them)."""
-        if not reuse:
-            yield
-            return
-        model = self.model
-        encoder = getattr(model, self.KEPT_ENCODER)
-        key = (power.data_ptr(), tuple(power.shape), power._version, self._updates)
-
-        def kept_encoder(*args: Tensor) -> Tensor:
-            if grad:
-                kept, self._kept = self._kept, None
-                return kept[1] if kept is not None and kept[0] == key else encoder(*args)
-            with torch.enable_grad():
-                features = encoder(*args)
-            self._kept = (key, features)
-            return features.detach()
-
-        shadows = {self.KEPT_ENCODER: kept_encoder}
-
-        def family_method(table: dict[type, str]) -> str | None:
-            return next((m for family, m in table.items() if isinstance(model, family)), None)
-
-        frozen = family_method(self.FROZEN_METHODS)
-        if frozen is not None:
-            method = getattr(model, frozen)
-
-            def once_per_mixture(*args: Tensor) -> Tensor:
-                cached = self._frozen
-                if cached is None or cached[0] is not power or cached[1] != power._version:
-                    with torch.no_grad():  # the frozen weights and the mixture: nothing to differentiate
-                        cached = self._frozen = (power, power._version, method(*args))
-                return cached[2]
-
-            shadows[frozen] = once_per_mixture
-        prior = family_method(self.PRIOR_METHODS)
-        if prior is not None and not grad:
-
-            def no_prior(*args: Tensor) -> tuple[Tensor, Tensor]:
-                zeros = args[-1].new_zeros(()).expand_as(args[-1])
-                return zeros, zeros
-
-            shadows[prior] = no_prior
-        model.__dict__.update(shadows)
-        try:
-            yield
-        finally:
-            for name in shadows:
-                del model.__dict__[name]
-
-    def step(self, *args, **kwargs) -> Tensor:
-        losses = super().step(*args, **kwargs)
-        self._updates += 1
-        self._kept = None
-        return losses
+        return logvar, masked_kl(z_mean, z_logvar, mean_p, logvar_p, lengths) + kl_w
 
 
 class RecurrentEngine(InferenceEngine):
@@ -405,7 +284,7 @@ class RecurrentEngine(InferenceEngine):
             self.model, params, power, eps, lengths, self._tape, self._call
         )
         self._copies = []
-        return logvar, _masked_kl(mean, logvar_q, mean_p, logvar_p, lengths) if grad else None
+        return logvar, masked_kl(mean, logvar_q, mean_p, logvar_p, lengths) if grad else None
 
     def gradients(self, loss, params):
         tape, self._tape = self._tape, None
@@ -420,26 +299,3 @@ class RecurrentEngine(InferenceEngine):
 
 def _detached(params: dict[str, Tensor]) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in params.items()}
-
-
-def engine_class(model: DVAE, one_at_a_time: bool = False) -> type[InferenceEngine]:
-    """The engine of a model's family (see the module docstring); ``one_at_a_time``: DKF, RVAE and SRNN run each
-    utterance alone through the model's own ``forward`` (the reference path)."""
-    if isinstance(model, VAE):
-        return FramewiseEngine
-    if isinstance(model, (HiTDVAE, LigHTDVAE)):
-        return HierarchicalEngine
-    if isinstance(model, (DKF, RVAE, SRNN)) and not one_at_a_time:
-        return RecurrentEngine
-    return SequentialEngine
-
-
-def engine_for(model: DVAE, batch: int, lr: float, one_at_a_time: bool = False) -> InferenceEngine:
-    """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
-    utterances (see :func:`engine_class` for ``one_at_a_time``, the reference path, which also encodes the speech
-    in every pass as the reference implementation does).  DKF, RVAE and SRNN run a batch of one on the
-    :class:`SequentialEngine`: the model's own native loops, faster than the batched engine's Python frame loop."""
-    cls = engine_class(model, one_at_a_time or batch == 1)
-    if cls is SequentialEngine:
-        return cls(model, batch, lr, keep_features=not one_at_a_time)
-    return cls(model, batch, lr)

@@ -70,7 +70,7 @@ def run_vem(
 ) -> VEMOutput:
     """Enhance a batch: ``power (batch, frames, F)`` is the mixtures' ``|X|^2`` (zeros after each utterance's
     ``lengths[i]`` frames), ``generators[i]`` utterance ``i``'s random stream, ``engine`` the inference copies
-    (:func:`lightdvae.enhance.inference.engine_for`) for this batch."""
+    (:func:`lightdvae.enhance.engines.engine_for`) for this batch."""
     s = settings
     mask = frame_mask(lengths, power.device)
     state = init_noise_model(lengths, power.shape[-1], s.rank, generators, dtype=power.dtype, device=power.device)
