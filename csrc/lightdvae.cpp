@@ -39,13 +39,13 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def("relu_dropout_backward(Tensor grad, Tensor y, float p) -> Tensor");
   // tanh vectorised for float32 (csrc/activations/tanh_cpu.cpp; CPU; float64 takes ATen's): the MLP activation.
   m.def("tanh(Tensor x) -> Tensor");
-  // The enhancement's M-step (csrc/enhance/nmf_cpu.cpp; CPU; lightdvae/enhance/noise.py): IS-NMF updates of W
+  // The enhancement's M-step (csrc/enhance/enhance_cpu.cpp; CPU; lightdvae/enhance/noise.py): IS-NMF updates of W
   // (batch, F, K) then H (batch, K, frames), W's columns normalised, the gain g (batch, frames), all in place, for the
   // speech variance `speech` and the mixture's `power` (batch, frames, F), on the frames where mask (bool, batch x
   // frames) is true; returns the IS divergence of the updated model per utterance (batch,).  No autograd.
   m.def(
       "nmf_m_step(Tensor(a!) W, Tensor(b!) H, Tensor(c!) g, Tensor power, Tensor speech, Tensor mask) -> Tensor");
-  // The E-step's reconstruction term (csrc/enhance/mixture_is_cpu.cpp; CPU; lightdvae/enhance/noise.py): per
+  // The E-step's reconstruction term (csrc/enhance/enhance_cpu.cpp; CPU; lightdvae/enhance/noise.py): per
   // utterance the IS divergence of the mixture's power against gain * exp(logvar) + noise summed over the frames
   // where mask is true (batch,), and with with_grad its gradient in logvar (else an empty tensor).
   m.def(

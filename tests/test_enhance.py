@@ -115,7 +115,7 @@ def _m_step_runs(dtype, native: bool, iterations: int = 6):
 
 @requires_native
 def test_the_native_m_step_is_the_reference_within_float_rounding():
-    """The CPU kernel (csrc/enhance/nmf_cpu.cpp) against the ATen calls of noise.py, six M-steps of a padded batch,
+    """The CPU kernel (csrc/enhance/enhance_cpu.cpp) against the ATen calls of noise.py, six M-steps of a padded batch,
     on every instruction set: float64 within 1e-12 of the scale; float32 no further from the float64 reference than
     4x the float32 reference's own error (its sums are accumulated in float64, ATen's in float32), plus a few ulps."""
     truth = _m_step_runs(torch.float64, native=False)
@@ -160,7 +160,7 @@ def _reconstruction(dtype, native: bool, monkeypatch):
 
 @requires_native
 def test_the_native_reconstruction_term_is_the_reference_within_float_rounding(monkeypatch):
-    """The CPU kernel (csrc/enhance/mixture_is_cpu.cpp) against the ATen composite, loss and gradient, on every
+    """The CPU kernel (csrc/enhance/enhance_cpu.cpp) against the ATen composite, loss and gradient, on every
     instruction set: float64 within 1e-12 of the scale; float32 no further from float64 than 4x the composite's own
     float32 error plus a few ulps; padded frames get a zero gradient."""
     truth = _reconstruction(torch.float64, False, monkeypatch)

@@ -7,7 +7,7 @@ exponent each update never increases the Itakura-Saito divergence ``d_IS(|X|^2, 
 order: W, then H, then the columns of W normalised to unit l1 norm (H rescaled so WH is unchanged), then g.
 
 On the CPU the EM takes both from one native kernel (:func:`m_step_and_divergence`: ``lightdvae::nmf_m_step``,
-csrc/enhance/nmf_cpu.cpp, five passes over an utterance's bins where the ATen calls below make some forty); the
+csrc/enhance/enhance_cpu.cpp, five passes over an utterance's bins where the ATen calls below make some forty); the
 functions here are its reference, and what runs on other devices.  They run over the batch in chunks of a few
 utterances (:data:`CACHE_BYTES`): the M-step makes some thirty element-wise passes over ``(frames, F)`` arrays,
 which stay in the core's cache for a chunk but not for a batch of 16 (3.3x faster at batch 16 on the 2-core AMD

@@ -1,8 +1,12 @@
-// The M-step of the enhancement's variational EM on the CPU (issue 16): IS-NMF multiplicative updates of the noise
-// W (F, K) and H (K, T), the columns of W normalised, the per-frame gain g, then the divergence of the updated
-// model -- what lightdvae/enhance/noise.py's m_step and mixture_divergence compute, in five passes over an
-// utterance's (frames, F) bins instead of some forty ATen calls (each a pass of its own, with its own dispatch: ~1.2
-// ms an iteration at batch 1, 157 x 513 bins, a tenth of a DKF iteration).
+// The enhancement's native CPU kernels (issue 16), compiled per instruction set like the loss kernels (loss_isa.h:
+// AVX-512, AVX2 or the baseline, the CPU's best that ATen allows).  Utterances are independent: at::parallel_for
+// over the batch gives the same numbers on any number of threads.
+//
+// nmf_m_step, the M-step of the variational EM: IS-NMF multiplicative updates of the noise W (F, K) and H (K, T),
+// the columns of W normalised, the per-frame gain g, then the divergence of the updated model -- what
+// lightdvae/enhance/noise.py's m_step and mixture_divergence compute, in five passes over an utterance's (frames,
+// F) bins instead of some forty ATen calls (each a pass of its own, with its own dispatch: ~1.2 ms an iteration at
+// batch 1, 157 x 513 bins, a tenth of a DKF iteration).
 //
 // Model: V_tf = g_t v_tf + (WH)_ft.  With a = |X|^2 / V^2 and b = 1 / V (Fevotte & Idier 2011, exponent 1/2):
 //   W_fk *= sqrt(sum_t a_tf H_kt / sum_t b_tf H_kt)          (a, b from the W, H, g before)
@@ -13,15 +17,24 @@
 // Frames where mask is false take no part in the sums and keep their H (before the normalisation) and g.  Sums over
 // frequency are vectorised (a partial sum per lane), sums over frames add blocks of 16 frames in float64; the
 // element-wise terms are in the inputs' precision, the log of float inputs is fast_math.h's polynomial (about 1
-// ulp).  float32 results are closer to float64's than those of the ATen calls (tests/test_enhance.py).  Utterances are independent: at::parallel_for over the
-// batch gives the same numbers on any number of threads.
+// ulp).  float32 results are closer to float64's than those of the ATen calls (tests/test_enhance.py).
+//
+// mixture_is, the reconstruction term of the E-step (lightdvae/enhance/noise.py's mixture_reconstruction): per
+// utterance, the Itakura-Saito divergence between the mixture's power p and its variance V = g_t exp(lv_tf) + n_tf,
+// summed over the utterance's frames, and its gradient in lv, in one pass:
+//   d_tf = p / V - log(p + eps) + log V - 1,        d d_tf / d lv_tf = (g_t exp(lv_tf) / V) (1 - p / V).
+// The ATen composite it replaces (exp, addcmul, log, the IS kernel, the mask, the sum, and their backward) reads and
+// writes (frames, F) arrays a dozen times an iteration.  Frames where mask is false add nothing and get a zero
+// gradient.  Sums over frequency per lane in the inputs' precision, over frames in float64; exp and log of float
+// inputs are fast_math.h's polynomials (about 1 ulp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "common.h"
@@ -31,9 +44,12 @@
 namespace lightdvae {
 namespace {
 
+LDV_HD float exp_of(float x) { return poly_expf(x); }
+LDV_HD double exp_of(double x) { return std::exp(x); }
 LDV_HD float log_of(float x) { return poly_logf(x); }
 LDV_HD double log_of(double x) { return std::log(x); }
 
+// ---------------------------------------------------------------------------------------------- the M-step
 // Frames per block of the W update's sums: each block sums in T into a (K, F) array that stays in the L1/L2 cache,
 // then adds into the float64 totals (a double accumulator per term would stream 2 x K x F doubles per frame).
 constexpr int64_t kFramesPerBlock = 16;
@@ -171,36 +187,106 @@ LDV_HD void m_step_range(T* W, T* H, T* g, const T* power, const T* speech, cons
   }
 }
 
-template <typename T>
-using RangeFn = void (*)(T*, T*, T*, const T*, const T*, const bool*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         T*);
+// ---------------------------------------------------------------------------------------------- the E-step's term
 
-#define LDV_NMF_BLOCK(NS, TARGET)                                                                               \
-  namespace NS {                                                                                                \
-  template <typename T>                                                                                         \
-  TARGET void run(T* W, T* H, T* g, const T* power, const T* speech, const bool* mask, int64_t b0, int64_t b1,   \
-                  int64_t frames, int64_t bins, int64_t rank, T* divergence) {                                  \
-    m_step_range<T>(W, H, g, power, speech, mask, b0, b1, frames, bins, rank, divergence);                      \
-  }                                                                                                             \
+// Utterances [b0, b1): power, logvar, noise, grad (batch, frames, F); gain and mask (batch, frames); loss (batch).
+// grad == nullptr: the loss alone.
+template <typename T>
+LDV_HD void mixture_is_range(const T* power, const T* logvar, const T* gain, const T* noise, const bool* mask,
+                             T eps, int64_t b0, int64_t b1, int64_t frames, int64_t F, T* loss, T* grad) {
+  for (int64_t i = b0; i < b1; ++i) {
+    double total = 0.0;
+    for (int64_t t = 0; t < frames; ++t) {
+      const int64_t row = (i * frames + t) * F;
+      const T* p = power + row;
+      const T* lv = logvar + row;
+      const T* n = noise + row;
+      T* gr = grad == nullptr ? nullptr : grad + row;
+      if (!mask[i * frames + t]) {
+        if (gr != nullptr) {
+          for (int64_t f = 0; f < F; ++f) gr[f] = T(0);
+        }
+        continue;
+      }
+      const T g = gain[i * frames + t];
+      T sum = 0;
+      if (gr != nullptr) {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t f = 0; f < F; ++f) {
+          const T speech = g * exp_of(lv[f]);
+          const T vx = speech + n[f];
+          const T inv = T(1) / vx;
+          const T r = p[f] * inv;
+          sum += r - log_of(p[f] + eps) + log_of(vx) - T(1);
+          gr[f] = speech * inv * (T(1) - r);
+        }
+      } else {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t f = 0; f < F; ++f) {
+          const T vx = g * exp_of(lv[f]) + n[f];
+          sum += p[f] / vx - log_of(p[f] + eps) + log_of(vx) - T(1);
+        }
+      }
+      total += static_cast<double>(sum);
+    }
+    loss[i] = static_cast<T>(total);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- per instruction set
+
+template <typename T>
+using MStepFn = void (*)(T*, T*, T*, const T*, const T*, const bool*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         T*);
+template <typename T>
+using MixtureFn = void (*)(const T*, const T*, const T*, const T*, const bool*, T, int64_t, int64_t, int64_t,
+                           int64_t, T*, T*);
+
+// Each kernel's copy for one instruction set: its range function inlined into a function compiled for that set.
+#define LDV_ENHANCE_BLOCK(NS, TARGET)                                                                             \
+  namespace NS {                                                                                                  \
+  template <typename T>                                                                                           \
+  TARGET void m_step(T* W, T* H, T* g, const T* power, const T* speech, const bool* mask, int64_t b0, int64_t b1, \
+                     int64_t frames, int64_t bins, int64_t rank, T* divergence) {                                 \
+    m_step_range<T>(W, H, g, power, speech, mask, b0, b1, frames, bins, rank, divergence);                        \
+  }                                                                                                               \
+  template <typename T>                                                                                           \
+  TARGET void mixture(const T* power, const T* logvar, const T* gain, const T* noise, const bool* mask, T eps,    \
+                      int64_t b0, int64_t b1, int64_t frames, int64_t F, T* loss, T* grad) {                      \
+    mixture_is_range<T>(power, logvar, gain, noise, mask, eps, b0, b1, frames, F, loss, grad);                    \
+  }                                                                                                               \
   }
 
-LDV_NMF_BLOCK(baseline, )
+LDV_ENHANCE_BLOCK(baseline, )
 #if LDV_X86_MULTIVERSION
-LDV_NMF_BLOCK(avx2, __attribute__((target("arch=x86-64-v3"))))
-LDV_NMF_BLOCK(avx512, __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))))
+LDV_ENHANCE_BLOCK(avx2, __attribute__((target("arch=x86-64-v3"))))
+LDV_ENHANCE_BLOCK(avx512, __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))))
 #endif
-#undef LDV_NMF_BLOCK
+#undef LDV_ENHANCE_BLOCK
 
-// The copy compiled for the instruction set the loss kernels use (loss_isa.h: the CPU's best that ATen allows).
 template <typename T>
-RangeFn<T> run_for(cpu::Isa isa) {
+struct Kernels {
+  MStepFn<T> m_step;
+  MixtureFn<T> mixture;
+};
+
+// The copies for the instruction set the loss kernels use now.
+template <typename T>
+Kernels<T> kernels() {
 #if LDV_X86_MULTIVERSION
-  if (isa == cpu::Isa::kAvx512) return &avx512::run<T>;
-  if (isa == cpu::Isa::kAvx2) return &avx2::run<T>;
+  switch (cpu::current_isa()) {
+    case cpu::Isa::kAvx512:
+      return {&avx512::m_step<T>, &avx512::mixture<T>};
+    case cpu::Isa::kAvx2:
+      return {&avx2::m_step<T>, &avx2::mixture<T>};
+    default:
+      break;
+  }
 #endif
-  (void)isa;
-  return &baseline::run<T>;
+  return {&baseline::m_step<T>, &baseline::mixture<T>};
 }
+
+// ---------------------------------------------------------------------------------------------- the ops
 
 void check_same(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device() == like.device() && t.scalar_type() == like.scalar_type(), "lightdvae::nmf_m_step: ", name,
@@ -231,22 +317,65 @@ at::Tensor nmf_m_step(at::Tensor& W, at::Tensor& H, at::Tensor& g, const at::Ten
   check_same(g, power, "g");
   check_same(power, power, "power");
   check_same(speech, power, "speech");
-  TORCH_CHECK(mask.is_contiguous() && mask.device() == power.device(), op, ": mask must be contiguous, on power's device");
+  TORCH_CHECK(mask.is_contiguous() && mask.device() == power.device(), op,
+              ": mask must be contiguous, on power's device");
   at::Tensor divergence = at::empty({batch}, power.options());
   AT_DISPATCH_FLOATING_TYPES(power.scalar_type(), "nmf_m_step", [&] {
-    const RangeFn<scalar_t> fn = run_for<scalar_t>(cpu::current_isa());
+    const MStepFn<scalar_t> fn = kernels<scalar_t>().m_step;
     scalar_t* d = divergence.mutable_data_ptr<scalar_t>();
-    scalar_t *w = W.mutable_data_ptr<scalar_t>(), *h = H.mutable_data_ptr<scalar_t>(), *gp = g.mutable_data_ptr<scalar_t>();
+    scalar_t* w = W.mutable_data_ptr<scalar_t>();
+    scalar_t* h = H.mutable_data_ptr<scalar_t>();
+    scalar_t* gp = g.mutable_data_ptr<scalar_t>();
     const scalar_t *p = power.const_data_ptr<scalar_t>(), *v = speech.const_data_ptr<scalar_t>();
     const bool* m = mask.const_data_ptr<bool>();
-    // utterances are independent: one or more per thread, the same numbers on any number of threads
-    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) { fn(w, h, gp, p, v, m, b0, b1, frames, bins, rank, d); });
+    at::parallel_for(0, batch, 1,
+                     [&](int64_t b0, int64_t b1) { fn(w, h, gp, p, v, m, b0, b1, frames, bins, rank, d); });
   });
   return divergence;
 }
 
+std::tuple<at::Tensor, at::Tensor> mixture_is(const at::Tensor& power, const at::Tensor& logvar, const at::Tensor& gain,
+                                              const at::Tensor& noise, const at::Tensor& mask, double eps,
+                                              bool with_grad) {
+  constexpr const char* op = "lightdvae::mixture_is";
+  TORCH_CHECK(power.dim() == 3, op, ": power must be (batch, frames, F), got ", power.sizes());
+  TORCH_CHECK(power.scalar_type() == at::kFloat || power.scalar_type() == at::kDouble, op,
+              ": float32 or float64 only, got ", power.scalar_type());
+  const int64_t batch = power.size(0), frames = power.size(1), bins = power.size(2);
+  for (const at::Tensor* t : {&logvar, &noise}) {
+    TORCH_CHECK(t->sizes() == power.sizes(), op, ": logvar and noise must have the shape of power ", power.sizes(),
+                ", got ", t->sizes());
+  }
+  TORCH_CHECK(gain.sizes() == at::IntArrayRef({batch, frames}), op, ": gain must be (batch, frames), got ",
+              gain.sizes());
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef({batch, frames}) && mask.scalar_type() == at::kBool, op,
+              ": mask must be bool (batch, frames), got ", mask.scalar_type(), " ", mask.sizes());
+  for (const at::Tensor* t : {&power, &logvar, &gain, &noise}) {
+    TORCH_CHECK(t->device() == power.device() && t->scalar_type() == power.scalar_type(), op,
+                ": power, logvar, gain and noise must share a device and a dtype");
+  }
+  const at::Tensor p = power.contiguous(), lv = logvar.contiguous(), g = gain.contiguous(), n = noise.contiguous();
+  const at::Tensor m = mask.contiguous();
+  at::Tensor loss = at::empty({batch}, power.options());
+  at::Tensor grad = with_grad ? at::empty_like(p, at::MemoryFormat::Contiguous) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(power.scalar_type(), "mixture_is", [&] {
+    const MixtureFn<scalar_t> fn = kernels<scalar_t>().mixture;
+    scalar_t* gr = with_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = loss.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      fn(p.const_data_ptr<scalar_t>(), lv.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+         n.const_data_ptr<scalar_t>(), m.const_data_ptr<bool>(), static_cast<scalar_t>(eps), b0, b1, frames, bins, out,
+         gr);
+    });
+  });
+  return {loss, grad};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lightdvae, CPU, m) { m.impl("nmf_m_step", &nmf_m_step); }
+TORCH_LIBRARY_IMPL(lightdvae, CPU, m) {
+  m.impl("nmf_m_step", &nmf_m_step);
+  m.impl("mixture_is", &mixture_is);
+}
 
 }  // namespace lightdvae
