@@ -31,7 +31,14 @@ from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
 from lightdvae.runtime import flush_denormals, keep_freed_memory, parse_device
 
-__all__ = ["enhance", "enhance_batch", "stream_seed", "batches"]
+__all__ = ["enhance", "enhance_batch", "stream_seed", "batches", "POWER_FLOOR"]
+
+#: The least power of a bin of the peak-normalised mixture that the EM sees.  Digital silence (exact zeros: a
+#: zero-padded or synthetic file) would drive the gain and the noise's activations of its frames to zero, after which
+#: the mixture variance there is zero and the updates divide by it (NaN everywhere).  A bin of 16-bit audio holds at
+#: least its quantisation noise (about 4e-7 with the protocol's window), so recordings are left as they are; the
+#: Wiener filter is applied to the mixture itself, whose zeros stay zeros.
+POWER_FLOOR = 1e-10
 
 
 def stream_seed(seed: int, index: int) -> int:
@@ -155,6 +162,8 @@ def _enhance_group(engine, group, specs, waves, indices, settings, results) -> N
     for row, i in enumerate(group):
         spec[row, : lengths[row]] = specs[i]
     power = torch.view_as_real(spec).square().sum(-1)
+    for row, n in enumerate(lengths):  # each utterance's own frames; padding stays zero
+        power[row, :n].clamp_(min=POWER_FLOOR)
     gens = [torch.Generator(device).manual_seed(stream_seed(settings.seed, indices[i])) for i in group]
     out = run_vem(engine, power, lengths, gens, settings)
     for row, i in enumerate(group):
