@@ -165,7 +165,7 @@ def _divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) 
 @torch.no_grad()
 def m_step_and_divergence(state: NoiseModel, power: Tensor, speech: Tensor, mask: Tensor) -> Tensor:
     """:func:`m_step` in place, then :func:`mixture_divergence` of the updated model, ``(batch,)``: on the CPU one
-    native kernel does both (the same updates within float rounding; sums accumulated in float64)."""
+    native kernel does both (the same updates within float rounding; its sums over frames add blocks in float64)."""
     tensors = (state.W, state.H, state.g, power, speech)
     supported = (
         power.dtype in (torch.float32, torch.float64)
