@@ -186,6 +186,17 @@ def test_the_native_reconstruction_term_is_the_reference_within_float_rounding(m
     assert torch.ops.lightdvae.loss_cpu_isa() == before
 
 
+def test_a_float_mask_takes_the_composite_with_the_same_loss(monkeypatch):
+    """The kernels take a bool mask; the EM always passes one, but a float 0/1 mask (a caller's own) takes the ATen
+    composite (no error from the op) and gives the same loss and gradient."""
+    with_bool = _reconstruction(torch.float64, True, monkeypatch)
+    real = mixture_reconstruction
+    monkeypatch.setitem(globals(), "mixture_reconstruction", lambda p, lv, g, n, m: real(p, lv, g, n, m.to(p.dtype)))
+    with_float = _reconstruction(torch.float64, True, monkeypatch)
+    for a, b in zip(with_bool, with_float, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @requires_native
 def test_the_em_takes_the_native_m_step_on_the_cpu(monkeypatch):
     """m_step_and_divergence runs the kernel on the CPU (one call, no ATen M-step) and the ATen reference with

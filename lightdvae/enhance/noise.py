@@ -187,8 +187,10 @@ def mixture_reconstruction(power: Tensor, logvar: Tensor, gain: Tensor, noise: T
     On the CPU one native kernel (``lightdvae::mixture_is``) computes it and its gradient in one pass; elsewhere,
     and with ``LIGHTDVAE_REFERENCE_OPS=mixture_is``, the ATen composite below (the same numbers within float
     rounding)."""
-    supported = power.dtype in (torch.float32, torch.float64) and all(
-        t.dtype == power.dtype for t in (logvar, gain, noise)
+    supported = (
+        power.dtype in (torch.float32, torch.float64)
+        and all(t.dtype == power.dtype for t in (logvar, gain, noise))
+        and mask.dtype == torch.bool
     )
     if power.device.type == "cpu" and _ext.use_native("mixture_is", "cpu", supported):
         return _MixtureIS.apply(power, logvar, gain, noise, mask)
