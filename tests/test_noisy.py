@@ -131,6 +131,24 @@ def test_a_balanced_set_has_each_utterance_once(corpus, tmp_path):
     assert sorted(r["speaker"] for r in rows) == ["t", "u"]
 
 
+def test_a_development_set_mixes_the_validation_split(corpus, built, tmp_path):
+    """split="val": the validation split's utterances (a set to choose EM options on without the test set), with
+    babble still from training speakers outside the mixed split; a test set's fingerprint has no split key (the
+    sets made before the option resume as they are), and a folder holding the test set refuses the other split."""
+    report = build_noisy_set(tmp_path / "dev", speech=str(corpus), snrs="0", split="val", progress=False)
+    rows = _rows(tmp_path / "dev")
+    assert report.files == len(GENERATED_NOISES) and {r["speaker"] for r in rows} == {"v"}
+    info = json.loads((tmp_path / "dev" / "noisy.json").read_text())
+    assert info["speech"]["split"] == "val" and info["fingerprint"]["split"] == "val"
+    assert set(info["noises"]["babble"]["talkers"]) <= set("abcdt")  # "v" speaks in val only
+    test_info = json.loads((built / "noisy.json").read_text())
+    assert test_info["speech"]["split"] == "test" and "split" not in test_info["fingerprint"]
+    with pytest.raises(DataError, match="other options"):
+        build_noisy_set(built, speech=str(corpus), snrs=SNRS, seed=0, split="val", progress=False)
+    with pytest.raises(ConfigError, match="--split must be one of test, val"):
+        build_noisy_set(tmp_path / "x", speech=str(corpus), split="train", progress=False)
+
+
 def test_parse_snrs_and_tags():
     assert parse_snrs("-5, 0,5,10,5") == [-5.0, 0.0, 5.0, 10.0]
     assert [snr_tag(s) for s in (5, -10, 0, 2.5)] == ["+5dB", "-10dB", "+0dB", "+2p5dB"]

@@ -145,6 +145,7 @@ def _noisy(args) -> int:
         files=args.files,
         seed=args.seed,
         design=args.design,
+        split=args.split,
         force=args.force,
         progress=False if args.quiet else None,
     )
@@ -238,6 +239,12 @@ def register(sub) -> None:
         choices=("full", "balanced"),
         default="full",
         help="full: every utterance at every SNR with every noise (default); balanced: each utterance once",
+    )
+    n.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="the split mixed: test (a test set; default) or val (a development set to choose EM options on)",
     )
     n.add_argument("--force", action="store_true", help="replace a noisy set made with other options in OUT")
     n.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

@@ -1,5 +1,6 @@
 """The builder of a noisy test set (:func:`build_noisy_set`, ``lightdvae corpus noisy OUT``): the test split of a
-speech corpus mixed with generated or user noises at exact SNRs.
+speech corpus mixed with generated or user noises at exact SNRs; with ``split="val"`` its validation split, a
+development set on which to choose the EM's options without looking at the test set.
 
 It writes::
 
@@ -44,6 +45,8 @@ SET_FILE = "noisy.json"
 MANIFEST = "manifest.jsonl"
 AUDIO_DIRS = ("noisy", "clean")
 DESIGNS = ("full", "balanced")
+#: The splits a noisy set can be made of: the test split (a test set), or the validation split (a development set).
+SPLITS = ("test", "val")
 #: The keys of a manifest row, in order.
 MANIFEST_FIELDS = (
     "name",  # the file name without .wav, in noisy/ and clean/
@@ -74,9 +77,10 @@ class NoisySettings:
     files: int | None
     seed: int
     design: str
+    split: str = "test"
 
     @classmethod
-    def checked(cls, speech, snrs, noises, noise_dir, files, seed, design) -> NoisySettings:
+    def checked(cls, speech, snrs, noises, noise_dir, files, seed, design, split="test") -> NoisySettings:
         """The settings of these options; :class:`ConfigError` for impossible ones."""
         if noises is None:
             noises = [] if noise_dir else list(GENERATED_NOISES)
@@ -89,8 +93,19 @@ class NoisySettings:
             raise ConfigError(f"--files must be at least 1, got {files}")
         if design not in DESIGNS:
             raise ConfigError(f"--design must be one of {', '.join(DESIGNS)}, got {design!r}")
+        if split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
         noise_dir = str(Path(noise_dir).expanduser().resolve()) if noise_dir else None
-        return cls(str(speech), tuple(mixing.parse_snrs(snrs)), tuple(noises), noise_dir, files, int(seed), design)
+        return cls(
+            str(speech), tuple(mixing.parse_snrs(snrs)), tuple(noises), noise_dir, files, int(seed), design, split
+        )
+
+    def fingerprint(self, speech_root) -> dict:
+        """What a folder's set is a function of (a test set's, as before ``split`` existed, has no ``split`` key)."""
+        fields = asdict(self)
+        if fields["split"] == "test":
+            del fields["split"]
+        return jsonable({**fields, "speech_root": str(speech_root), "format_version": FORMAT_VERSION})
 
 
 @dataclass
@@ -117,10 +132,11 @@ def build_noisy_set(
     files: int | None = None,
     seed: int = 0,
     design: str = "full",
+    split: str = "test",
     force: bool = False,
     progress: bool | None = None,
 ) -> NoisyBuild:
-    """Mix the test split of ``speech`` with noises into ``out`` (see the module doc).
+    """Mix the test split (or ``split``) of ``speech`` with noises into ``out`` (see the module doc).
 
     Args:
         speech: a corpus spec (``builtin``, a folder, ``wsj0:DIR``, ...): its test split is mixed; the built-in
@@ -133,20 +149,24 @@ def build_noisy_set(
         seed: seeds the noises, the offsets into them and the choice of files.
         design: ``full`` (every utterance at every SNR with every noise) or ``balanced`` (each utterance once,
             the SNR x noise conditions dealt in a seeded order, as in VoiceBank-DEMAND).
+        split: ``"test"`` (a test set) or ``"val"`` (a development set: the validation split, for choosing the EM's
+            options; babble's talkers stay training speakers outside the mixed split).
         force: replace a set made with other options in ``out``.
     Raises:
-        ConfigError: bad options.  DataError: no test split, unusable noises, ``out`` unusable or taken.
+        ConfigError: bad options.  DataError: no such split, unusable noises, ``out`` unusable or taken.
     """
     t0 = time.perf_counter()
-    settings = NoisySettings.checked(speech, snrs, noises, noise_dir, files, seed, design)
+    settings = NoisySettings.checked(speech, snrs, noises, noise_dir, files, seed, design, split)
     corpus = resolve_corpus(settings.speech, progress=progress)
-    if not corpus.has("test"):
-        raise DataError(f"--speech {settings.speech}: {corpus.root} has no test split to mix; give a corpus with one")
-    utts = _choose_utterances(corpus.split("test"), settings)
+    if not corpus.has(settings.split):
+        raise DataError(
+            f"--speech {settings.speech}: {corpus.root} has no {settings.split} split to mix; give a corpus with one"
+        )
+    utts = _choose_utterances(corpus.split(settings.split), settings)
     # the user's inputs are checked before the folder is claimed: a mistake leaves no unfinished set behind
-    sources.check_corpus(list(settings.noises), corpus)
+    sources.check_corpus(list(settings.noises), corpus, settings.split)
     user_tracks = sources.folder_tracks(settings.noise_dir, set(settings.noises)) if settings.noise_dir else []
-    fingerprint = jsonable({**asdict(settings), "speech_root": str(corpus.root), "format_version": FORMAT_VERSION})
+    fingerprint = settings.fingerprint(corpus.root)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose a folder for the noisy set")
@@ -237,7 +257,7 @@ def _samples_at_16k(path: Path) -> int:
 
 def _generated_tracks(settings: NoisySettings, corpus: Corpus, utts) -> list[sources.NoiseTrack]:
     longest = max((_samples_at_16k(f.path) for _, f in utts), default=0)
-    return sources.generated_tracks(list(settings.noises), longest, settings.seed, corpus)
+    return sources.generated_tracks(list(settings.noises), longest, settings.seed, corpus, settings.split)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -346,7 +366,7 @@ def _summary(settings: NoisySettings, corpus: Corpus, utts, tracks, rows, finger
             "corpus": corpus.name,
             "layout": corpus.layout,
             "root": str(corpus.root),
-            "split": "test",
+            "split": settings.split,
             "utterances": len(utts),
             "speakers": sorted({f.speaker for _, f in utts}),
         },

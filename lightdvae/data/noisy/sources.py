@@ -85,16 +85,16 @@ def _load_many(paths) -> list[np.ndarray]:
     return out
 
 
-def _babble_talkers(corpus: Corpus, rng: np.random.Generator) -> dict[str, list]:
-    """Up to :data:`BABBLE_TALKERS` training speakers who are not in the test split, and their files."""
-    test_speakers = set(corpus.speakers("test"))
+def _babble_talkers(corpus: Corpus, rng: np.random.Generator, split: str = "test") -> dict[str, list]:
+    """Up to :data:`BABBLE_TALKERS` training speakers who are not in the mixed ``split``, and their files."""
+    mixed_speakers = set(corpus.speakers(split))
     files: dict[str, list] = {}
     for f in _train_files(corpus, "babble"):
-        if f.speaker not in test_speakers:
+        if f.speaker not in mixed_speakers:
             files.setdefault(f.speaker, []).append(f.path)
     if len(files) < 2:
         raise DataError(
-            f"babble needs at least 2 training speakers who are not in the test split; {corpus.root} has "
+            f"babble needs at least 2 training speakers who are not in the {split} split; {corpus.root} has "
             f"{len(files)}; leave babble out with --noises"
         )
     names = sorted(files)
@@ -102,7 +102,7 @@ def _babble_talkers(corpus: Corpus, rng: np.random.Generator) -> dict[str, list]
     return {name: files[name][:BABBLE_FILES] for name in chosen}
 
 
-def _generate(name: str, n: int, seed: int, corpus: Corpus) -> NoiseTrack:
+def _generate(name: str, n: int, seed: int, corpus: Corpus, split: str) -> NoiseTrack:
     rng = seeded_rng(seed, "track", name)
     details: dict = {}
     if name == "white":
@@ -117,7 +117,7 @@ def _generate(name: str, n: int, seed: int, corpus: Corpus) -> NoiseTrack:
         wave = gen.speech_shaped(rng, n, gen.long_term_spectrum(_load_many(f.path for f in picked)))
         details = {"spectrum_of": f"{len(picked)} training files"}
     elif name == "babble":
-        talkers = _babble_talkers(corpus, rng)
+        talkers = _babble_talkers(corpus, rng, split)
         voices = [_load_many(paths) for paths in talkers.values()]
         wave = gen.babble(rng, n, [v for v in voices if v])
         details = {"talkers": list(talkers)}
@@ -130,19 +130,22 @@ def _generate(name: str, n: int, seed: int, corpus: Corpus) -> NoiseTrack:
     return NoiseTrack(name, "generated", wave, details)
 
 
-def check_corpus(names: list[str], corpus: Corpus) -> None:
+def check_corpus(names: list[str], corpus: Corpus, split: str = "test") -> None:
     """Raise the :class:`DataError` that making the generated noises ``names`` from ``corpus`` would raise (a
     missing training split, too few babble talkers), without making them."""
     if "ssn" in names:
         _train_files(corpus, "speech-shaped (ssn)")
     if "babble" in names:
-        _babble_talkers(corpus, seeded_rng(0, "check"))
+        _babble_talkers(corpus, seeded_rng(0, "check"), split)
 
 
-def generated_tracks(names: list[str], longest: int, seed: int, corpus: Corpus) -> list[NoiseTrack]:
-    """The generated noises ``names``, each a track of ``max(TRACK_SECONDS, longest utterance) + 1 s``."""
+def generated_tracks(
+    names: list[str], longest: int, seed: int, corpus: Corpus, split: str = "test"
+) -> list[NoiseTrack]:
+    """The generated noises ``names``, each a track of ``max(TRACK_SECONDS, longest utterance) + 1 s`` (babble's
+    talkers are training speakers who are not in the mixed ``split``)."""
     n = max(int(TRACK_SECONDS * SAMPLE_RATE), int(longest)) + SAMPLE_RATE
-    return [_generate(name, n, seed, corpus) for name in check_noise_names(names)]
+    return [_generate(name, n, seed, corpus, split) for name in check_noise_names(names)]
 
 
 def folder_tracks(folder: str | os.PathLike, taken: set[str]) -> list[NoiseTrack]:
