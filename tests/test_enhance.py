@@ -29,7 +29,8 @@ from lightdvae.enhance import (
     resolve_settings,
     wiener_filter,
 )
-from lightdvae.enhance.inference import RecurrentEngine
+from lightdvae.enhance.engines import REFERENCE_LR, TRANSFORMER_LR, default_lr, settings_for
+from lightdvae.enhance.inference import KeptOutputs, RecurrentEngine
 from lightdvae.enhance.sequential import SequentialEngine
 from lightdvae.errors import EnhanceError
 from lightdvae.metrics import si_sdr
@@ -427,6 +428,51 @@ def test_enhancement_flushes_denormals_and_restores_the_default(monkeypatch):
     monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: calls.append(mode) or real(mode))
     enhance(_model("vae"), _mixture(0.2, 0)[1], iterations=1)
     assert calls == [True, False]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_e_step_rate_left_open_is_the_priors(name):
+    """``lr=None`` (the default) runs the E-step at the prior family's rate: the reference's 1e-3, and 3e-4 for
+    HiT/LigHT-DVAE (the rate they train at); the result is the one with that rate given, and a rate given is kept."""
+    model = _model(name)
+    want = TRANSFORMER_LR if name in ("hit-dvae", "light-dvae") else REFERENCE_LR
+    assert default_lr(model) == want and EnhanceSettings().lr is None
+    assert settings_for(model, EnhanceSettings()).lr == want
+    assert settings_for(model, EnhanceSettings(lr=0.5)).lr == 0.5
+    wave = _mixture(0.2, 1)[1]
+    left_open = enhance(model, wave, iterations=2, seed=3)
+    np.testing.assert_array_equal(left_open.waveform, enhance(model, wave, iterations=2, seed=3, lr=want).waveform)
+    assert not np.array_equal(left_open.waveform, enhance(model, wave, iterations=2, seed=3, lr=want * 3).waveform)
+
+
+@pytest.mark.parametrize("name", ["hit-dvae", "light-dvae"])
+@pytest.mark.parametrize("lengths", [(0.3,), (0.3, 0.3)])
+def test_the_transformers_w_encoder_runs_once_per_iteration(name, lengths, monkeypatch):
+    """HiT/LigHT-DVAE: the w encoder draws no noise, so the sample pass keeps its output (with its graph) for the
+    next E-step at the same weights: n iterations encode w n + 2 times (the first E-step, the n sample passes,
+    the final filter's sample) instead of 2 n + 1, alone and batched, with the same result as encoding every
+    time (KeptOutputs.get computing whatever it is asked)."""
+    model = _model(name)
+    waves = [_mixture(s, i)[1] for i, s in enumerate(lengths)]
+    calls = []
+    real = type(model).encode_w
+    monkeypatch.setattr(type(model), "encode_w", lambda self, *a: calls.append(1) or real(self, *a))
+    kept = enhance_batch(model, waves, iterations=4, seed=3)
+    assert len(calls) == 4 + 2 and [r.batch for r in kept] == [len(waves)] * len(waves)
+    calls.clear()
+
+    def compute_every_time(self, key, compute, grad):
+        if grad:
+            return compute()
+        out = compute()
+        return out.detach() if isinstance(out, torch.Tensor) else type(out)(t.detach() for t in out)
+
+    monkeypatch.setattr(KeptOutputs, "get", compute_every_time)
+    every_time = enhance_batch(model, waves, iterations=4, seed=3)
+    assert len(calls) == 2 * 4 + 1
+    for a, b in zip(kept, every_time, strict=True):
+        np.testing.assert_allclose(a.waveform, b.waveform, **TIGHT)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name, config", RECURRENT)

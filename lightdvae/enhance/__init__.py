@@ -18,7 +18,9 @@ frame, ``WH`` a rank-K NMF of the noise variance.  A variational EM alternates, 
 The estimate is the Wiener filter ``g v / (g v + WH)`` applied to ``X`` (noisy phase), inverted by the iSTFT
 (:mod:`~lightdvae.enhance.api`; the loop is :mod:`~lightdvae.enhance.vem`).  Defaults as the reference runs them:
 K = 8, Adam lr 1e-3, 100 iterations, random W and H, g = 1; the E-step's ``beta`` is 1 (the priors were trained
-with 0.01).  The model runs in eval mode (no dropout) and is not modified.
+with 0.01).  One departure: HiT/LigHT-DVAE take their E-step at the rate they train at, 3e-4
+(:func:`~lightdvae.enhance.engines.default_lr`; at 1e-3 their post-norm encoders come apart).  The model runs in
+eval mode (no dropout) and is not modified.
 
 Typical use::
 
@@ -37,7 +39,7 @@ A whole noisy test set (:mod:`~lightdvae.enhance.dataset`; ``lightdvae enhance R
 
 from lightdvae.enhance.api import batches, enhance, enhance_batch, stream_seed
 from lightdvae.enhance.dataset import enhance_noisy_set, enhance_set
-from lightdvae.enhance.engines import engine_for
+from lightdvae.enhance.engines import default_lr, engine_for, settings_for
 from lightdvae.enhance.inference import inference_names
 from lightdvae.enhance.noise import (
     NoiseModel,
@@ -61,6 +63,8 @@ __all__ = [
     "batches",
     "stream_seed",
     "engine_for",
+    "default_lr",
+    "settings_for",
     "inference_names",
     "NoiseModel",
     "init_noise_model",

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from lightdvae.audio import SILENCE_PEAK, istft, stft
-from lightdvae.enhance.engines import engine_class, engine_for
+from lightdvae.enhance.engines import engine_class, engine_for, settings_for
 from lightdvae.enhance.inference import inference_names
 from lightdvae.enhance.settings import EnhanceResult, EnhanceSettings, resolve_settings
 from lightdvae.enhance.vem import run_vem
@@ -142,6 +142,7 @@ def enhance_batch(
         raise EnhanceError(f"indices has {len(indices)} entries for {len(waves)} waveforms")
     inference_names(model)  # a model without an inference network fails before any work
     model = _model_on(model, device)
+    settings = settings_for(model, settings)  # the E-step's rate, when left open, is the prior's
     param = next(model.parameters())
     results: list[EnhanceResult | None] = [None] * len(waves)
     specs = [stft((w / peak).to(param.device, param.dtype)) for w, peak in waves]

@@ -20,6 +20,7 @@ enhanced: its row says why, and the summary lists it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,6 +33,7 @@ from lightdvae._io import write_json
 from lightdvae.audio import SAMPLE_RATE, SILENCE_PEAK, AudioError
 from lightdvae.audio import save_audio as write_wav
 from lightdvae.enhance.api import batches, enhance_batch
+from lightdvae.enhance.engines import settings_for
 from lightdvae.enhance.inference import inference_names
 from lightdvae.enhance.set_outputs import (
     ENHANCE_METRICS,
@@ -138,6 +140,7 @@ def enhance_noisy_set(model, noisy_set, *, out, settings: SetSettings, run_info:
     t_start = time.perf_counter()
     out = Path(out)
     inference_names(model)
+    settings = dataclasses.replace(settings, em=settings_for(model, settings.em))  # the numbers it runs with
     if out.exists() and not out.is_dir():
         raise EnhanceError(f"output folder {out} exists and is not a folder")
     items = noisy_set.items[: settings.max_files] if settings.max_files else list(noisy_set.items)

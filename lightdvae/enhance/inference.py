@@ -94,6 +94,39 @@ def draw(generators: list[torch.Generator], lengths: list[int], shape: tuple[int
     return out
 
 
+class KeptOutputs:
+    """Outputs of the inference network's noise-free parts, kept from a pass without gradients for the next E-step.
+
+    The EM draws a sample (a pass without gradients) right after each Adam step, and the next E-step runs at the
+    same weights on the same mixture: a part of the inference network that draws no noise (the recurrent
+    families' speech encoders, the transformers' w encoder) gives it the same numbers.  :meth:`get` without
+    gradients computes such an output with its autograd graph, keeps it and returns it detached; with gradients it
+    hands the kept one over (computing it only when none was kept under ``key``).  :meth:`stepped` (after each Adam
+    step) drops them all: their weights have moved.  ``key`` names the output (its method, its inputs, the copy).
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, object] = {}
+
+    def get(self, key: tuple, compute, grad: bool):
+        """``compute()`` or what a pass without gradients kept of it under ``key`` (see the class docstring)."""
+        if grad:
+            kept = self._kept.pop(key, None)
+            return kept if kept is not None else compute()
+        with torch.enable_grad():
+            out = self._kept[key] = compute()
+        return out.detach() if isinstance(out, Tensor) else type(out)(t.detach() for t in out)
+
+    def stepped(self) -> None:
+        """The weights moved: nothing kept is valid any more."""
+        self._kept.clear()
+
+
+def tensor_key(*tensors: Tensor) -> tuple:
+    """What identifies the inputs of a kept output: each tensor's storage, shape and version."""
+    return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in tensors)
+
+
 class InferenceEngine:
     """Stacked copies of a model's inference network for a batch of ``batch`` utterances, and the E-step on them.
 
@@ -117,6 +150,8 @@ class InferenceEngine:
         fused = next(iter(self.stacked.values())).device.type in ("cpu", "cuda")  # one pass over the copies
         self.optimizer = torch.optim.Adam(list(self.stacked.values()), lr=lr, fused=fused or None)
         self._methods: dict[str, _Method] = {}
+        #: noise-free outputs of the last pass without gradients, for the next E-step (:class:`KeptOutputs`)
+        self.kept = KeptOutputs()
 
     def call(self, method: str, params: dict[str, Tensor], *args, **kwargs):
         """``model.<method>(*args, **kwargs)`` with ``params`` (name -> tensor) in place of the model's own."""
@@ -157,6 +192,7 @@ class InferenceEngine:
         for p, g in zip(params, grads, strict=True):
             p.grad = g.contiguous()  # fused CPU Adam misreads a strided gradient (seen in torch 2.14)
         self.optimizer.step()
+        self.kept.stepped()
         return losses.detach()
 
     def gradients(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -223,7 +259,13 @@ class HierarchicalEngine(InferenceEngine):
         feats = self.model.features(power)
 
         encode = self._encoder(params, len(lengths))
-        w_mean, w_logvar = encode("encode_w", feats)
+        # the w encoder draws no noise: the sample pass keeps its output for the next E-step (KeptOutputs); the
+        # copies' views are taken inside, where gradients are on
+
+        def encode_w() -> tuple[Tensor, Tensor]:
+            return self._encoder(self.stacked, len(lengths))("encode_w", feats)
+
+        w_mean, w_logvar = self.kept.get(("encode_w", *tensor_key(power)), encode_w, grad)
         eps_w = draw(generators, [], (c.w_dim,), power)  # per utterance: w's noise, then z's
         w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
         z_mean, z_logvar = encode("encode_z", feats, w)
@@ -250,21 +292,18 @@ class RecurrentEngine(InferenceEngine):
         self._tape: recurrent.Tape | None = None
         self._frozen_cache: tuple[Tensor, Tensor] | None = None  # SRNN: (power, h from the true past)
         self._copies: list[dict[str, Tensor]] = []
-        self._updates = 0  # Adam steps taken: the version of the copies
-        self._encoded: dict[tuple, Tensor] = {}  # features of the last pass without gradients, with their graph
 
     def _call(self, method: str, *args, copy: int | None = None):
         """The model's ``method`` with its frozen weights, or with utterance ``copy``'s inference copy."""
         if copy is not None:
             if method != "encode_speech":
                 return self.call(method, self._copies[copy], *args)
-            key = (copy, self._updates, *((a.data_ptr(), tuple(a.shape)) for a in args))
-            if torch.is_grad_enabled():
-                kept = self._encoded.pop(key, None)
-                return kept if kept is not None else self.call(method, self._copies[copy], *args)
-            with torch.enable_grad():
-                self._encoded[key] = self.call(method, self._copies[copy], *args)
-            return self._encoded[key].detach()
+            params = self._copies[copy]
+            return self.kept.get(
+                (method, copy, *tensor_key(*args)),
+                lambda: self.call(method, params, *args),
+                torch.is_grad_enabled(),
+            )
         if method == "deterministic_h":  # depends on the mixture and frozen weights only: once per EM run
             if self._frozen_cache is None or self._frozen_cache[0] is not args[0]:
                 self._frozen_cache = (args[0], self.call(method, self.frozen, *args))
@@ -273,8 +312,6 @@ class RecurrentEngine(InferenceEngine):
 
     def posterior_pass(self, power, lengths, generators, grad):
         params = self.stacked if grad else _detached(self.stacked)
-        if not grad:
-            self._encoded.clear()
         with torch.enable_grad():  # the encoders' copies keep their graph in either pass (see the class docstring)
             rows = {n: p.unbind(0) for n, p in self.stacked.items()}  # one backward node per leaf, not per utterance
         self._copies = [{n: r[i] for n, r in rows.items()} for i in range(power.shape[0])]
@@ -289,12 +326,6 @@ class RecurrentEngine(InferenceEngine):
     def gradients(self, loss, params):
         tape, self._tape = self._tape, None
         return tape.gradients(loss, params)
-
-    def step(self, *args, **kwargs) -> Tensor:
-        losses = super().step(*args, **kwargs)
-        self._updates += 1
-        self._encoded.clear()
-        return losses
 
 
 def _detached(params: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lightdvae.enhance.inference import InferenceEngine, draw, masked_kl
+from lightdvae.enhance.inference import InferenceEngine, draw, masked_kl, tensor_key
 from lightdvae.models import DVAE
 from lightdvae.models.dkf import DKF
 from lightdvae.models.rvae import RVAE
@@ -50,8 +50,6 @@ class SequentialEngine(InferenceEngine):
     def __init__(self, model: DVAE, batch: int, lr: float, keep_features: bool = True):
         super().__init__(model, batch, lr)
         self.keep_features = keep_features and isinstance(model, (DKF, RVAE, SRNN))
-        self._updates = 0  # Adam steps taken: the version of the copy
-        self._kept: tuple[tuple, Tensor] | None = None  # (key, features with their graph) of the last sample pass
         self._frozen: tuple[Tensor, int, Tensor] | None = None  # SRNN: (mixture, its version, true-past h)
 
     def posterior_pass(self, power, lengths, generators, grad):
@@ -83,16 +81,10 @@ class SequentialEngine(InferenceEngine):
             return
         model = self.model
         encoder = getattr(model, self.KEPT_ENCODER)
-        key = (power.data_ptr(), tuple(power.shape), power._version, self._updates)
+        key = (self.KEPT_ENCODER, *tensor_key(power))
 
         def kept_encoder(*args: Tensor) -> Tensor:
-            if grad:
-                kept, self._kept = self._kept, None
-                return kept[1] if kept is not None and kept[0] == key else encoder(*args)
-            with torch.enable_grad():
-                features = encoder(*args)
-            self._kept = (key, features)
-            return features.detach()
+            return self.kept.get(key, lambda: encoder(*args), grad)
 
         shadows = {self.KEPT_ENCODER: kept_encoder}
 
@@ -125,9 +117,3 @@ class SequentialEngine(InferenceEngine):
         finally:
             for name in shadows:
                 del model.__dict__[name]
-
-    def step(self, *args, **kwargs) -> Tensor:
-        losses = super().step(*args, **kwargs)
-        self._updates += 1
-        self._kept = None
-        return losses

@@ -44,7 +44,8 @@ def _number(name: str, value, *, positive: bool) -> str | None:
 class EnhanceSettings:
     """The options of the variational EM (defaults: the reference's runs).  Frozen; checked when built.
 
-    iterations: EM iterations (100).  rank: K of the noise NMF (8).  lr: Adam's learning rate of the E-step (1e-3).
+    iterations: EM iterations (100).  rank: K of the noise NMF (8).  lr: Adam's learning rate of the E-step (None:
+    the prior's, :func:`lightdvae.enhance.engines.default_lr`: the reference's 1e-3, and 3e-4 for HiT/LigHT-DVAE).
     beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  samples: z samples
     averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
@@ -59,7 +60,7 @@ class EnhanceSettings:
 
     iterations: int = 100
     rank: int = 8
-    lr: float = 1e-3
+    lr: float | None = None
     beta: float = 1.0
     samples: int = 1
     seed: int = 0
@@ -69,7 +70,7 @@ class EnhanceSettings:
         problems = [
             _integer("iterations", self.iterations, 1),
             _integer("rank", self.rank, 1),
-            _number("lr", self.lr, positive=True),
+            None if self.lr is None else _number("lr", self.lr, positive=True),
             _number("beta", self.beta, positive=False),
             _integer("samples", self.samples, 1),
             _integer("seed", self.seed, 0),
@@ -80,8 +81,9 @@ class EnhanceSettings:
             raise EnhanceError("; ".join(problems))
         for name in ("iterations", "rank", "samples", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("lr", "beta") + (("max_seconds",) if self.max_seconds is not None else ()):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("lr", "beta", "max_seconds"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
