@@ -51,6 +51,16 @@ TORCH_LIBRARY(lightdvae, m) {
   m.def(
       "mixture_is(Tensor power, Tensor logvar, Tensor gain, Tensor noise, Tensor mask, float eps, bool with_grad) "
       "-> (Tensor, Tensor)");
+  // One LSTM layer over a sequence with its explicit backward (csrc/recurrent/lstm_cpu.cpp; CPU; lightdvae/ops/lstm.py):
+  // x (frames, batch, input) from zero state, reverse = from the last frame to the first; returns the outputs h
+  // (frames, batch, hidden), the activated gates [i, f, g, o] (frames, batch, 4 hidden) and [c ; tanh(c)] (2, frames,
+  // batch, hidden), which the backward takes; the backward returns dx (empty unless input_grad), dw_ih, dw_hh, db.
+  m.def(
+      "lstm_layer(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, bool reverse) -> (Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "lstm_layer_backward(Tensor? grad_out, Tensor x, Tensor w_ih, Tensor w_hh, Tensor out, Tensor gates, "
+      "Tensor cell, bool reverse, bool input_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   // KV-cached attention (SPEC 7.2): writes k_new / v_new into rows cache_len .. cache_len + n_new - 1 of
   // the caches (mutated in place: a!, b!) and returns the attention of q over rows 0 .. cache_len + n_new - 1.
   // softmax_scale None: 1 / sqrt(head_dim).  Inference only (no autograd formula).

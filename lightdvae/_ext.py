@@ -129,10 +129,10 @@ DEVICE_OPS = (
     "srnn_posterior_bptt",
 )
 #: CPU_OPS have a CPU kernel only (the hashed dropout, alone and after a ReLU; the vectorised tanh; the enhancement's
-#: M-step and E-step reconstruction term): on CUDA ``lightdvae.ops.dropout`` and ``relu_dropout`` run ATen's fused
-#: dropout (after ``torch.relu``), ``tanh`` ATen's, ``nmf_m_step`` and ``mixture_is`` the ATen calls of
-#: ``lightdvae.enhance.noise``.
-CPU_OPS = ("dropout", "relu_dropout", "tanh", "nmf_m_step", "mixture_is")
+#: M-step and E-step reconstruction term; one LSTM layer with its backward at small batch): on CUDA
+#: ``lightdvae.ops.dropout`` and ``relu_dropout`` run ATen's fused dropout (after ``torch.relu``), ``tanh`` ATen's,
+#: ``nmf_m_step`` and ``mixture_is`` the ATen calls of ``lightdvae.enhance.noise``, ``lstm_layer`` nn.LSTM.
+CPU_OPS = ("dropout", "relu_dropout", "tanh", "nmf_m_step", "mixture_is", "lstm_layer")
 COMPOSITE_OPS = (
     "dkf_posterior",
     "dkf_prior",
@@ -184,7 +184,8 @@ def missing_native_error(op: str, reason: str) -> RuntimeError:
 
 def reference_ops() -> frozenset[str]:
     """The CPU_OPS that take their reference even where their native kernel runs, from ``LIGHTDVAE_REFERENCE_OPS``
-    (comma-separated: ``dropout``, ``relu_dropout``, ``tanh``, ``nmf_m_step``, ``mixture_is``; unset: none): to
+    (comma-separated: ``dropout``, ``relu_dropout``, ``tanh``, ``nmf_m_step``, ``mixture_is``, ``lstm_layer``;
+    unset: none): to
     measure one of these kernels against ATen's in a whole training or enhancement run
     (``scripts/epoch_times.py``, ``benchmarks/test_enhance.py``)."""
     raw = os.environ.get("LIGHTDVAE_REFERENCE_OPS", "")

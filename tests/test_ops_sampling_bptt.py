@@ -209,7 +209,9 @@ def test_loop_backward_setting(monkeypatch):
 @pytest.mark.parametrize("loop", BPTT_LOOPS)
 def test_training_step_matches_python_loop(monkeypatch, loop):
     """A model's loss and every parameter gradient: native ops with the explicit backward against the Python loops
-    (LIGHTDVAE_BACKEND=ref) and against the composite loop's autograd."""
+    (LIGHTDVAE_BACKEND=ref) and against the composite loop's autograd.  The models' LSTMs run nn.LSTM on every
+    side (the native LSTM layer, which the ref backend does not take, has its own tests: test_ops_lstm.py)."""
+    monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "lstm_layer")
     power_g = torch.Generator().manual_seed(0)
     power = torch.exp(2.0 * torch.randn(3, 17, 513, generator=power_g)) + 1e-6
 

@@ -19,35 +19,12 @@
 #include <cstdint>
 
 #include "common.h"
+#include "activations/tanh_math.h"
 #include "losses/fast_math.h"
 #include "losses/loss_isa.h"
 
 namespace lightdvae {
 namespace {
-
-// where ? a : b on the bits: a float select written as one makes GCC branch (and stop vectorising) once both sides
-// are polynomials.
-LDV_HD float select_bits(bool where, float a, float b) {
-  const int32_t m = -static_cast<int32_t>(where);
-  return bit_cast<float>((bit_cast<int32_t>(a) & m) | (bit_cast<int32_t>(b) & ~m));
-}
-
-LDV_HD float tanh_one(float x) {
-  const int32_t bits = bit_cast<int32_t>(x);
-  const float ax = bit_cast<float>(bits & 0x7fffffff);
-  const float z = ax * ax;
-  float p = -5.70498872745e-3f;
-  p = p * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  const float small = ax + ax * z * p;
-  const float e = fast_expf(std::min(20.0f, ax + ax));  // NaN (and inf) take 20 here; NaN is restored below
-  const float big = 1.0f - 2.0f / (e + 1.0f);
-  // tanh is odd: tanh|x| with x's sign bit (so -0 stays -0); NaN stays x
-  const float y = bit_cast<float>(bit_cast<int32_t>(select_bits(ax < 0.625f, small, big)) | (bits & INT32_MIN));
-  return select_bits(x != x, x, y);
-}
 
 // The loop, inlined into each instruction set's copy below (so compiled for that set), vectorised by omp simd.
 LDV_HD void tanh_block(const float* __restrict x, float* __restrict y, int64_t n) {

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightdvae import _ext
 from lightdvae.models.base import Dropout
 from lightdvae.models.base import activation as make_activation
+from lightdvae.ops import lstm as lstm_ops
 from lightdvae.ops.activations import Tanh
 
 LSTMState = tuple[Tensor, Tensor]
@@ -106,14 +107,11 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, backward: bool = False) -> Tensor:
     ``x`` is ``(frames, batch, in)``, or ``(batch, frames, in)`` for a ``batch_first`` module.
     ``backward=True`` runs it from the last frame to the first (the input is flipped in time, and so
     is the output), so that output ``t`` summarises frames ``t..T``.  A bidirectional module gives
-    ``[forward ; backward]`` features per frame.  Returns the outputs, ``directions * hidden`` wide.
+    ``[forward ; backward]`` features per frame.  Returns the outputs, ``directions * hidden`` wide.  When a
+    gradient is recorded at batch <= 4 on the CPU the layers run natively with an explicit backward
+    (:func:`lightdvae.ops.lstm.lstm`, the enhancement E-step's case; nn.LSTM's results within float rounding).
     """
-    if backward:
-        time = 1 if lstm.batch_first else 0
-        out, _ = lstm(torch.flip(x, [time]))
-        return torch.flip(out, [time])
-    out, _ = lstm(x)
-    return out
+    return lstm_ops.lstm(lstm, x, reverse=backward)
 
 
 def draw(
