@@ -15,8 +15,8 @@ the transformer priors stay near 2x"): the decoding loop as the E-step runs it, 
 backward, the parallel decoder with input gradients, the encoders forward alone.
 
 The last two columns are the work of one EM iteration of the batch of 16 (``torch.utils.flop_counter``: the
-products and attention, which is what a GEMM floor is made of, and here also the products of ATen's LSTM layers,
-which the counter does not know: :func:`lstm_layer_flop`) and the rate the native path ran it at: a target
+products and attention, which is what a GEMM floor is made of, and here also the products of the LSTM layers,
+ATen's and the package's, which the counter does not know: :func:`lstm_layer_flop`) and the rate the native path ran it at: a target
 below ``GFLOP / (this CPU's GEMM rate)`` cannot be met by any implementation of the same computation.  Not
 counted: the products inside the package's own native loops (SRNN's own-past decoding at batch 16, whose ATen
 calls run inside the op).
@@ -69,10 +69,21 @@ def lstm_layer_backward_flop(*args, **kwargs) -> int:
     return 2 * lstm_layer_flop(*args, **kwargs)
 
 
+def native_lstm_backward_flop(grad_shape, *args, **kwargs) -> int:
+    """The package's LSTM layer backward (``lightdvae::lstm_layer_backward(grad_out, x, w_ih, w_hh, ...)``): as
+    ATen's."""
+    return lstm_layer_backward_flop(*args, **kwargs)
+
+
 def lstm_flop_formulas() -> dict:
-    """``custom_mapping`` of :class:`torch.utils.flop_counter.FlopCounterMode` for ATen's CPU LSTM layers."""
+    """``custom_mapping`` of :class:`torch.utils.flop_counter.FlopCounterMode` for the CPU LSTM layers: ATen's
+    (oneDNN's) and the package's (``lightdvae::lstm_layer``, the E-step's at batch <= 4; the same products)."""
     aten = torch.ops.aten
-    return {aten.mkldnn_rnn_layer: lstm_layer_flop, aten.mkldnn_rnn_layer_backward: lstm_layer_backward_flop}
+    formulas = {aten.mkldnn_rnn_layer: lstm_layer_flop, aten.mkldnn_rnn_layer_backward: lstm_layer_backward_flop}
+    if hasattr(torch.ops.lightdvae, "lstm_layer"):
+        formulas[torch.ops.lightdvae.lstm_layer] = lstm_layer_flop
+        formulas[torch.ops.lightdvae.lstm_layer_backward] = native_lstm_backward_flop
+    return formulas
 
 
 def gflop_per_iteration(model, batch: list[torch.Tensor]) -> float:
