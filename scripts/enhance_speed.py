@@ -14,12 +14,12 @@ iteration.
 the transformer priors stay near 2x"): the decoding loop as the E-step runs it, the w and z encoders forward and
 backward, the parallel decoder with input gradients, the encoders forward alone.
 
-The last two columns are the work of one EM iteration of the batch of 16 (``torch.utils.flop_counter``: the
-products and attention, which is what a GEMM floor is made of, and here also the products of the LSTM layers,
-ATen's and the package's, which the counter does not know: :func:`lstm_layer_flop`) and the rate the native path ran it at: a target
-below ``GFLOP / (this CPU's GEMM rate)`` cannot be met by any implementation of the same computation.  Not
-counted: the products inside the package's own native loops (SRNN's own-past decoding at batch 16, whose ATen
-calls run inside the op).
+The last two columns are the work of one EM iteration of the batch of 16 (``torch.utils.flop_counter``: the products
+and attention, which is what a GEMM floor is made of, and here also the products of the LSTM layers, ATen's and the
+package's, which the counter does not know: :func:`lstm_layer_flop`) and the rate the native path ran it at: a
+target below ``GFLOP / (this CPU's GEMM rate)`` cannot be met by any implementation of the same computation. Not
+counted: the products inside the package's own native loops (SRNN's own-past decoding at batch 16, whose ATen calls
+run inside the op).
 """
 
 from __future__ import annotations
