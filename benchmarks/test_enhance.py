@@ -22,6 +22,8 @@ LigHT-DVAE: a batch of 16 utterances of 2.5 s under 0.5 s per iteration.
 ``test_m_step``: one M-step and the divergence of the updated model (:func:`lightdvae.enhance.noise.
 m_step_and_divergence`) of ``batch`` utterances of 157 frames on the CPU, ``impl`` ``native`` (the kernel
 ``lightdvae::nmf_m_step``) or ``reference`` (the ATen calls, ``LIGHTDVAE_REFERENCE_OPS=nmf_m_step``).
+``test_lstm_layer``: one LSTM layer forward and backward at batch 1 as the E-step runs it, ``native``
+(``lightdvae::lstm_layer``) or ``reference`` (nn.LSTM, oneDNN's).
 
 The default run (what the CI runs once with --benchmark-disable) keeps to the cases that finish in seconds on a
 small CPU: 2.5 s utterances at batch 1 for every prior, and the VAE at batch 16; ``LIGHTDVAE_BENCH_ENHANCE=full``
@@ -125,3 +127,32 @@ def test_m_step(benchmark, describe, monkeypatch, batch, impl):
     state = init_noise_model([frames] * batch, bins, 8, gens, dtype=torch.float32, device="cpu")
     benchmark(m_step_and_divergence, state, power, speech, mask)
     describe("cpu", impl=impl, batch=batch, frames=frames, rank=8)
+
+
+@pytest.mark.parametrize("impl", ["reference", "native"])
+@pytest.mark.parametrize("layer", ["dkf", "rvae-decoder"])
+def test_lstm_layer(benchmark, describe, monkeypatch, layer, impl):
+    """One LSTM layer over 157 frames at batch 1, forward and backward (the E-step's case): DKF's backward LSTM over
+    the embedded mixture (256 -> 128, weights and input trained) and RVAE's decoder LSTM over z (16 -> 128, the
+    weights frozen, the input z trained); ``native`` = ``lightdvae::lstm_layer``, ``reference`` = nn.LSTM
+    (oneDNN), ``LIGHTDVAE_REFERENCE_OPS=lstm_layer``."""
+    from lightdvae.ops import lstm as lstm_ops
+
+    if impl == "native" and not _ext.has_kernel("lstm_layer", "cpu"):
+        pytest.skip("the native extension (its LSTM layer) is not built")
+    if impl == "reference":
+        monkeypatch.setenv("LIGHTDVAE_REFERENCE_OPS", "lstm_layer")
+    benchmark.group = f"enhance-lstm-{layer}"
+    torch.manual_seed(0)
+    inputs, hidden, reverse, frozen = {"dkf": (256, 128, True, False), "rvae-decoder": (16, 128, False, True)}[layer]
+    module = torch.nn.LSTM(inputs, hidden).requires_grad_(not frozen)
+    x = torch.randn(157, 1, inputs, requires_grad=True)
+    assert lstm_ops.applies(module, x) == (impl == "native")
+    wrt = [x] if frozen else [x, *module.parameters()]
+
+    def step():
+        out = lstm_ops.lstm(module, x, reverse=reverse)
+        return torch.autograd.grad(out.square().sum(), wrt)
+
+    benchmark(step)
+    describe("cpu", impl=impl, layer=layer, frames=157, batch=1)

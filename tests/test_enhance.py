@@ -29,7 +29,7 @@ from lightdvae.enhance import (
     resolve_settings,
     wiener_filter,
 )
-from lightdvae.enhance.engines import REFERENCE_LR, TRANSFORMER_LR, default_lr, settings_for
+from lightdvae.enhance.engines import REFERENCE_LR, TRANSFORMER_E_STEP_LR, default_lr, settings_for
 from lightdvae.enhance.inference import KeptOutputs, RecurrentEngine
 from lightdvae.enhance.sequential import SequentialEngine
 from lightdvae.errors import EnhanceError
@@ -432,10 +432,10 @@ def test_enhancement_flushes_denormals_and_restores_the_default(monkeypatch):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_the_e_step_rate_left_open_is_the_priors(name):
-    """``lr=None`` (the default) runs the E-step at the prior family's rate: the reference's 1e-3, and 3e-4 for
+    """``lr=None`` (the default) runs the E-step at the prior family's rate: the reference's 1e-3, and 1e-4 for
     HiT/LigHT-DVAE (the rate they train at); the result is the one with that rate given, and a rate given is kept."""
     model = _model(name)
-    want = TRANSFORMER_LR if name in ("hit-dvae", "light-dvae") else REFERENCE_LR
+    want = TRANSFORMER_E_STEP_LR if name in ("hit-dvae", "light-dvae") else REFERENCE_LR
     assert default_lr(model) == want and EnhanceSettings().lr is None
     assert settings_for(model, EnhanceSettings()).lr == want
     assert settings_for(model, EnhanceSettings(lr=0.5)).lr == 0.5

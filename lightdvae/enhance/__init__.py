@@ -18,7 +18,7 @@ frame, ``WH`` a rank-K NMF of the noise variance.  A variational EM alternates, 
 The estimate is the Wiener filter ``g v / (g v + WH)`` applied to ``X`` (noisy phase), inverted by the iSTFT
 (:mod:`~lightdvae.enhance.api`; the loop is :mod:`~lightdvae.enhance.vem`).  Defaults as the reference runs them:
 K = 8, Adam lr 1e-3, 100 iterations, random W and H, g = 1; the E-step's ``beta`` is 1 (the priors were trained
-with 0.01).  One departure: HiT/LigHT-DVAE take their E-step at the rate they train at, 3e-4
+with 0.01).  One departure: HiT/LigHT-DVAE take their E-step at 1e-4, chosen on a development set
 (:func:`~lightdvae.enhance.engines.default_lr`; at 1e-3 their post-norm encoders come apart).  The model runs in
 eval mode (no dropout) and is not modified.
 

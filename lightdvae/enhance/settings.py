@@ -45,7 +45,7 @@ class EnhanceSettings:
     """The options of the variational EM (defaults: the reference's runs).  Frozen; checked when built.
 
     iterations: EM iterations (100).  rank: K of the noise NMF (8).  lr: Adam's learning rate of the E-step (None:
-    the prior's, :func:`lightdvae.enhance.engines.default_lr`: the reference's 1e-3, and 3e-4 for HiT/LigHT-DVAE).
+    the prior's, :func:`lightdvae.enhance.engines.default_lr`: the reference's 1e-3, and 1e-4 for HiT/LigHT-DVAE).
     beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  samples: z samples
     averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
