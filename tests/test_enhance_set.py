@@ -169,6 +169,10 @@ def test_the_report_has_an_enhancement_section(built, run, tmp_path):
     section = write_report([tmp_path])
     rows = [line for line in section.splitlines() if line.startswith("| VAE")]
     assert any(f"β 0.01, {FAST['iterations']} iterations" in line for line in rows), rows
+    # and another E-step rate (the VAE's default is the reference's 1e-3, which no label names)
+    enhance_set(run, f"noisy:{built}", out=tmp_path / "res-lr", figures=0, **{**FAST, "lr": 3e-4})
+    rows = [line for line in write_report([tmp_path]).splitlines() if line.startswith("| VAE")]
+    assert len(rows) == 2 * 3 and sum(", lr 0.0003" in line for line in rows) == 2, rows  # main and SNR tables
 
 
 def _one_line_error(capsys, argv, expect: str):

@@ -11,6 +11,8 @@ from lightdvae.report.tables import mean_ci, model_sort_key, row_labels, table
 
 __all__ = ["enhance_section", "ENHANCE_COLUMNS"]
 
+#: Adam's rate of the reference's E-step (lightdvae.enhance.engines.REFERENCE_LR): a row at another says so.
+REFERENCE_LR = 1e-3
 #: The metrics of the tables, in column order.
 ENHANCE_COLUMNS = ("si_sdr", "pesq_wb", "pesq_nb", "estoi")
 
@@ -47,14 +49,18 @@ def _best(rows: list[dict], metric: str) -> float | None:
 
 def _labels(rows: list[dict]) -> dict[int, str]:
     """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), the E-step's
-    KL weight when it is not the reference's 1 and the EM iterations when they are not the reference's 100 (the same
-    prior enhanced several ways gets a row each)."""
+    KL weight when it is not the reference's 1, its Adam rate when it is not the reference's 1e-3 (HiT/LigHT-DVAE's
+    default is 1e-4) and the EM iterations when they are not the reference's 100 (the same prior enhanced several
+    ways gets a row each)."""
     labels = row_labels(rows)
     for s in rows:
         settings = s.get("settings") or {}
         beta = settings.get("beta", 1.0)
         if beta != 1.0:
             labels[id(s)] += f", β {beta:g}"
+        lr = settings.get("lr")
+        if isinstance(lr, (int, float)) and lr != REFERENCE_LR:
+            labels[id(s)] += f", lr {lr:g}"
         iterations = settings.get("iterations", 100)
         if iterations != 100:
             labels[id(s)] += f", {iterations} iterations"
