@@ -23,6 +23,8 @@ def test_operators_fall_in_one_class_each():
     assert floor_table.classify("aten::addmm") == "gemm"
     assert floor_table.classify("aten::bmm") == "gemm"
     assert floor_table.classify("aten::mkldnn_rnn_layer_backward") == "rnn"
+    for native in ("lightdvae::lstm_layer", "lightdvae::lstm_layer_backward"):
+        assert floor_table.classify(native) == "rnn"
     assert floor_table.classify("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
     assert floor_table.classify("aten::mul") == "elementwise"
     assert floor_table.classify("lightdvae::is_divergence") == "elementwise"
@@ -85,7 +87,7 @@ def test_a_row_accounts_for_the_whole_step(case):
     assert sum(parts) == pytest.approx(row.step_ms, rel=1e-9)
     assert row.gemm_calls >= row.distinct_shapes > 0
     assert row.floor_ms > 0
-    if case in ("dkf", "srnn-ss"):  # the recurrent models run LSTMs: their kernels are counted and replayed
+    if case in ("dkf", "srnn-ss"):  # the recurrent models run LSTMs (at batch 2 the package's layer): counted
         assert row.rnn_ms > 0
     assert (row.attention_ms > 0) == (case == "light-dvae")
 
