@@ -218,7 +218,10 @@ def register(sub) -> None:
     c.add_argument("--workers", type=int, default=None, help="threads (default min(4, cores))")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_cache)
+    _register_noisy(csub)
 
+
+def _register_noisy(csub) -> None:
     n = csub.add_parser("noisy", help="mix a corpus's test split with noises at exact SNRs (a noisy test set)")
     n.add_argument("out", metavar="OUT", help="output folder (new, empty, or a noisy set made before)")
     n.add_argument("--speech", default="builtin", help="corpus whose test split is mixed (default builtin)")
