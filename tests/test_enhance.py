@@ -591,6 +591,36 @@ def test_the_batched_engine_in_float32_is_as_accurate_as_the_models_own_forward(
     assert batched <= 10 * own + 1e-6
 
 
+@pytest.mark.parametrize("name", ["vae", "dkf", "light-dvae"])
+def test_e_steps_take_that_many_adam_steps_before_each_sample(name, monkeypatch):
+    """``e_steps=3``: three Adam steps (each on its own draw of the noise) before each iteration's sample and
+    M-step, against the noise model of the M-step before them; ``e_steps=1`` is the reference's loop."""
+    from lightdvae.enhance.inference import InferenceEngine
+
+    model, wave = _model(name), _mixture(0.3, 1)[1]
+    calls, step, sample = [], InferenceEngine.step, InferenceEngine.sample
+
+    def counted_step(self, power, lengths, mask, gain, noise, *rest):
+        calls.append(("step", noise.data_ptr()))
+        return step(self, power, lengths, mask, gain, noise, *rest)
+
+    def counted_sample(self, *args):
+        calls.append(("sample", None))
+        return sample(self, *args)
+
+    monkeypatch.setattr(InferenceEngine, "step", counted_step)
+    monkeypatch.setattr(InferenceEngine, "sample", counted_sample)
+    three = enhance(model, wave, iterations=2, e_steps=3)
+    kinds = [k for k, _ in calls]
+    assert kinds == ["step"] * 3 + ["sample"] + ["step"] * 3 + ["sample"] * 2, kinds  # the last: the final filter
+    assert len({calls[i][1] for i in range(3)}) == 1  # one noise model for an iteration's steps
+    calls.clear()
+    one = enhance(model, wave, iterations=2)
+    assert [k for k, _ in calls] == ["step", "sample", "step", "sample", "sample"]
+    assert not np.allclose(one.waveform, three.waveform)
+    assert three.loss[-1] <= one.loss[-1] + 1e-6 * abs(one.loss[-1])  # further along the same objective
+
+
 def test_a_time_budget_stops_early():
     result = enhance(_model("vae"), _mixture(0.3, 1)[1], iterations=10_000, max_seconds=0.2)
     assert result.stopped_early and 1 <= result.iterations < 10_000 and len(result.loss) == result.iterations
@@ -630,6 +660,7 @@ def test_enhancement_with_the_shipped_vae_raises_si_sdr():
         ({"lr": -1.0}, "lr"),
         ({"beta": float("nan")}, "beta"),
         ({"samples": 0}, "samples"),
+        ({"e_steps": 0}, "e_steps must be an integer >= 1"),
         ({"seed": -1}, "seed"),
         ({"max_seconds": 0}, "max_seconds"),
         ({"lr": "0.1"}, "lr must be a number"),

@@ -132,8 +132,21 @@ def test_a_folder_of_other_settings_is_refused_unless_overwrite(built, run, tmp_
     other = EnhanceSettings(iterations=3, beta=0.01)  # a settings object: the same guard
     with pytest.raises(EnhanceError, match="differs in: beta: 1.0 there, 0.01 asked\\).*--overwrite"):
         enhance_set(run, f"noisy:{built}", other, out=out, max_files=2, figures=0, **{**FAST, "iterations": 3})
+    with pytest.raises(EnhanceError, match="differs in: e_steps: .* there, 2 asked\\).*--overwrite"):
+        enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **{**FAST, "e_steps": 2})
     summary = enhance_set(run, f"noisy:{built}", out=out, max_files=2, overwrite=True, **{**FAST, "iterations": 4})
     assert summary["settings"]["iterations"] == 4 and len(read_set_rows(out / "per_file.csv")) == 2
+
+
+def test_a_folder_written_before_an_option_existed_resumes(built, run, tmp_path):
+    """A folder whose fingerprint predates ``e_steps`` ran one E-step per iteration: it resumes at that, and only
+    at that."""
+    out = tmp_path / "out"
+    enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **FAST)
+    state = json.loads((out / "state.json").read_text())
+    assert "e_steps" not in json.dumps(state), state  # one E-step: the fingerprint the folders before it have
+    summary = enhance_set(run, f"noisy:{built}", out=out, max_files=3, figures=0, **{**FAST, "e_steps": 1})
+    assert summary["files"]["enhanced"] == 3 and summary["settings"]["e_steps"] == 1
 
 
 def test_files_without_a_reference_and_a_mismatched_pair(built, run, tmp_path):
@@ -173,6 +186,10 @@ def test_the_report_has_an_enhancement_section(built, run, tmp_path):
     enhance_set(run, f"noisy:{built}", out=tmp_path / "res-lr", figures=0, **{**FAST, "lr": 3e-4})
     rows = [line for line in write_report([tmp_path]).splitlines() if line.startswith("| VAE")]
     assert len(rows) == 2 * 3 and sum(", lr 0.0003" in line for line in rows) == 2, rows  # main and SNR tables
+    # and more Adam steps per E-step
+    enhance_set(run, f"noisy:{built}", out=tmp_path / "res-e", figures=0, **{**FAST, "e_steps": 2})
+    rows = [line for line in write_report([tmp_path]).splitlines() if line.startswith("| VAE")]
+    assert sum(f"{FAST['iterations']} iterations x 2 E-steps" in line for line in rows) == 2, rows
 
 
 def _one_line_error(capsys, argv, expect: str):

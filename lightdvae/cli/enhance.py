@@ -4,7 +4,8 @@
     lightdvae enhance RUN --data SPEC [--out DIR] [--max-files N] [--batch-size 16] [--workers N]
                       [--no-audio] [--figures 2] [--overwrite] [--quiet] [EM options]
 
-EM options: [--iterations 100] [--rank 8] [--lr 1e-3 | 1e-4] [--beta 1] [--samples 1] [--seed 0] [--max-seconds S]
+EM options: [--iterations 100] [--rank 8] [--lr 1e-3 | 1e-4] [--beta 1] [--e-steps 1] [--samples 1] [--seed 0]
+[--max-seconds S]
 [--device auto] [--threads N] [--checkpoint best].
 
 RUN is what ``lightdvae eval`` takes: a run folder, an imported checkpoint's folder, or ``pretrained:NAME``.
@@ -165,6 +166,7 @@ def register(subparsers) -> None:
         "--lr", type=float, help="Adam learning rate of the E-step (the prior's: 1e-3, 1e-4 for HiT/LigHT-DVAE)"
     )
     p.add_argument("--beta", type=float, help=f"KL weight of the E-step ({d.beta:g})")
+    p.add_argument("--e-steps", type=int, metavar="N", help=f"Adam steps of the E-step per EM iteration ({d.e_steps})")
     p.add_argument("--samples", type=int, metavar="R", help=f"z samples in the final filter ({d.samples})")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop the EM after S seconds (no limit)")

@@ -101,11 +101,14 @@ class SetSettings:
     @property
     def fingerprint(self) -> dict:
         """The settings that change the numbers (with the checkpoint and the set: the folder's fingerprint)."""
-        return {**self.em.to_dict(), "metrics": list(self.metrics)}
+        em = self.em.to_dict()
+        if em["e_steps"] == 1:  # what every run did before the option existed: their folders still resume
+            del em["e_steps"]
+        return {**em, "metrics": list(self.metrics)}
 
 
 def settings_tag(em: EnhanceSettings, which: str = "best") -> str:
-    """``it100-k8-seed0`` plus the options that differ from the defaults (``-lr0.01``, ``-beta0``, ``-r4``,
+    """``it100-k8-seed0`` plus the options that differ from the defaults (``-lr0.01``, ``-beta0``, ``-e10``, ``-r4``,
     ``-max30s``, ``-last``)."""
     default = EnhanceSettings()
     tag = f"it{em.iterations}-k{em.rank}-seed{em.seed}"
@@ -113,6 +116,8 @@ def settings_tag(em: EnhanceSettings, which: str = "best") -> str:
         tag += f"-lr{em.lr:g}"
     if em.beta != default.beta:
         tag += f"-beta{em.beta:g}"
+    if em.e_steps != default.e_steps:
+        tag += f"-e{em.e_steps}"
     if em.samples != default.samples:
         tag += f"-r{em.samples}"
     if em.max_seconds is not None:

@@ -46,8 +46,9 @@ class EnhanceSettings:
 
     iterations: EM iterations (100).  rank: K of the noise NMF (8).  lr: Adam's learning rate of the E-step (None:
     the prior's, :func:`lightdvae.enhance.engines.default_lr`: the reference's 1e-3, and 1e-4 for HiT/LigHT-DVAE).
-    beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  samples: z samples
-    averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
+    beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  e_steps: Adam steps of the
+    E-step per EM iteration, each on a new sample (1, the reference's: one gradient step, then the M-step).
+    samples: z samples averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
     iteration that would start after it (at least one iteration runs).  None: no budget.
 
@@ -62,6 +63,7 @@ class EnhanceSettings:
     rank: int = 8
     lr: float | None = None
     beta: float = 1.0
+    e_steps: int = 1
     samples: int = 1
     seed: int = 0
     max_seconds: float | None = None
@@ -72,6 +74,7 @@ class EnhanceSettings:
             _integer("rank", self.rank, 1),
             None if self.lr is None else _number("lr", self.lr, positive=True),
             _number("beta", self.beta, positive=False),
+            _integer("e_steps", self.e_steps, 1),
             _integer("samples", self.samples, 1),
             _integer("seed", self.seed, 0),
             None if self.max_seconds is None else _number("max_seconds", self.max_seconds, positive=True),
@@ -79,7 +82,7 @@ class EnhanceSettings:
         problems = [p for p in problems if p]
         if problems:
             raise EnhanceError("; ".join(problems))
-        for name in ("iterations", "rank", "samples", "seed"):
+        for name in ("iterations", "rank", "e_steps", "samples", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("lr", "beta", "max_seconds"):
             if getattr(self, name) is not None:

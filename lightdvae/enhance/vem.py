@@ -1,8 +1,9 @@
 """The variational EM loop on one batch of utterances (Bie et al. 2022, Algorithm 1).
 
-Per iteration: the E-step (one Adam step of each utterance's inference network on its negative ELBO, then a new
-sample of z and of the speech variance ``v``), the M-step (W, H, g; :mod:`lightdvae.enhance.noise`), and the
-loss.  After the last iteration the Wiener filter ``g v / (g v + WH)`` is averaged over ``samples`` new samples.
+Per iteration: the E-step (``e_steps`` Adam steps of each utterance's inference network on its negative ELBO,
+each on a new sample; the reference takes one), a new sample of z and of the speech variance ``v``, the M-step
+(W, H, g; :mod:`lightdvae.enhance.noise`), and the loss.  After the last iteration the Wiener filter
+``g v / (g v + WH)`` is averaged over ``samples`` new samples.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def run_vem(
         if it and s.max_seconds is not None and time.perf_counter() - start >= s.max_seconds:
             stopped = True
             break
-        engine.step(power, lengths, mask, state.g, state.noise_variance(), s.beta, generators)
+        noise = state.noise_variance()
+        for _ in range(s.e_steps):
+            engine.step(power, lengths, mask, state.g, noise, s.beta, generators)
         speech = engine.sample(power, lengths, generators)
         losses.append(m_step_and_divergence(state, power, speech, mask))
     filt, speech, noise = _final_filter(engine, state, power, lengths, generators, s.samples)

@@ -50,8 +50,8 @@ def _best(rows: list[dict], metric: str) -> float | None:
 def _labels(rows: list[dict]) -> dict[int, str]:
     """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), the E-step's
     KL weight when it is not the reference's 1, its Adam rate when it is not the reference's 1e-3 (HiT/LigHT-DVAE's
-    default is 1e-4) and the EM iterations when they are not the reference's 100 (the same prior enhanced several
-    ways gets a row each)."""
+    default is 1e-4), the EM iterations when they are not the reference's 100 and the E-step's Adam steps per
+    iteration when they are not the reference's 1 (the same prior enhanced several ways gets a row each)."""
     labels = row_labels(rows)
     for s in rows:
         settings = s.get("settings") or {}
@@ -61,9 +61,9 @@ def _labels(rows: list[dict]) -> dict[int, str]:
         lr = settings.get("lr")
         if isinstance(lr, (int, float)) and lr != REFERENCE_LR:
             labels[id(s)] += f", lr {lr:g}"
-        iterations = settings.get("iterations", 100)
-        if iterations != 100:
-            labels[id(s)] += f", {iterations} iterations"
+        iterations, e_steps = settings.get("iterations", 100), settings.get("e_steps", 1)
+        if iterations != 100 or e_steps != 1:
+            labels[id(s)] += f", {iterations} iterations" + (f" x {e_steps} E-steps" if e_steps != 1 else "")
     return labels
 
 
