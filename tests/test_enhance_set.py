@@ -192,6 +192,39 @@ def test_the_report_has_an_enhancement_section(built, run, tmp_path):
     assert sum(f"{FAST['iterations']} iterations x 2 E-steps" in line for line in rows) == 2, rows
 
 
+def test_the_report_breaks_every_metric_down_by_snr():
+    """One per-SNR table per metric a summary holds (the quality target reads every metric at every SNR)."""
+    from lightdvae.report.enhance_section import enhance_section
+
+    def stats(mean):
+        return {"n": 4, "mean": mean, "ci_half": 0.1}
+
+    by_snr = {
+        k: {"improvement": {"si_sdr": stats(d), "estoi": stats(d / 100)}, "output": {}} for k, d in (("0", 3), ("5", 2))
+    }
+    summary = {
+        "kind": "lightdvae-enhance",
+        "run_dir": "pretrained:vae",
+        "model": {"label": "VAE", "name": "vae"},
+        "set": {"name": "s", "root": "/s", "snrs": [0, 5]},
+        "settings": {"iterations": 30, "e_steps": 10},
+        "files": {"scored": 8},
+        "overall": {m: {} for m in ("input", "output", "improvement")},
+        "by_snr": by_snr,
+    }
+    lines = "\n".join(enhance_section([summary])).splitlines()
+    notes = [line for line in lines if "by input SNR" in line]
+    assert notes == [
+        "Δ SI-SDR (dB) by input SNR, mean ± half-width of the 95 % interval of the mean.",
+        "Δ ESTOI by input SNR, mean ± half-width of the 95 % interval of the mean.",
+    ], notes
+    rows = [line for line in lines if line.startswith("| VAE, 30 iterations x 10 E-steps |")][1:]  # after the main
+    assert rows == [
+        "| VAE, 30 iterations x 10 E-steps | **3.00** ± 0.10 | **2.00** ± 0.10 |",
+        "| VAE, 30 iterations x 10 E-steps | **0.030** ± 0.100 | **0.020** ± 0.100 |",
+    ], rows
+
+
 def _one_line_error(capsys, argv, expect: str):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

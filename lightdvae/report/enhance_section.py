@@ -1,4 +1,4 @@
-"""The enhancement section: per noisy set, the improvements and output scores of each prior, and the SI-SDR
+"""The enhancement section: per noisy set, the improvements and output scores of each prior, and each metric's
 improvement per SNR, from the ``summary.json`` files of ``lightdvae enhance RUN --data SPEC``
 (``"kind": "lightdvae-enhance"``)."""
 
@@ -107,7 +107,8 @@ def _main_table(rows: list[dict]) -> list[str]:
 
 
 def _snr_table(rows: list[dict]) -> list[str]:
-    """ΔSI-SDR per SNR: rows the priors, columns the SNRs (the best of each column in bold when above zero)."""
+    """The improvement of each metric per SNR, one table per metric: rows the priors, columns the SNRs (the best of
+    each column in bold when above zero) -- what a target of "every metric at every SNR" is read from."""
     snrs: list[str] = []
     for s in rows:
         snrs += [k for k in (s.get("by_snr") or {}) if k not in snrs]
@@ -116,20 +117,25 @@ def _snr_table(rows: list[dict]) -> list[str]:
     snrs.sort(key=lambda k: (k == "unknown", float(k) if k != "unknown" else 0.0))
     labels = _labels(rows)
 
-    def cell_stats(s: dict, k: str) -> dict | None:
-        return (((s.get("by_snr") or {}).get(k) or {}).get("improvement") or {}).get("si_sdr")
+    def cell_stats(s: dict, k: str, metric: str) -> dict | None:
+        return (((s.get("by_snr") or {}).get(k) or {}).get("improvement") or {}).get(metric)
 
-    body = []
-    for s in rows:
-        cells = [labels[id(s)]]
-        for k in snrs:
-            st = cell_stats(s, k)
-            means = [(cell_stats(r, k) or {}).get("mean") for r in rows]
-            means = [m for m in means if isinstance(m, (int, float)) and math.isfinite(m)]
-            top = max(means) if means else None
-            bold = top is not None and top > 0 and (st or {}).get("mean") == top
-            cells.append(mean_ci(st, "si_sdr", bold=bold))
-        body.append(cells)
-    header = ["prior"] + [f"{k} dB" if k != "unknown" else "unknown SNR" for k in snrs]
-    note = "Δ SI-SDR (dB) by input SNR, mean ± half-width of the 95 % interval of the mean."
-    return [note, "", table(header, body), ""]
+    lines = []
+    for metric in ENHANCE_COLUMNS:
+        if not any(cell_stats(s, k, metric) for s in rows for k in snrs):
+            continue
+        body = []
+        for s in rows:
+            cells = [labels[id(s)]]
+            for k in snrs:
+                st = cell_stats(s, k, metric)
+                means = [(cell_stats(r, k, metric) or {}).get("mean") for r in rows]
+                means = [m for m in means if isinstance(m, (int, float)) and math.isfinite(m)]
+                top = max(means) if means else None
+                bold = top is not None and top > 0 and (st or {}).get("mean") == top
+                cells.append(mean_ci(st, metric, bold=bold))
+            body.append(cells)
+        header = ["prior"] + [f"{k} dB" if k != "unknown" else "unknown SNR" for k in snrs]
+        note = f"Δ {LABELS[metric]} by input SNR, mean ± half-width of the 95 % interval of the mean."
+        lines += [note, "", table(header, body), ""]
+    return lines
