@@ -71,6 +71,19 @@ def write_corpus(root: Path, files, sr: int = 16000) -> Path:
     return Path(root)
 
 
+def write_noisy_set(root: Path, test_seconds: float, snrs: str) -> Path:
+    """A noisy set of ``lightdvae corpus noisy`` under ``root/set``: one test utterance of ``test_seconds`` mixed
+    with white noise at ``snrs`` (``"0,5"``), from a corpus under ``root/corpus`` that has one utterance per
+    split.  Returns the set's folder."""
+    from lightdvae.data.noisy import build_noisy_set  # here: the CUDA tests import this module
+
+    corpus = write_corpus(
+        root / "corpus", [("train", "a", 0, 0.5), ("val", "v", 0, 0.4), ("test", "t", 0, test_seconds)]
+    )
+    build_noisy_set(root / "set", speech=str(corpus), snrs=snrs, noises="white", progress=False)
+    return root / "set"
+
+
 def make_run(path: Path, name: str = "light-dvae", data: str | None = None, **config) -> Path:
     """A run folder (``lightdvae train``'s layout) holding an untrained model ``name``, seeded; the transformer DVAEs
     are TINY_LIGHT-sized unless ``config`` says otherwise.  ``data``: the corpus spec the run records."""

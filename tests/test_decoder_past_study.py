@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_corpus
-
-from lightdvae.data.noisy import build_noisy_set
+from helpers import write_noisy_set
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("private_dirs")
@@ -20,10 +18,7 @@ pytestmark = pytest.mark.usefixtures("private_dirs")
 
 @pytest.fixture(scope="module")
 def noisy_set(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("past")
-    corpus = write_corpus(root / "corpus", [("train", "a", 0, 0.5), ("val", "v", 0, 0.4), ("test", "t", 0, 0.4)])
-    build_noisy_set(root / "set", speech=str(corpus), snrs="5", noises="white", progress=False)
-    return root / "set"
+    return write_noisy_set(tmp_path_factory.mktemp("past"), 0.4, "5")
 
 
 @pytest.mark.parametrize("variant", ["own", "mixture", "estimate", "oracle"])

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_corpus
-
-from lightdvae.data.noisy import build_noisy_set
+from helpers import write_noisy_set
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("private_dirs")
@@ -21,10 +19,7 @@ pytest.importorskip("pystoi")
 
 @pytest.fixture(scope="module")
 def noisy_set(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("oracle")
-    corpus = write_corpus(root / "corpus", [("train", "a", 0, 0.5), ("val", "v", 0, 0.5), ("test", "t", 0, 1.2)])
-    build_noisy_set(root / "set", speech=str(corpus), snrs="0,5", noises="white", progress=False)
-    return root / "set"
+    return write_noisy_set(tmp_path_factory.mktemp("oracle"), 1.2, "0,5")
 
 
 def test_it_prints_each_filter_and_the_oracle_helps(noisy_set):
