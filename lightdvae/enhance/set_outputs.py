@@ -60,6 +60,10 @@ SET_COLUMNS = (
 _FLOAT_COLUMNS = ("snr_db", "audio_s", *_METRIC_COLUMNS, "seconds")
 
 
+#: EM options added after results folders were written, with the value every earlier run had.
+LATER_OPTIONS = {"e_steps": 1}
+
+
 @dataclass(frozen=True)
 class SetSettings:
     """The options of one set's enhancement besides the EM's (see :func:`lightdvae.enhance.enhance_set`)."""
@@ -99,12 +103,16 @@ class SetSettings:
         return cls(em, metrics, max_files, batch_size, workers, figures=figures, **other)
 
     @property
+    def recorded(self) -> dict:
+        """The settings that change the numbers, every one (``summary.json``'s ``"settings"``)."""
+        return {**self.em.to_dict(), "metrics": list(self.metrics)}
+
+    @property
     def fingerprint(self) -> dict:
-        """The settings that change the numbers (with the checkpoint and the set: the folder's fingerprint)."""
-        em = self.em.to_dict()
-        if em["e_steps"] == 1:  # what every run did before the option existed: their folders still resume
-            del em["e_steps"]
-        return {**em, "metrics": list(self.metrics)}
+        """:attr:`recorded` as the folder's fingerprint (with the checkpoint and the set): an option added after
+        results folders existed is left out at the value every run before it had (:data:`LATER_OPTIONS`), so
+        those folders still resume."""
+        return {k: v for k, v in self.recorded.items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
 
 
 def settings_tag(em: EnhanceSettings, which: str = "best") -> str:

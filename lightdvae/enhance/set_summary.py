@@ -89,12 +89,7 @@ def build_set_summary(
         "run_dir": run_info.get("run_dir"),
         "checkpoint": run_info.get("checkpoint"),
         "model": run_info["model"],
-        "settings": {
-            **settings.em.to_dict(),
-            "metrics": list(settings.metrics),
-            "batch_size": settings.batch_size,
-            "workers": settings.workers,
-        },
+        "settings": {**settings.recorded, "batch_size": settings.batch_size, "workers": settings.workers},
         "set": {**noisy_set.to_dict(), "spec": spec},
         "metric_names": list(metrics),
         "ci": "95 % Student-t interval of the mean over files (metrics.summarize, method 't')",
