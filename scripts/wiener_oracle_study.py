@@ -100,8 +100,8 @@ def main(argv=None) -> None:
     what = f"{args.prior}, {n} file{'s' * (n != 1)}" + (f" at {args.snr:g} dB" if args.snr is not None else "")
     print(f"{what}; {args.iterations} iterations x {e} E-step{'s' * (e != 1)}, beta {args.beta:g}: ESTOI, SI-SDR (dB)")
     for name, values in [("noisy input", noisy_scores), *scores.items()]:
-        e, s = np.nanmean(np.array(values), axis=0)
-        print(f"  {name:34s} {e:.3f}  {s:+6.2f}")
+        mean_estoi, mean_si_sdr = np.nanmean(np.array(values), axis=0)
+        print(f"  {name:34s} {mean_estoi:.3f}  {mean_si_sdr:+6.2f}")
 
 
 if __name__ == "__main__":
