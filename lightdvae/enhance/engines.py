@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lightdvae.enhance.inference import FramewiseEngine, HierarchicalEngine, InferenceEngine, RecurrentEngine
 from lightdvae.enhance.sequential import SequentialEngine
-from lightdvae.enhance.settings import EnhanceSettings
+from lightdvae.enhance.settings import REFERENCE_LR, EnhanceSettings
 from lightdvae.models import DVAE
 from lightdvae.models.dkf import DKF
 from lightdvae.models.rvae import RVAE
@@ -15,9 +15,6 @@ from lightdvae.models.vae import VAE
 
 __all__ = ["engine_class", "engine_for", "default_lr", "settings_for", "REFERENCE_LR", "TRANSFORMER_E_STEP_LR"]
 
-#: Adam's learning rate of the E-step in the reference implementation (Bie et al. 2022), for its VAE, DKF, RVAE and
-#: SRNN priors.
-REFERENCE_LR = 1e-3
 #: The E-step's rate for HiT-DVAE and LigHT-DVAE, chosen on a development set (``lightdvae corpus noisy --split
 #: val``: 50 mixtures of the built-in validation split; beta 0.01, 30 iterations) among 3e-5, 1e-4, 3e-4 and 1e-3:
 #: SI-SDR +3.15 / +3.99 / +3.03 / -5.26 dB for the shipped LigHT-DVAE, +2.87 / +3.77 / +3.70 / -1.40 for HiT-DVAE.

@@ -19,7 +19,11 @@ from torch import Tensor
 
 from lightdvae.errors import EnhanceError
 
-__all__ = ["EnhanceSettings", "EnhanceResult", "resolve_settings"]
+__all__ = ["EnhanceSettings", "EnhanceResult", "resolve_settings", "REFERENCE_LR"]
+
+#: Adam's learning rate of the E-step in the reference implementation (Bie et al. 2022), for its VAE, DKF, RVAE and
+#: SRNN priors (``lr=None`` resolves to it for those, :func:`lightdvae.enhance.engines.default_lr`).
+REFERENCE_LR = 1e-3
 
 
 def _integer(name: str, value, minimum: int) -> str | None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import math
 
+from lightdvae.enhance.settings import REFERENCE_LR, EnhanceSettings
 from lightdvae.metrics import LABELS, PESQ_VARIANTS
 from lightdvae.report.tables import mean_ci, model_sort_key, row_labels, table
 
 __all__ = ["enhance_section", "ENHANCE_COLUMNS"]
 
-#: Adam's rate of the reference's E-step (lightdvae.enhance.engines.REFERENCE_LR): a row at another says so.
-REFERENCE_LR = 1e-3
 #: The metrics of the tables, in column order.
 ENHANCE_COLUMNS = ("si_sdr", "pesq_wb", "pesq_nb", "estoi")
 
@@ -53,17 +52,20 @@ def _labels(rows: list[dict]) -> dict[int, str]:
     default is 1e-4), the EM iterations when they are not the reference's 100 and the E-step's Adam steps per
     iteration when they are not the reference's 1 (the same prior enhanced several ways gets a row each)."""
     labels = row_labels(rows)
+    reference = EnhanceSettings()
     for s in rows:
         settings = s.get("settings") or {}
-        beta = settings.get("beta", 1.0)
-        if beta != 1.0:
+        beta = settings.get("beta", reference.beta)
+        if beta != reference.beta:
             labels[id(s)] += f", β {beta:g}"
         lr = settings.get("lr")
         if isinstance(lr, (int, float)) and lr != REFERENCE_LR:
             labels[id(s)] += f", lr {lr:g}"
-        iterations, e_steps = settings.get("iterations", 100), settings.get("e_steps", 1)
-        if iterations != 100 or e_steps != 1:
-            labels[id(s)] += f", {iterations} iterations" + (f" x {e_steps} E-steps" if e_steps != 1 else "")
+        iterations = settings.get("iterations", reference.iterations)
+        e_steps = settings.get("e_steps", reference.e_steps)
+        if iterations != reference.iterations or e_steps != reference.e_steps:
+            steps = f" x {e_steps} E-steps" if e_steps != reference.e_steps else ""
+            labels[id(s)] += f", {iterations} iterations{steps}"
     return labels
 
 
