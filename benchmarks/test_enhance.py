@@ -9,8 +9,9 @@ weights, float32: ``enhance_batch`` of ``batch`` equal-length utterances (2.5 s 
 for :data:`ITERATIONS` EM iterations, ``impl`` ``reference`` (``LIGHTDVAE_BACKEND=ref``: the models' Python
 loops; DKF, RVAE and SRNN one utterance at a time through the model's own forward), ``native`` (the C++ sampling
 loops and kernels; DKF, RVAE and SRNN in the batched engine from batch 2, and at batch 1 through the model's own
-forward, whose posterior loops then step on raw pointers) or, for DKF, RVAE and SRNN, ``one-at-a-time`` (the C++
-loops, each utterance alone through the model's own forward: what ``native`` runs at batch 1).  The timed
+forward, whose posterior loops then step on raw pointers), for DKF, RVAE and SRNN, ``one-at-a-time`` (the C++
+loops, each utterance alone through the model's own forward: what ``native`` runs at batch 1), or ``latent`` (the
+native ops with the latent E-step, ``latent_e_step=True``: Adam on the posteriors, no encoder in the loop).  The timed
 call covers the whole enhancement (STFT, the EM, the Wiener filter, the iSTFT); ``extra_info`` has the EM's own
 ``seconds_per_iteration_per_utterance`` (its wall time over iterations and utterances) and
 ``utterances_per_s_per_iteration``.
@@ -68,7 +69,7 @@ def _cases():
                 yield pytest.param(prior, seconds, batch, marks=marks, id=f"{prior}-{seconds:g}s-b{batch}")
 
 
-@pytest.mark.parametrize("impl", ["reference", "one-at-a-time", "native"])
+@pytest.mark.parametrize("impl", ["reference", "one-at-a-time", "native", "latent"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prior,seconds,batch", list(_cases()))
 def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl):
@@ -86,7 +87,13 @@ def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl)
     def run():
         with backend_scope("ref" if impl == "reference" else "native"):
             results = enhance_batch(
-                model, waves, iterations=ITERATIONS, seed=0, batch_size=batch, one_at_a_time=one_at_a_time
+                model,
+                waves,
+                iterations=ITERATIONS,
+                seed=0,
+                batch_size=batch,
+                one_at_a_time=one_at_a_time,
+                latent_e_step=impl == "latent",
             )
         synchronize(device)
         seen["results"] = results

@@ -139,12 +139,13 @@ def test_a_folder_of_other_settings_is_refused_unless_overwrite(built, run, tmp_
 
 
 def test_a_folder_written_before_an_option_existed_resumes(built, run, tmp_path):
-    """A folder whose fingerprint predates ``e_steps`` ran one E-step per iteration: it resumes at that, and only
-    at that."""
+    """A folder whose fingerprint predates ``e_steps`` (``latent_e_step``) ran one E-step per iteration (on the
+    encoder's weights): it resumes at that, and only at that."""
     out = tmp_path / "out"
     enhance_set(run, f"noisy:{built}", out=out, max_files=2, figures=0, **FAST)
     state = json.loads((out / "state.json").read_text())
-    assert "e_steps" not in json.dumps(state), state  # one E-step: the fingerprint the folders before it have
+    for option in ("e_steps", "latent_e_step"):  # at the reference's values: the fingerprint earlier folders have
+        assert option not in json.dumps(state), state
     summary = enhance_set(run, f"noisy:{built}", out=out, max_files=3, figures=0, **{**FAST, "e_steps": 1})
     assert summary["files"]["enhanced"] == 3 and summary["settings"]["e_steps"] == 1
 
@@ -190,6 +191,10 @@ def test_the_report_has_an_enhancement_section(built, run, tmp_path):
     enhance_set(run, f"noisy:{built}", out=tmp_path / "res-e", figures=0, **{**FAST, "e_steps": 2})
     rows = [line for line in write_report([tmp_path]).splitlines() if line.startswith("| VAE")]
     assert sum(f"{FAST['iterations']} iterations x 2 E-steps" in line for line in rows) == 2, rows
+    # and the latent E-step
+    enhance_set(run, f"noisy:{built}", out=tmp_path / "res-latent", figures=0, **{**FAST, "latent_e_step": True})
+    rows = [line for line in write_report([tmp_path]).splitlines() if line.startswith("| VAE")]
+    assert sum(", lr 0.1, 3 iterations, latent E-step" in line for line in rows) == 2, rows
 
 
 def test_the_report_breaks_every_metric_down_by_snr():

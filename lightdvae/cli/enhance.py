@@ -163,10 +163,19 @@ def register(subparsers) -> None:
     p.add_argument("--iterations", type=int, metavar="N", help=f"EM iterations ({d.iterations})")
     p.add_argument("--rank", type=int, metavar="K", help=f"rank of the noise NMF ({d.rank})")
     p.add_argument(
-        "--lr", type=float, help="Adam learning rate of the E-step (the prior's: 1e-3, 1e-4 for HiT/LigHT-DVAE)"
+        "--lr",
+        type=float,
+        help="Adam learning rate of the E-step (the prior's: 1e-3, 1e-4 for HiT/LigHT-DVAE; 0.1 with --latent-e-step)",
     )
     p.add_argument("--beta", type=float, help=f"KL weight of the E-step ({d.beta:g})")
     p.add_argument("--e-steps", type=int, metavar="N", help=f"Adam steps of the E-step per EM iteration ({d.e_steps})")
+    p.add_argument(
+        "--latent-e-step",
+        action="store_true",
+        default=None,
+        help="the E-step moves each frame's posterior (started from the encoder's), not the encoder's weights; "
+        "lr 0.1 unless --lr",
+    )
     p.add_argument("--samples", type=int, metavar="R", help=f"z samples in the final filter ({d.samples})")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop the EM after S seconds (no limit)")

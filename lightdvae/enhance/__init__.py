@@ -22,7 +22,9 @@ priors were trained with 0.01).  More E-steps and fewer iterations enhance bette
 with the shipped VAE: every metric up at every SNR of the built-in test set; README, "More Adam steps per
 E-step").  One departure: HiT/LigHT-DVAE take their E-step at 1e-4, chosen on a development set
 (:func:`~lightdvae.enhance.engines.default_lr`; at 1e-3 their post-norm encoders come apart).  The model runs in
-eval mode (no dropout) and is not modified.
+eval mode (no dropout) and is not modified.  ``latent_e_step=True`` (:mod:`~lightdvae.enhance.latent`) replaces the
+reference's E-step: the encoder reads the mixture once, then Adam moves each frame's posterior mean and log-variance
+instead of the encoder's weights (semi-amortised inference).
 
 Typical use::
 

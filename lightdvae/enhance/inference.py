@@ -29,6 +29,9 @@ How a family runs its copies (:func:`lightdvae.enhance.engines.engine_for` choos
   Python loops with ``LIGHTDVAE_BACKEND=ref``.  At batch 1 it is faster than the batched engine, whose frame
   loop is Python; it is also the path the batched engine is checked against.
 
+- :class:`~lightdvae.enhance.latent.LatentEngine` (every family, ``latent_e_step=True``; its own module): no
+  copies; the leaves are each utterance's posterior statistics, started from the model's encoder on the mixture.
+
 Every random draw of utterance ``i`` (the reparameterisation noise) comes from its own generator, so an utterance
 gets the same numbers in any batch.
 """
@@ -143,15 +146,25 @@ class InferenceEngine:
         own = dict(model.named_parameters())
         #: the decoder and the prior: the model's tensors, detached (read only)
         self.frozen = {n: p.detach() for n, p in own.items() if n not in self.names}
-        #: one copy of each inference parameter per utterance, ``(batch, *shape)`` leaves
-        self.stacked = {
-            n: own[n].detach().unsqueeze(0).repeat(batch, *([1] * own[n].dim())).requires_grad_() for n in self.names
-        }
-        fused = next(iter(self.stacked.values())).device.type in ("cpu", "cuda")  # one pass over the copies
-        self.optimizer = torch.optim.Adam(list(self.stacked.values()), lr=lr, fused=fused or None)
+        #: what the E-step's Adam moves, ``(batch, *shape)`` leaves: one copy of each inference parameter per
+        #: utterance (:meth:`_leaves`)
+        self.stacked = self._leaves(own, batch)
+        self.optimizer = self._adam(self.stacked, lr) if self.stacked else None
         self._methods: dict[str, _Method] = {}
         #: noise-free outputs of the last pass without gradients, for the next E-step (:class:`KeptOutputs`)
         self.kept = KeptOutputs()
+
+    def _leaves(self, own: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+        """The E-step's leaves: each inference parameter ``S`` of the model stacked ``batch`` times, ``(batch, *S)``."""
+        return {
+            n: own[n].detach().unsqueeze(0).repeat(batch, *([1] * own[n].dim())).requires_grad_() for n in self.names
+        }
+
+    @staticmethod
+    def _adam(leaves: dict[str, Tensor], lr: float) -> torch.optim.Adam:
+        """One Adam over all the leaves (fused on the CPU and CUDA: one pass over the copies)."""
+        fused = next(iter(leaves.values())).device.type in ("cpu", "cuda")
+        return torch.optim.Adam(list(leaves.values()), lr=lr, fused=fused or None)
 
     def call(self, method: str, params: dict[str, Tensor], *args, **kwargs):
         """``model.<method>(*args, **kwargs)`` with ``params`` (name -> tensor) in place of the model's own."""

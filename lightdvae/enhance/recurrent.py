@@ -37,7 +37,7 @@ from lightdvae.models.layers import shift_right
 from lightdvae.models.rvae import RVAE
 from lightdvae.models.srnn import SRNN
 
-__all__ = ["Tape", "LoopLinear", "features", "lstm_update", "posterior_pass"]
+__all__ = ["Tape", "LoopLinear", "features", "lstm_update", "posterior_pass", "decode_pass"]
 
 Params = dict[str, Tensor]
 
@@ -190,8 +190,8 @@ def _dkf(model, params, power, eps, lengths, tape, call):
         return _heads(heads, t, (z + gx[t]) / terms, act)
 
     z, mean, logvar = _sample(eps, step)
-    mean_p, logvar_p = call("transition", shift_right(z, dim=1))
-    return call("decode", z), (mean, logvar, mean_p, logvar_p)
+    logvar_x, mean_p, logvar_p = decode_pass(model, power, z, lengths, call)
+    return logvar_x, (mean, logvar, mean_p, logvar_p)
 
 
 def _rvae(model, params, power, eps, lengths, tape, call):
@@ -222,7 +222,7 @@ def _rvae(model, params, power, eps, lengths, tape, call):
         return _heads(heads, t, x, act)
 
     z, mean, logvar = _sample(eps, step)
-    return _decode_by_length(call, z, lengths), (mean, logvar, None, None)
+    return decode_pass(model, power, z, lengths, call)[0], (mean, logvar, None, None)
 
 
 def _decode_by_length(call, z: Tensor, lengths: list[int]) -> Tensor:
@@ -247,10 +247,40 @@ def _srnn(model, params, power, eps, lengths, tape, call):
     feats = features(call, lengths, "encode_speech", power, h_true)
     heads = _posterior_layers(params, model.posterior_mlp, feats, power.shape[1], tape)
     z, mean, logvar = _sample(eps, lambda t, z: _heads(heads, t, z, act))
-    own = torch.ones(power.shape[1], dtype=torch.bool)
-    logvar_x, h_used, h_own = call("decode_own_past", z, h_true, own)
-    mean_p, logvar_p = call("prior", h_own if c.prior_on_own_past else h_used, shift_right(z, dim=1))
+    logvar_x, mean_p, logvar_p = decode_pass(model, power, z, lengths, call, h_true=h_true)
     return logvar_x, (mean, logvar, mean_p, logvar_p)
+
+
+def decode_pass(
+    model: nn.Module,
+    power: Tensor,
+    z: Tensor,
+    lengths: list[int],
+    call,
+    h_true: Tensor | None = None,
+    prior: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The generative half of a DKF, RVAE or SRNN for a sample ``z (batch, frames, z_dim)``: the decoder's
+    log-variance ``(batch, frames, x_dim)`` (SRNN's decoder fed its own past) and the prior's statistics of z
+    (DKF's transition from z_{t-1}, SRNN's prior network; None for RVAE's N(0, I), and when ``prior`` is False).
+    ``call(method, *args)`` runs the model's frozen methods; ``h_true`` is SRNN's true-past h (computed here when
+    None)."""
+    if isinstance(model, DKF):
+        logvar_x = call("decode", z)
+        return logvar_x, *(call("transition", shift_right(z, dim=1)) if prior else (None, None))
+    if isinstance(model, RVAE):
+        return _decode_by_length(call, z, lengths), None, None
+    if isinstance(model, SRNN):
+        if h_true is None:
+            with torch.no_grad():
+                h_true = call("deterministic_h", power)
+        own = torch.ones(power.shape[1], dtype=torch.bool)
+        logvar_x, h_used, h_own = call("decode_own_past", z, h_true, own)
+        if not prior:
+            return logvar_x, None, None
+        h = h_own if model.config.prior_on_own_past else h_used
+        return logvar_x, *call("prior", h, shift_right(z, dim=1))
+    raise ValueError(f"no decoder pass for {type(model).__name__} (DKF, RVAE and SRNN have one)")
 
 
 _PASSES = ((DKF, _dkf), (RVAE, _rvae), (SRNN, _srnn))

@@ -44,6 +44,13 @@ def _number(name: str, value, *, positive: bool) -> str | None:
     return None
 
 
+def _flag(name: str, value) -> str | None:
+    """What is wrong with ``value`` as a flag (None: nothing)."""
+    if not isinstance(value, (bool, np.bool_)):
+        return f"{name} must be True or False, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class EnhanceSettings:
     """The options of the variational EM (defaults: the reference's runs).  Frozen; checked when built.
@@ -52,6 +59,9 @@ class EnhanceSettings:
     the prior's, :func:`lightdvae.enhance.engines.default_lr`: the reference's 1e-3, and 1e-4 for HiT/LigHT-DVAE).
     beta: weight of the KL terms in the E-step (1; the priors were trained with 0.01).  e_steps: Adam steps of the
     E-step per EM iteration, each on a new sample (1, the reference's: one gradient step, then the M-step).
+    latent_e_step: the E-step's Adam moves each frame's posterior mean and log-variance, started from the encoder's,
+    instead of the encoder's weights (False, the reference's; :mod:`lightdvae.enhance.latent`; its ``lr=None`` is
+    :data:`~lightdvae.enhance.latent.LATENT_LR`).
     samples: z samples averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
     iteration that would start after it (at least one iteration runs).  None: no budget.
@@ -68,6 +78,7 @@ class EnhanceSettings:
     lr: float | None = None
     beta: float = 1.0
     e_steps: int = 1
+    latent_e_step: bool = False
     samples: int = 1
     seed: int = 0
     max_seconds: float | None = None
@@ -79,6 +90,7 @@ class EnhanceSettings:
             None if self.lr is None else _number("lr", self.lr, positive=True),
             _number("beta", self.beta, positive=False),
             _integer("e_steps", self.e_steps, 1),
+            _flag("latent_e_step", self.latent_e_step),
             _integer("samples", self.samples, 1),
             _integer("seed", self.seed, 0),
             None if self.max_seconds is None else _number("max_seconds", self.max_seconds, positive=True),
@@ -88,6 +100,7 @@ class EnhanceSettings:
             raise EnhanceError("; ".join(problems))
         for name in ("iterations", "rank", "e_steps", "samples", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "latent_e_step", bool(self.latent_e_step))
         for name in ("lr", "beta", "max_seconds"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, float(getattr(self, name)))

@@ -49,8 +49,9 @@ def _best(rows: list[dict], metric: str) -> float | None:
 def _labels(rows: list[dict]) -> dict[int, str]:
     """Row labels: the model's label (:func:`row_labels`: with its run folder when two runs share one), the E-step's
     KL weight when it is not the reference's 1, its Adam rate when it is not the reference's 1e-3 (HiT/LigHT-DVAE's
-    default is 1e-4), the EM iterations when they are not the reference's 100 and the E-step's Adam steps per
-    iteration when they are not the reference's 1 (the same prior enhanced several ways gets a row each)."""
+    default is 1e-4), the EM iterations when they are not the reference's 100, the E-step's Adam steps per
+    iteration when they are not the reference's 1, and the latent E-step (the same prior enhanced several ways gets
+    a row each)."""
     labels = row_labels(rows)
     reference = EnhanceSettings()
     for s in rows:
@@ -66,6 +67,8 @@ def _labels(rows: list[dict]) -> dict[int, str]:
         if iterations != reference.iterations or e_steps != reference.e_steps:
             steps = f" x {e_steps} E-steps" if e_steps != reference.e_steps else ""
             labels[id(s)] += f", {iterations} iterations{steps}"
+        if settings.get("latent_e_step", reference.latent_e_step):
+            labels[id(s)] += ", latent E-step"
     return labels
 
 
