@@ -2,7 +2,8 @@
 variance ``g v`` or the noise variance ``WH``.
 
     python scripts/wiener_oracle_study.py NOISY_SET [--prior vae] [--snr -5] [--max-files N]
-                                          [--iterations 30] [--beta 0.01] [--e-steps 1]
+                                          [--iterations 30] [--beta 0.01] [--e-steps 1] [--latent-e-step]
+                                          [--lr LR]
 
 Each file of a ``lightdvae corpus noisy`` set (those at ``--snr`` only, when given) is enhanced as
 ``lightdvae enhance`` does, then filtered again with Wiener filters that swap one half for the truth:
@@ -79,12 +80,21 @@ def main(argv=None) -> None:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--beta", type=float, default=0.01)
     p.add_argument("--e-steps", type=int, default=1)
+    p.add_argument("--latent-e-step", action="store_true", help="Adam on the posteriors, not the encoder's weights")
+    p.add_argument("--lr", type=float, help="Adam's rate of the E-step (the default: the prior's, or the latent one)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = pretrained(args.prior).eval()
     items = [i for i in read_noisy_set(f"noisy:{args.noisy_set}").items if args.snr is None or i.snr_db == args.snr]
     items = items[: args.max_files] if args.max_files else items
-    options = dict(iterations=args.iterations, beta=args.beta, e_steps=args.e_steps, seed=0)
+    options = dict(
+        iterations=args.iterations,
+        beta=args.beta,
+        e_steps=args.e_steps,
+        latent_e_step=args.latent_e_step,
+        lr=args.lr,
+        seed=0,
+    )
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in FILTERS}
     noisy_scores = []
     for item in items:
@@ -98,7 +108,11 @@ def main(argv=None) -> None:
             scores[name].append((estoi(clean, estimate).value, si_sdr(clean, estimate)))
     n, e = len(items), args.e_steps
     what = f"{args.prior}, {n} file{'s' * (n != 1)}" + (f" at {args.snr:g} dB" if args.snr is not None else "")
-    print(f"{what}; {args.iterations} iterations x {e} E-step{'s' * (e != 1)}, beta {args.beta:g}: ESTOI, SI-SDR (dB)")
+    latent = (" (latent)" if args.latent_e_step else "") + (f", lr {args.lr:g}" if args.lr is not None else "")
+    print(
+        f"{what}; {args.iterations} iterations x {e} E-step{'s' * (e != 1)}{latent}, beta {args.beta:g}: "
+        "ESTOI, SI-SDR (dB)"
+    )
     for name, values in [("noisy input", noisy_scores), *scores.items()]:
         mean_estoi, mean_si_sdr = np.nanmean(np.array(values), axis=0)
         print(f"  {name:34s} {mean_estoi:.3f}  {mean_si_sdr:+6.2f}")

@@ -24,11 +24,11 @@ def noisy_set(tmp_path_factory) -> Path:
 
 def test_it_prints_each_filter_and_the_oracle_helps(noisy_set):
     command = [sys.executable, str(ROOT / "scripts" / "wiener_oracle_study.py"), str(noisy_set), "--snr", "0"]
-    command += ["--iterations", "2", "--e-steps", "2"]
+    command += ["--iterations", "2", "--e-steps", "2", "--latent-e-step"]
     out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "vae, 1 file at 0 dB; 2 iterations x 2 E-steps, beta 0.01: ESTOI, SI-SDR (dB)", lines
+    assert lines[0] == "vae, 1 file at 0 dB; 2 iterations x 2 E-steps (latent), beta 0.01: ESTOI, SI-SDR (dB)", lines
     names = ["noisy input", "model", "oracle", "model speech + true noise", "true speech + model noise"]
     names.append("prior's resynthesis + model noise")
     scores = {}
