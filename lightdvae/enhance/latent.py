@@ -128,7 +128,7 @@ class LatentEngine(InferenceEngine):
         when ``grad`` (None: N(0, I), or not needed)."""
         model = self.model
 
-        def call(method: str, *args, copy: int | None = None, **kwargs):
+        def call(method: str, *args, **kwargs):  # the model's method with its own (frozen) weights
             return self.call(method, self.frozen, *args, **kwargs)
 
         if isinstance(model, VAE):
