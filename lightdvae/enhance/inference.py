@@ -240,6 +240,20 @@ class FramewiseEngine(InferenceEngine):
         return out, masked_kl(mean, logvar, None, None, lengths) if grad else None
 
 
+def decode_own_past(
+    engine: InferenceEngine, z: Tensor, w: Tensor, grad: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """HiT/LigHT-DVAE's speech decoder with the engine's frozen weights, fed its own past (the model's cached loop,
+    without gradients), for ``z (batch, frames, z_dim)`` and ``w (batch, w_dim)``; with ``grad`` the parallel pass
+    on that past, as ``forward(power, past="gen")`` does.  ``(logvar, mean_p, logvar_p)``, the z-prior's statistics
+    None without ``grad``."""
+    with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)
+        steps = engine.call("decode_stepwise", engine.frozen, w.detach(), z.shape[1], z=z.detach(), prior=False)
+    if not grad:
+        return steps["logvar"], None, None
+    return engine.call("decode", engine.frozen, z, w, torch.exp(steps["logvar"]))
+
+
 class HierarchicalEngine(InferenceEngine):
     """HiT-DVAE / LigHT-DVAE: the w and z encoders of each copy ``vmap``-ped over the batch (equal lengths only);
     the speech decoder fed its own past by the model's cached loop, then (with gradients) the parallel pass on that
@@ -283,11 +297,9 @@ class HierarchicalEngine(InferenceEngine):
         w = torch.addcmul(w_mean, eps_w, torch.exp(0.5 * w_logvar))
         z_mean, z_logvar = encode("encode_z", feats, w)
         z = torch.addcmul(z_mean, draw(generators, lengths, (c.z_dim,), power), torch.exp(0.5 * z_logvar))
-        with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)
-            steps = self.call("decode_stepwise", self.frozen, w.detach(), power.shape[1], z=z.detach(), prior=False)
+        logvar, mean_p, logvar_p = decode_own_past(self, z, w, grad)
         if not grad:
-            return steps["logvar"], None
-        logvar, mean_p, logvar_p = self.call("decode", self.frozen, z, w, torch.exp(steps["logvar"]))
+            return logvar, None
         kl_w = gaussian_kl(w_mean, w_logvar, reduction="none").sum(-1)
         return logvar, masked_kl(z_mean, z_logvar, mean_p, logvar_p, lengths) + kl_w
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from lightdvae.enhance import recurrent
-from lightdvae.enhance.inference import InferenceEngine, draw, masked_kl
+from lightdvae.enhance.inference import InferenceEngine, decode_own_past, draw, masked_kl
 from lightdvae.models import DVAE
 from lightdvae.models.dkf import DKF
 from lightdvae.models.rvae import RVAE
@@ -133,10 +133,7 @@ class LatentEngine(InferenceEngine):
 
         if isinstance(model, VAE):
             return call("decode", z), None, None
+        if w is not None:
+            return decode_own_past(self, z, w, grad)
         with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)
-            if w is not None:
-                steps = call("decode_stepwise", w.detach(), power.shape[1], z=z.detach(), prior=False)
-                if not grad:
-                    return steps["logvar"], None, None
-                return call("decode", z, w, torch.exp(steps["logvar"]))
             return recurrent.decode_pass(model, power, z, lengths, call, h_true=self._h_true, prior=grad)
