@@ -220,7 +220,7 @@ def test_step_path_errors():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_step_path_follows_weight_changes(name):
-    """Each decode packs the weights afresh: after an optimizer step the step path still equals the parallel pass."""
+    """A decode after an optimizer step packs the new weights: the step path still equals the parallel pass."""
     model = tiny(name, "plain").eval()
     b, t = 2, 7
     power = spectrogram(b, t)
@@ -235,6 +235,39 @@ def test_step_path_follows_weight_changes(name):
         logvar, p_mean, _ = model.decode(z, w, power)
     assert max_err(steps["logvar"], before) > 1e-3  # the new weights are used
     assert max_err(steps["logvar"], logvar) < TOL and max_err(steps["prior_mean"], p_mean) < TOL
+
+
+def test_packed_step_weights_are_kept_until_a_weight_changes():
+    """The step path's packed weights are reused while the weights are the same tensors, unchanged; an in-place
+    change, a load, a dtype change, other tensors swapped in (functional_call) or another ``max_len`` repack."""
+    body = tiny("light-dvae", "plain").decoder
+    packed = body._pack(9)
+    assert body._pack(9) is packed and body._pack(10) is not packed
+    packed = body._pack(9)
+    with torch.no_grad():
+        body.latent_embed.bias.add_(1.0)
+    again = body._pack(9)
+    assert again is not packed
+    shift = again.latent_b - packed.latent_b  # 1 within the rounding of entries of order 1 (bias + positions)
+    assert torch.allclose(shift, torch.ones_like(shift), rtol=0, atol=8 * torch.finfo(shift.dtype).eps)
+    body.load_state_dict(body.state_dict())
+    assert body._pack(9) is not again
+    body.double()
+    assert body._pack(9).latent_w.dtype == torch.float64
+    kept = body._pack(9)
+
+    class Pack(torch.nn.Module):  # body._pack as a module call, for functional_call
+        def __init__(self):
+            super().__init__()
+            self.body = body
+
+        def forward(self):
+            return self.body._pack(9)
+
+    swapped = {f"body.{n}": p.detach() * 2 for n, p in body.named_parameters()}
+    doubled = torch.func.functional_call(Pack(), swapped, ())
+    assert doubled is not kept and torch.equal(doubled.speech_w, 2 * kept.speech_w)
+    assert body._pack(9) is not doubled  # the body's own weights again
 
 
 def test_train_mode_step_path_without_memory_sharing():

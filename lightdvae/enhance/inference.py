@@ -151,6 +151,9 @@ class InferenceEngine:
         self.stacked = self._leaves(own, batch)
         self.optimizer = self._adam(self.stacked, lr) if self.stacked else None
         self._methods: dict[str, _Method] = {}
+        # functional_call's tying pass walks every submodule on each call (~2 ms for a transformer, a few percent
+        # of an iteration at batch 1); only a model that shares a tensor between two names needs it
+        self._tied = len(list(model.named_parameters(remove_duplicate=False))) != len(own)
         #: noise-free outputs of the last pass without gradients, for the next E-step (:class:`KeptOutputs`)
         self.kept = KeptOutputs()
 
@@ -171,7 +174,7 @@ class InferenceEngine:
         if method not in self._methods:
             self._methods[method] = _Method(self.model, method)
         named = {f"model.{n}": t for n, t in params.items()}
-        return functional_call(self._methods[method], named, args, kwargs)
+        return functional_call(self._methods[method], named, args, kwargs, tie_weights=self._tied)
 
     def parameters_of(self, i: int) -> dict[str, Tensor]:
         """Every parameter utterance ``i`` is enhanced with (detached): the frozen ones and its inference copy."""

@@ -496,6 +496,7 @@ class DecoderBody(nn.Module):
         )
         self.final_norm = nn.LayerNorm(d_model) if norm_first else None
         self._pe_table: Tensor | None = None  # positional table cache (not a parameter, not saved)
+        self._packed: tuple | None = None  # (weights, their versions and max_len, StepWeights): :meth:`_pack`
 
     def _positions(self, start: int, length: int, like: Tensor) -> Tensor:
         """Rows ``start .. start + length - 1`` of the sinusoidal table, kept between calls so that a decoding
@@ -569,10 +570,22 @@ class DecoderBody(nn.Module):
         attend = kv_attention if kv_attention is not kv_attention_op else select_kv_attention(*_any_kv(layers))
         return DecoderCache(layers, weights=weights, memory=memory, attend=attend)
 
-    @torch.no_grad()
     def _pack(self, max_len: int) -> StepWeights:
-        """The weights in the layout of the step path (see :class:`StepWeights`)."""
+        """The weights in the layout of the step path (see :class:`StepWeights`), packed again only when a weight
+        is another tensor, was changed in place or moved since the last call with this ``max_len`` (an E-step decodes
+        with the same frozen weights a few hundred times; packing them walks every layer and copies ~2.6 MB)."""
+        params = list(self.parameters())  # under functional_call: the tensors swapped in
+        key = (max_len, [(p._version, p.data_ptr(), p.dtype, p.device) for p in params])
+        kept = self._packed
+        if kept is not None and kept[1] == key and all(a is b for a, b in zip(kept[0], params, strict=True)):
+            return kept[2]
+        packed = self._pack_now(max_len)
+        # the tensors themselves are kept (not their ids) so that a freed weight's id cannot be taken for it
+        self._packed = (params, key, packed)
+        return packed
 
+    @torch.no_grad()
+    def _pack_now(self, max_len: int) -> StepWeights:
         def t(w: Tensor) -> Tensor:
             return w.detach().t().contiguous()
 
