@@ -11,7 +11,9 @@ loops; DKF, RVAE and SRNN one utterance at a time through the model's own forwar
 loops and kernels; DKF, RVAE and SRNN in the batched engine from batch 2, and at batch 1 through the model's own
 forward, whose posterior loops then step on raw pointers), for DKF, RVAE and SRNN, ``one-at-a-time`` (the C++
 loops, each utterance alone through the model's own forward: what ``native`` runs at batch 1), or ``latent`` (the
-native ops with the latent E-step, ``latent_e_step=True``: Adam on the posteriors, no encoder in the loop).  The timed
+native ops with the latent E-step, ``latent_e_step=True``: Adam on the posteriors, no encoder in the loop), or
+``latent-estimate`` (the latent E-step with ``speech_past="estimate"``, SRNN and the transformers: their decoders fed
+the EM's estimate of the past speech, no frame-by-frame loop).  The timed
 call covers the whole enhancement (STFT, the EM, the Wiener filter, the iSTFT); ``extra_info`` has the EM's own
 ``seconds_per_iteration_per_utterance`` (its wall time over iterations and utterances) and
 ``utterances_per_s_per_iteration``.
@@ -69,7 +71,7 @@ def _cases():
                 yield pytest.param(prior, seconds, batch, marks=marks, id=f"{prior}-{seconds:g}s-b{batch}")
 
 
-@pytest.mark.parametrize("impl", ["reference", "one-at-a-time", "native", "latent"])
+@pytest.mark.parametrize("impl", ["reference", "one-at-a-time", "native", "latent", "latent-estimate"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prior,seconds,batch", list(_cases()))
 def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl):
@@ -77,6 +79,8 @@ def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl)
         pytest.skip("the native extension is not built")
     if impl == "one-at-a-time" and prior not in RECURRENT:
         pytest.skip("only DKF, RVAE and SRNN have a one-at-a-time path")
+    if impl == "latent-estimate" and prior not in ("srnn", "light-dvae", "hit-dvae"):
+        pytest.skip("only SRNN's and the transformers' decoders see past speech")
     one_at_a_time = impl == "one-at-a-time" or (impl == "reference" and prior in RECURRENT)
     benchmark.group = f"enhance-{prior}"
     torch.manual_seed(0)
@@ -93,7 +97,8 @@ def test_vem_iteration(benchmark, describe, prior, seconds, batch, device, impl)
                 seed=0,
                 batch_size=batch,
                 one_at_a_time=one_at_a_time,
-                latent_e_step=impl == "latent",
+                latent_e_step=impl.startswith("latent"),
+                speech_past="estimate" if impl == "latent-estimate" else "own",
             )
         synchronize(device)
         seen["results"] = results

@@ -1,7 +1,7 @@
 """The E-step speed table of the README (issue #16): ms per EM iteration per utterance of 2.5 s, one thread.
 
     OMP_NUM_THREADS=1 python scripts/enhance_speed.py [--priors dkf rvae srnn] [--iterations 4] [--repeats 3]
-                                                      [--latent-e-step]
+                                                      [--latent-e-step [--speech-past estimate]]
 
 For each prior (package default sizes, random weights, float32): the reference path at batch 1 (the models'
 pure-PyTorch loops, one utterance through the model's own forward), the native path at batch 1 (what
@@ -12,7 +12,8 @@ targets: >= 5x at batch 1, >= 20x with 16 utterances together; LigHT-DVAE: a bat
 iteration.
 
 ``--latent-e-step`` runs both native paths with the latent E-step (``latent_e_step=True``: Adam on the posteriors;
-the encoder runs once per utterance), against the same reference.
+the encoder runs once per utterance), against the same reference; ``--speech-past estimate`` with it feeds SRNN's
+and the transformers' decoders the EM's estimate of the past speech (no frame-by-frame loop).
 
 ``--parts`` instead times the parts of a transformer prior's iteration at batch 1 one by one (the README's "why
 the transformer priors stay near 2x"): the decoding loop as the E-step runs it, the w and z encoders forward and
@@ -51,16 +52,14 @@ def waves(seconds: float, n: int) -> list[torch.Tensor]:
 
 
 def per_iteration(
-    model, batch: list[torch.Tensor], iterations: int, backend: str, repeats: int = 1, latent: bool = False
+    model, batch: list[torch.Tensor], iterations: int, backend: str, repeats: int = 1, **options
 ) -> float:
     """Seconds of EM per iteration for the whole batch: the fastest of ``repeats`` runs (what other work on the
-    machine slowed least); ``latent``: with the latent E-step."""
+    machine slowed least); ``options``: EM options (``latent_e_step=True``)."""
     best = float("inf")
     for _ in range(repeats):
         with backend_scope(backend):
-            result = enhance_batch(
-                model, batch, iterations=iterations, one_at_a_time=backend == "ref", latent_e_step=latent
-            )[0]
+            result = enhance_batch(model, batch, iterations=iterations, one_at_a_time=backend == "ref", **options)[0]
         best = min(best, result.seconds / result.iterations)
     return best
 
@@ -94,14 +93,14 @@ def lstm_flop_formulas() -> dict:
     return formulas
 
 
-def gflop_per_iteration(model, batch: list[torch.Tensor], latent: bool = False) -> float:
+def gflop_per_iteration(model, batch: list[torch.Tensor], **options) -> float:
     """GFLOP of one EM iteration of ``batch`` on the native path (two runs, 1 and 2 iterations, subtracted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counts = []
     for iterations in (1, 2):
         with FlopCounterMode(display=False, custom_mapping=lstm_flop_formulas()) as counter:
-            enhance_batch(model, batch, iterations=iterations, latent_e_step=latent)
+            enhance_batch(model, batch, iterations=iterations, **options)
         counts.append(counter.get_total_flops())
     return (counts[1] - counts[0]) / 1e9
 
@@ -171,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latent-e-step", action="store_true", help="the native paths with the latent E-step (the reference's stays)"
     )
+    parser.add_argument(
+        "--speech-past", default="own", choices=("own", "estimate"), help="with --latent-e-step: the decoders' past"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.parts:
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name}: {part}: {ms:.1f} ms", flush=True)
         return
     data = waves(args.seconds, 16)
-    latent = args.latent_e_step
-    what = ", native paths with the latent E-step" if latent else ""
+    if args.speech_past != "own" and not args.latent_e_step:
+        parser.error("--speech-past estimate needs --latent-e-step")
+    options = {"latent_e_step": True, "speech_past": args.speech_past} if args.latent_e_step else {}
+    what = ", native paths with the latent E-step" if args.latent_e_step else ""
+    what += ", estimated past" if args.speech_past == "estimate" else ""
     print(f"ms per EM iteration per utterance of {args.seconds:g} s, {torch.get_num_threads()} thread(s){what}\n")
     print(
         "| prior | reference, batch 1 | native, batch 1 | native, batch 16 (per batch) | native, batch 16 "
@@ -192,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         model = build(name).eval()
         per_iteration(model, data[:1], 1, "auto")  # warm-up: first calls build caches
         ref = per_iteration(model, data[:1], args.iterations, "ref", args.repeats)
-        one = per_iteration(model, data[:1], args.iterations, "auto", args.repeats, latent)
-        many = per_iteration(model, data, args.iterations, "auto", args.repeats, latent)
-        gflop = gflop_per_iteration(model, data, latent)
+        one = per_iteration(model, data[:1], args.iterations, "auto", args.repeats, **options)
+        many = per_iteration(model, data, args.iterations, "auto", args.repeats, **options)
+        gflop = gflop_per_iteration(model, data, **options)
         print(
             f"| {name} | {ref * 1e3:.1f} | {one * 1e3:.1f} ({ref / one:.1f}x) | {many * 1e3:.0f} "
             f"| {many / 16 * 1e3:.1f} ({ref / (many / 16):.1f}x) | {gflop:.1f} | {gflop / many:.0f} |",

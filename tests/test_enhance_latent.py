@@ -152,3 +152,121 @@ def test_the_latent_e_step_with_the_shipped_vae_raises_si_sdr():
     before, after = si_sdr(clean, noisy), si_sdr(clean, result.waveform)
     print(f"SI-SDR {before:.2f} dB -> {after:.2f} dB")
     assert after > before + 1.0 and np.isfinite(result.loss).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speech_past="estimate": the decoders that see past speech are fed the EM's estimate of the clean speech
+
+PAST_SPEECH = ("srnn", "hit-dvae", "light-dvae")
+
+
+def _estimate_engine(name, monkeypatch):
+    monkeypatch.setattr(latent_module, "draw", lambda gens, lengths, shape, like: like.new_zeros(1, *lengths, *shape))
+    model = _model(name)
+    return model, engine_for(model, 1, lr=0.1, latent_e_step=True, speech_past="estimate")
+
+
+def _kl(out, mean_p, logvar_p):
+    kl = gaussian_kl(out.z_mean, out.z_logvar, mean_p, logvar_p, reduction="none").sum()
+    if out.w_mean is not None:
+        kl = kl + gaussian_kl(out.w_mean, out.w_logvar, reduction="none").sum()
+    return kl.reshape(1)
+
+
+@pytest.mark.parametrize("name", PAST_SPEECH)
+def test_before_the_first_m_step_the_estimated_past_is_the_mixture(name, monkeypatch):
+    """Without noise, the first pass fed the estimated past is the model's teacher-forced ``forward(power,
+    past="gt", sample=False)`` on the mixture: its decoder output and its KL."""
+    power = _power(0.35, 3)
+    model, engine = _estimate_engine(name, monkeypatch)
+    with torch.enable_grad():
+        logvar, kl = engine.posterior_pass(power, [power.shape[1]], [torch.Generator()], grad=True)
+    with torch.no_grad():
+        out = model(power, past="gt", sample=False)
+    torch.testing.assert_close(logvar.detach(), out.logvar, **TIGHT)
+    torch.testing.assert_close(kl.detach(), _kl(out, out.z_mean_p, out.z_logvar_p), **TIGHT)
+    own = engine_for(model, 1, lr=0.1, latent_e_step=True)
+    assert not torch.allclose(own.posterior_pass(power, [power.shape[1]], [torch.Generator()], False)[0], logvar)
+
+
+@pytest.mark.parametrize("name", PAST_SPEECH)
+def test_after_an_m_step_the_decoders_are_fed_the_posterior_power_of_the_speech(name, monkeypatch):
+    """After each M-step the past is ``E[|S|^2 | X] / g = (G^2 |X|^2 + G WH) / g`` with the Wiener gain
+    ``G = g v / (g v + WH)``, computed here directly; the pass then decodes ``z`` teacher-forced on it."""
+    from lightdvae.enhance.noise import init_noise_model
+
+    power = _power(0.35, 4)
+    n = power.shape[1]
+    model, engine = _estimate_engine(name, monkeypatch)
+    speech = engine.sample(power, [n], [torch.Generator()])
+    state = init_noise_model(
+        [n], power.shape[-1], 3, [torch.Generator().manual_seed(1)], dtype=power.dtype, device="cpu"
+    )
+    state.g = torch.linspace(0.2, 3.0, n, dtype=power.dtype)[None]
+    engine.observe(power, state, speech, torch.ones(1, n, dtype=torch.bool))
+    gv, wh = state.g[..., None] * speech, state.noise_variance()
+    wiener = gv / (gv + wh)
+    past = (wiener**2 * power + wiener * wh) / state.g[..., None]
+    with torch.enable_grad():
+        logvar, kl = engine.posterior_pass(power, [n], [torch.Generator()], grad=True)
+    with torch.no_grad():
+        start = model(power, past="gt", sample=False)  # the leaves are still its posterior means
+        teacher = model(past, past="gt", sample=False)  # its decoders on the past, at other latents
+        if name == "srnn":
+            h = model.deterministic_h(past)
+            z_prev = torch.cat([torch.zeros_like(start.z_mean[:, :1]), start.z_mean[:, :-1]], 1)
+            expected, (mean_p, logvar_p) = model.decode(h, start.z_mean), model.prior(h, z_prev)
+        else:
+            expected, mean_p, logvar_p = model.decode(start.z_mean, start.w_mean, past)
+    assert not torch.allclose(teacher.logvar, start.logvar)  # the past is not the mixture
+    torch.testing.assert_close(logvar.detach(), expected, **TIGHT)
+    torch.testing.assert_close(kl.detach(), _kl(start, mean_p, logvar_p), **TIGHT)
+    state.W.zero_()  # no noise: the past is the mixture over the gain
+    engine.observe(power, state, speech, torch.ones(1, n, dtype=torch.bool))
+    torch.testing.assert_close(engine._past, power / state.g[..., None], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vae", "dkf", "rvae"])
+def test_the_estimated_past_changes_nothing_for_decoders_without_past_speech(name):
+    model = _model(name)
+    wave = _mixture(0.3, 5)[1]
+    own = enhance(model, wave, iterations=2, e_steps=2, latent_e_step=True)
+    estimate = enhance(model, wave, iterations=2, e_steps=2, latent_e_step=True, speech_past="estimate")
+    np.testing.assert_array_equal(own.waveform, estimate.waveform)
+
+
+@pytest.mark.parametrize("name", ["srnn", "light-dvae"])
+def test_with_the_estimated_past_a_batch_gives_each_utterance_what_it_gets_alone(name):
+    model = _model(name)
+    lengths = (0.30, 0.42, 0.30) if name == "srnn" else (0.30, 0.30)
+    waves = [_mixture(s, i)[1] for i, s in enumerate(lengths)]
+    options = dict(iterations=3, e_steps=2, seed=7, latent_e_step=True, speech_past="estimate")
+    together = enhance_batch(model, waves, **options)
+    for i, wave in enumerate(waves):
+        alone = enhance(model, wave, index=i, **options)
+        torch.testing.assert_close(torch.as_tensor(together[i].waveform), torch.as_tensor(alone.waveform), **TIGHT)
+    own = enhance(model, waves[0], **{**options, "speech_past": "own"})
+    assert not np.allclose(own.waveform, together[0].waveform)
+
+
+def test_the_speech_past_option(tmp_path, capsys):
+    from lightdvae.enhance.set_outputs import LATER_OPTIONS
+
+    settings = EnhanceSettings(latent_e_step=True, speech_past="estimate")
+    assert settings_tag(settings_for(_model("srnn"), settings)).endswith("-latent-pastestimate")
+    assert LATER_OPTIONS["speech_past"] == EnhanceSettings().speech_past == "own"
+    with pytest.raises(EnhanceError, match=r"speech_past='estimate' needs latent_e_step=True"):
+        EnhanceSettings(speech_past="estimate")
+    with pytest.raises(EnhanceError, match="speech_past must be one of 'own', 'estimate', got 'mixture'"):
+        EnhanceSettings(latent_e_step=True, speech_past="mixture")
+    with pytest.raises(ValueError, match="needs the latent E-step"):
+        engine_for(_model("srnn"), 1, lr=0.1, speech_past="estimate")
+    noisy = tmp_path / "noisy.wav"
+    import soundfile as sf
+
+    sf.write(noisy, _mixture(0.3, 1)[1], 16000)
+    code = main(
+        ["enhance", "pretrained:vae", str(noisy), "--out", str(tmp_path / "o.wav"), "--speech-past", "estimate"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "needs latent_e_step=True" in err[0] and not (tmp_path / "o.wav").exists()

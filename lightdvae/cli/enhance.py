@@ -4,8 +4,8 @@
     lightdvae enhance RUN --data SPEC [--out DIR] [--max-files N] [--batch-size 16] [--workers N]
                       [--no-audio] [--figures 2] [--overwrite] [--quiet] [EM options]
 
-EM options: [--iterations 100] [--rank 8] [--lr 1e-3 | 1e-4] [--beta 1] [--e-steps 1] [--samples 1] [--seed 0]
-[--max-seconds S]
+EM options: [--iterations 100] [--rank 8] [--lr 1e-3 | 1e-4] [--beta 1] [--e-steps 1] [--latent-e-step
+[--speech-past own|estimate]] [--samples 1] [--seed 0] [--max-seconds S]
 [--device auto] [--threads N] [--checkpoint best].
 
 RUN is what ``lightdvae eval`` takes: a run folder, an imported checkpoint's folder, or ``pretrained:NAME``.
@@ -175,6 +175,12 @@ def register(subparsers) -> None:
         default=None,
         help="the E-step moves each frame's posterior (started from the encoder's), not the encoder's weights; "
         "lr 0.1 unless --lr",
+    )
+    p.add_argument(
+        "--speech-past",
+        metavar="{own,estimate}",
+        help=f"with --latent-e-step, what SRNN's and HiT/LigHT-DVAE's decoders see as past speech: their own "
+        f"predictions, or the EM's estimate of the clean speech (no frame-by-frame loop) ({d.speech_past})",
     )
     p.add_argument("--samples", type=int, metavar="R", help=f"z samples in the final filter ({d.samples})")
     p.add_argument("--seed", type=int, help=f"random seed ({d.seed})")

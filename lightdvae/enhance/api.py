@@ -150,7 +150,9 @@ def enhance_batch(
     # denormal gradients in oneDNN's LSTM backward cost the RVAE E-step 3x (as in training, issue #17)
     with _eval_mode(model), flush_denormals():
         for group in batches(model, [s.shape[0] for s in specs], batch_size, one_at_a_time):
-            engine = engine_for(model, len(group), settings.lr, one_at_a_time, settings.latent_e_step)
+            engine = engine_for(
+                model, len(group), settings.lr, one_at_a_time, settings.latent_e_step, settings.speech_past
+            )
             _enhance_group(engine, group, specs, waves, indices, settings, results)
     return results
 

@@ -62,15 +62,23 @@ def settings_for(model: DVAE, settings: EnhanceSettings) -> EnhanceSettings:
 
 
 def engine_for(
-    model: DVAE, batch: int, lr: float, one_at_a_time: bool = False, latent_e_step: bool = False
+    model: DVAE,
+    batch: int,
+    lr: float,
+    one_at_a_time: bool = False,
+    latent_e_step: bool = False,
+    speech_past: str = "own",
 ) -> InferenceEngine:
     """A fresh engine (copies of the inference network at the model's weights, a new Adam) for ``batch``
     utterances (see :func:`engine_class` for ``one_at_a_time``, the reference path, which also encodes the speech
     in every pass as the reference implementation does).  DKF, RVAE and SRNN run a batch of one on the
     :class:`SequentialEngine`: the model's own native loops, faster than the batched engine's Python frame loop.
-    ``latent_e_step``: the :class:`~lightdvae.enhance.latent.LatentEngine` (no copies: Adam moves the posteriors)."""
+    ``latent_e_step``: the :class:`~lightdvae.enhance.latent.LatentEngine` (no copies: Adam moves the posteriors),
+    whose decoders are fed ``speech_past`` (:class:`~lightdvae.enhance.settings.EnhanceSettings`)."""
     if latent_e_step:
-        return LatentEngine(model, batch, lr)
+        return LatentEngine(model, batch, lr, speech_past)
+    if speech_past != "own":
+        raise ValueError(f"speech_past={speech_past!r} needs the latent E-step")
     cls = engine_class(model, one_at_a_time or batch == 1)
     if cls is SequentialEngine:
         return cls(model, batch, lr, keep_features=not one_at_a_time)

@@ -215,6 +215,11 @@ class InferenceEngine:
         """``d loss / d params`` for the last :meth:`posterior_pass` with gradients."""
         return list(torch.autograd.grad(loss, params))
 
+    def observe(self, power: Tensor, state, speech: Tensor, mask: Tensor) -> None:
+        """After each M-step: the noise model ``state`` (:class:`~lightdvae.enhance.noise.NoiseModel`) just updated
+        from the speech variance ``speech``; what an engine that follows the EM's estimates takes from them
+        (nothing here)."""
+
     @torch.no_grad()
     def sample(self, power: Tensor, lengths: list[int], generators: list[torch.Generator]) -> Tensor:
         """A new sample of the clean-speech variance ``v = exp(logvar)``, ``(batch, frames, F)``."""

@@ -21,6 +21,16 @@ suboptimality in variational autoencoders*, ICML 2018); the VAE-NMF enhancement 
 - Adam is element-wise and each utterance's loss reads only its own rows, so a batch gives each utterance the
   result it gets alone (to the decoder's rounding), as with the weight copies.
 
+With ``speech_past="estimate"`` the decoders that see past speech (SRNN, HiT-DVAE, LigHT-DVAE) are fed the EM's
+current estimate of the clean speech instead of their own predictions: after each M-step the posterior second
+moment of the observation model, ``E[|S|^2 | X] = G^2 |X|^2 + G WH`` with ``G = g v / (g v + WH)`` (the Wiener
+filter), divided by the gain ``g`` (the decoder's own units, as its own past ``v`` is); before the first M-step the
+mixture itself.  Where the own past is the prior's guess of the speech, the estimate is what the mixture says of
+it: a decoder that does not carry over to a voice no longer builds on its own errors, and without the frame-by-frame
+loop SRNN's and the transformers' decoders run over all frames at once (SRNN's h is the frozen LSTM over the
+estimate, once per iteration).  A plug-in of the posterior mean where the exact E-step would average over the past
+speech as well.
+
 Without a posterior loop to differentiate, an E-step of DKF or RVAE is a few products over all frames at once (no
 backward through LSTMs or the posterior recursion); SRNN and the transformers still decode their own past frame by
 frame.  On the development set (README, "The latent E-step") the latent E-step raised ESTOI where the encoder's
@@ -35,8 +45,10 @@ from torch import Tensor
 
 from lightdvae.enhance import recurrent
 from lightdvae.enhance.inference import InferenceEngine, decode_own_past, draw, masked_kl
+from lightdvae.enhance.settings import SPEECH_PASTS
 from lightdvae.models import DVAE
 from lightdvae.models.dkf import DKF
+from lightdvae.models.layers import shift_right
 from lightdvae.models.rvae import RVAE
 from lightdvae.models.srnn import SRNN
 from lightdvae.models.transformer import HiTDVAE, LigHTDVAE
@@ -54,15 +66,22 @@ LATENT_LR = 0.1
 class LatentEngine(InferenceEngine):
     """The latent E-step for every family (see the module docstring): ``stacked`` holds each utterance's posterior
     statistics, ``z_mean`` and ``z_logvar`` ``(batch, frames, z_dim)`` (and ``w_mean``, ``w_logvar`` ``(batch,
-    w_dim)`` for HiT/LigHT-DVAE), leaves made on the first pass from the model's encoder on the mixture."""
+    w_dim)`` for HiT/LigHT-DVAE), leaves made on the first pass from the model's encoder on the mixture;
+    ``speech_past``: the decoders' past (``"own"`` or ``"estimate"``, see the module docstring)."""
 
-    def __init__(self, model: DVAE, batch: int, lr: float):
+    def __init__(self, model: DVAE, batch: int, lr: float, speech_past: str = "own"):
         if not isinstance(model, (VAE, DKF, RVAE, SRNN, HiTDVAE, LigHTDVAE)):
             raise ValueError(f"no latent E-step for {type(model).__name__}")
+        if speech_past not in SPEECH_PASTS:
+            raise ValueError(f"speech_past must be one of {', '.join(SPEECH_PASTS)}, got {speech_past!r}")
         self.lr = lr
         self.batch = batch
+        #: the decoders are fed the EM's estimate of the past speech (only those that see past speech)
+        self.estimated_past = speech_past == "estimate" and isinstance(model, (SRNN, HiTDVAE, LigHTDVAE))
         self._mixture: tuple[Tensor, int] | None = None  # the mixture the leaves were started from
         self._h_true: Tensor | None = None  # SRNN: the generative model's h over the mixture (frozen)
+        self._past: Tensor | None = None  # the estimated past, decoder units (after the first M-step)
+        self._h_past: Tensor | None = None  # SRNN: h over it
         super().__init__(model, batch, lr)
 
     def _leaves(self, own: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
@@ -95,9 +114,24 @@ class LatentEngine(InferenceEngine):
         self.stacked = {n: torch.stack(v).contiguous().requires_grad_() for n, v in stats.items()}
         self.optimizer = self._adam(self.stacked, self.lr)
         self._mixture = (power, power._version)
-        self._h_true = None
+        self._h_true = self._past = self._h_past = None
         if isinstance(self.model, SRNN):
             self._h_true = self.call("deterministic_h", self.frozen, power)
+
+    @torch.no_grad()
+    def observe(self, power, state, speech, mask):
+        """With the estimated past: ``E[|S|^2 | X] / g`` of the updated noise model and gain (module docstring),
+        zero on padded frames; SRNN's h over it."""
+        if not self.estimated_past:
+            return
+        gain = state.g[..., None]
+        noise = state.noise_variance()
+        per_gain = speech / torch.addcmul(noise, gain, speech)  # G / g, finite as g -> 0
+        # E|S|^2 / g = (G^2 |X|^2 + G WH) / g = (G / g) (G |X|^2 + WH)
+        past = per_gain * torch.addcmul(noise, gain * per_gain, power) * mask[..., None]
+        self._past = past
+        if isinstance(self.model, SRNN):
+            self._h_past = self.call("deterministic_h", self.frozen, past)
 
     def step(self, power, lengths, mask, gain, noise, beta, generators):
         self._start(power, lengths)
@@ -133,6 +167,15 @@ class LatentEngine(InferenceEngine):
 
         if isinstance(model, VAE):
             return call("decode", z), None, None
+        if self.estimated_past:
+            past = self._past if self._past is not None else power  # the mixture, before the first M-step
+            if w is not None:
+                feats = model.features(past)
+                logvar = call("_decode_speech", z, w, feats)
+                return logvar, *(call("_decode_prior", z, w, feats) if grad else (None, None))
+            h = self._h_past if self._h_past is not None else self._h_true
+            logvar = call("decode", h, z)
+            return logvar, *(call("prior", h, shift_right(z, dim=1)) if grad else (None, None))
         if w is not None:
             return decode_own_past(self, z, w, grad)
         with exact_loops(False):  # a batch of <= 4 decodes on raw pointers (no bit-parity needed here)

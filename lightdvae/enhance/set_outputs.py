@@ -61,7 +61,7 @@ _FLOAT_COLUMNS = ("snr_db", "audio_s", *_METRIC_COLUMNS, "seconds")
 
 
 #: EM options added after results folders were written, with the value every earlier run had.
-LATER_OPTIONS = {"e_steps": 1, "latent_e_step": False}
+LATER_OPTIONS = {"e_steps": 1, "latent_e_step": False, "speech_past": "own"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class SetSettings:
 
 def settings_tag(em: EnhanceSettings, which: str = "best") -> str:
     """``it100-k8-seed0`` plus the options that differ from the defaults (``-lr0.01``, ``-beta0``, ``-e10``,
-    ``-latent``, ``-r4``, ``-max30s``, ``-last``)."""
+    ``-latent``, ``-pastestimate``, ``-r4``, ``-max30s``, ``-last``)."""
     default = EnhanceSettings()
     tag = f"it{em.iterations}-k{em.rank}-seed{em.seed}"
     if em.lr != default.lr:
@@ -128,6 +128,8 @@ def settings_tag(em: EnhanceSettings, which: str = "best") -> str:
         tag += f"-e{em.e_steps}"
     if em.latent_e_step:
         tag += "-latent"
+    if em.speech_past != default.speech_past:
+        tag += f"-past{em.speech_past}"
     if em.samples != default.samples:
         tag += f"-r{em.samples}"
     if em.max_seconds is not None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lightdvae.errors import EnhanceError
 
-__all__ = ["EnhanceSettings", "EnhanceResult", "resolve_settings", "REFERENCE_LR"]
+__all__ = ["EnhanceSettings", "EnhanceResult", "resolve_settings", "REFERENCE_LR", "SPEECH_PASTS"]
 
 #: Adam's learning rate of the E-step in the reference implementation (Bie et al. 2022), for its VAE, DKF, RVAE and
 #: SRNN priors (``lr=None`` resolves to it for those, :func:`lightdvae.enhance.engines.default_lr`).
@@ -51,6 +51,19 @@ def _flag(name: str, value) -> str | None:
     return None
 
 
+#: The values of ``EnhanceSettings.speech_past``.
+SPEECH_PASTS = ("own", "estimate")
+
+
+def _speech_past(value, latent_e_step) -> str | None:
+    """What is wrong with ``value`` as the decoders' past (None: nothing)."""
+    if value not in SPEECH_PASTS:
+        return f"speech_past must be one of {', '.join(map(repr, SPEECH_PASTS))}, got {value!r}"
+    if value == "estimate" and latent_e_step is not True:
+        return "speech_past='estimate' needs latent_e_step=True (the latent E-step; --latent-e-step)"
+    return None
+
+
 @dataclass(frozen=True)
 class EnhanceSettings:
     """The options of the variational EM (defaults: the reference's runs).  Frozen; checked when built.
@@ -62,6 +75,10 @@ class EnhanceSettings:
     latent_e_step: the E-step's Adam moves each frame's posterior mean and log-variance, started from the encoder's,
     instead of the encoder's weights (False, the reference's; :mod:`lightdvae.enhance.latent`; its ``lr=None`` is
     :data:`~lightdvae.enhance.latent.LATENT_LR`).
+    speech_past: what the decoders that see past speech (SRNN, HiT-DVAE, LigHT-DVAE) are fed as that past: ``"own"``
+    (the reference's: their own predictions, frame by frame) or ``"estimate"`` (the EM's current estimate of the
+    clean speech, ``E[|S|^2 | X]`` after each M-step, the mixture before the first: the decoder then runs over all
+    frames at once); ``"estimate"`` needs ``latent_e_step`` and changes nothing for the VAE, DKF and RVAE.
     samples: z samples averaged in the final Wiener filter (1).  seed: with an utterance's index, its random stream (0).
     max_seconds: time budget of one EM run (a batch of utterances enhanced together); the loop stops before an
     iteration that would start after it (at least one iteration runs).  None: no budget.
@@ -79,6 +96,7 @@ class EnhanceSettings:
     beta: float = 1.0
     e_steps: int = 1
     latent_e_step: bool = False
+    speech_past: str = "own"
     samples: int = 1
     seed: int = 0
     max_seconds: float | None = None
@@ -91,6 +109,7 @@ class EnhanceSettings:
             _number("beta", self.beta, positive=False),
             _integer("e_steps", self.e_steps, 1),
             _flag("latent_e_step", self.latent_e_step),
+            _speech_past(self.speech_past, self.latent_e_step),
             _integer("samples", self.samples, 1),
             _integer("seed", self.seed, 0),
             None if self.max_seconds is None else _number("max_seconds", self.max_seconds, positive=True),

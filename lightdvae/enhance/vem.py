@@ -2,8 +2,9 @@
 
 Per iteration: the E-step (``e_steps`` Adam steps of each utterance's inference network on its negative ELBO,
 each on a new sample; the reference takes one), a new sample of z and of the speech variance ``v``, the M-step
-(W, H, g; :mod:`lightdvae.enhance.noise`), and the loss.  After the last iteration the Wiener filter
-``g v / (g v + WH)`` is averaged over ``samples`` new samples.
+(W, H, g; :mod:`lightdvae.enhance.noise`), and the loss; the engine then sees the updated model
+(:meth:`~lightdvae.enhance.inference.InferenceEngine.observe`: the latent E-step's estimated past).  After the last
+iteration the Wiener filter ``g v / (g v + WH)`` is averaged over ``samples`` new samples.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def run_vem(
             engine.step(power, lengths, mask, state.g, noise, s.beta, generators)
         speech = engine.sample(power, lengths, generators)
         losses.append(m_step_and_divergence(state, power, speech, mask))
+        engine.observe(power, state, speech, mask)
     filt, speech, noise = _final_filter(engine, state, power, lengths, generators, s.samples)
     sync(power.device)
     seconds = time.perf_counter() - start

@@ -69,6 +69,8 @@ def _labels(rows: list[dict]) -> dict[int, str]:
             labels[id(s)] += f", {iterations} iterations{steps}"
         if settings.get("latent_e_step", reference.latent_e_step):
             labels[id(s)] += ", latent E-step"
+        if settings.get("speech_past", reference.speech_past) == "estimate":
+            labels[id(s)] += ", estimated past"
     return labels
 
 
