@@ -24,7 +24,9 @@ E-step").  One departure: HiT/LigHT-DVAE take their E-step at 1e-4, chosen on a 
 (:func:`~lightdvae.enhance.engines.default_lr`; at 1e-3 their post-norm encoders come apart).  The model runs in
 eval mode (no dropout) and is not modified.  ``latent_e_step=True`` (:mod:`~lightdvae.enhance.latent`) replaces the
 reference's E-step: the encoder reads the mixture once, then Adam moves each frame's posterior mean and log-variance
-instead of the encoder's weights (semi-amortised inference).
+instead of the encoder's weights (semi-amortised inference); with it, ``speech_past="estimate"`` feeds SRNN's and
+the transformers' decoders the EM's estimate of the past speech instead of their own predictions (no frame-by-frame
+loop).
 
 Typical use::
 
