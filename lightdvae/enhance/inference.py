@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightdvae.enhance import recurrent
-from lightdvae.enhance.noise import mixture_reconstruction
+from lightdvae.enhance.noise import NoiseModel, mixture_reconstruction
 from lightdvae.errors import EnhanceError
 from lightdvae.models import DVAE
 from lightdvae.ops import gaussian_kl
@@ -215,10 +215,9 @@ class InferenceEngine:
         """``d loss / d params`` for the last :meth:`posterior_pass` with gradients."""
         return list(torch.autograd.grad(loss, params))
 
-    def observe(self, power: Tensor, state, speech: Tensor, mask: Tensor) -> None:
-        """After each M-step: the noise model ``state`` (:class:`~lightdvae.enhance.noise.NoiseModel`) just updated
-        from the speech variance ``speech``; what an engine that follows the EM's estimates takes from them
-        (nothing here)."""
+    def observe(self, power: Tensor, state: NoiseModel, speech: Tensor, mask: Tensor) -> None:
+        """After each M-step: the noise model ``state`` just updated from the speech variance ``speech``; what an
+        engine that follows the EM's estimates takes from them (nothing here)."""
 
     @torch.no_grad()
     def sample(self, power: Tensor, lengths: list[int], generators: list[torch.Generator]) -> Tensor:
