@@ -28,7 +28,8 @@ filter), divided by the gain ``g`` (the decoder's own units, as its own past ``v
 mixture itself.  Where the own past is the prior's guess of the speech, the estimate is what the mixture says of
 it: a decoder that does not carry over to a voice no longer builds on its own errors, and without the frame-by-frame
 loop SRNN's and the transformers' decoders run over all frames at once (SRNN's h is the frozen LSTM over the
-estimate, once per iteration).  A plug-in of the posterior mean where the exact E-step would average over the past
+estimate, once per iteration; its prior reads the same h, also for an SRNN trained with scheduled sampling, whose
+prior otherwise reads its own past).  A plug-in of the posterior mean where the exact E-step would average over the past
 speech as well.
 
 Without a posterior loop to differentiate, an E-step of DKF or RVAE is a few products over all frames at once (no
