@@ -255,6 +255,7 @@ def test_the_speech_past_option(tmp_path, capsys):
     settings = EnhanceSettings(latent_e_step=True, speech_past="estimate")
     assert settings_tag(settings_for(_model("srnn"), settings)).endswith("-latent-pastestimate")
     assert LATER_OPTIONS["speech_past"] == EnhanceSettings().speech_past == "own"
+    assert EnhanceSettings(latent_e_step=np.bool_(True), speech_past="estimate").latent_e_step is True
     with pytest.raises(EnhanceError, match=r"speech_past='estimate' needs latent_e_step=True"):
         EnhanceSettings(speech_past="estimate")
     with pytest.raises(EnhanceError, match="speech_past must be one of 'own', 'estimate', got 'mixture'"):

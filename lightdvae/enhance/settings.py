@@ -59,7 +59,7 @@ def _speech_past(value, latent_e_step) -> str | None:
     """What is wrong with ``value`` as the decoders' past (None: nothing)."""
     if value not in SPEECH_PASTS:
         return f"speech_past must be one of {', '.join(map(repr, SPEECH_PASTS))}, got {value!r}"
-    if value == "estimate" and latent_e_step is not True:
+    if value == "estimate" and not (isinstance(latent_e_step, (bool, np.bool_)) and latent_e_step):
         return "speech_past='estimate' needs latent_e_step=True (the latent E-step; --latent-e-step)"
     return None
 
