@@ -35,6 +35,7 @@ import time
 import torch
 
 from lightdvae.enhance import enhance_batch
+from lightdvae.enhance.settings import SPEECH_PASTS
 from lightdvae.models import build
 from lightdvae.runtime import backend_scope
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         "--latent-e-step", action="store_true", help="the native paths with the latent E-step (the reference's stays)"
     )
     parser.add_argument(
-        "--speech-past", default="own", choices=("own", "estimate"), help="with --latent-e-step: the decoders' past"
+        "--speech-past", default="own", choices=SPEECH_PASTS, help="with --latent-e-step: the decoders' past"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
