@@ -1,5 +1,5 @@
-"""What a transformer prior's decoder is fed for its past during the EM (README, "The transformer priors' E-step
-rate"): Δ SI-SDR of a noisy set enhanced by a shipped HiT/LigHT-DVAE with each choice.
+"""What a transformer prior's decoder is fed for its past during the EM (docs/enhancement/README.md,
+"The transformer priors' E-step rate"): Δ SI-SDR of a noisy set enhanced by a shipped HiT/LigHT-DVAE with each choice.
 
     python scripts/decoder_past_study.py NOISY_SET [--prior light-dvae] [--variant own] [--lr 1e-3]
                                          [--iterations 30] [--beta 0.01]

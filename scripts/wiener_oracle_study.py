@@ -1,5 +1,5 @@
-"""Which half of the mixture model limits an enhancement (README, "More Adam steps per E-step"): the speech
-variance ``g v`` or the noise variance ``WH``.
+"""Which half of the mixture model limits an enhancement (docs/enhancement/README.md, "More Adam steps per
+E-step"): the speech variance ``g v`` or the noise variance ``WH``.
 
     python scripts/wiener_oracle_study.py NOISY_SET [--prior vae] [--snr -5] [--max-files N]
                                           [--iterations 30] [--beta 0.01] [--e-steps 1] [--latent-e-step]

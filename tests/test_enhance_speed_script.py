@@ -51,3 +51,18 @@ def test_the_work_counts_atens_lstm_layers():
     with FlopCounterMode(display=False, custom_mapping=enhance_speed.lstm_flop_formulas()) as counter:
         lstm(x)[0].sum().backward()
     assert counter.get_total_flops() == 3 * forward
+
+
+def test_paths_are_timed_in_turn_and_each_keeps_its_fastest_run():
+    calls = []
+    times = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def path(name):
+        def run():
+            calls.append(name)
+            return next(times[name])
+
+        return run
+
+    assert enhance_speed.interleaved([path("a"), path("b")], 3) == [1.0, 4.0]
+    assert calls == ["a", "b", "a", "b", "a", "b"]

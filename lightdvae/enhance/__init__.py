@@ -19,8 +19,8 @@ The estimate is the Wiener filter ``g v / (g v + WH)`` applied to ``X`` (noisy p
 (:mod:`~lightdvae.enhance.api`; the loop is :mod:`~lightdvae.enhance.vem`).  Defaults as the reference runs them:
 K = 8, Adam lr 1e-3, 100 iterations of one E-step each, random W and H, g = 1; the E-step's ``beta`` is 1 (the
 priors were trained with 0.01).  More E-steps and fewer iterations enhance better (``iterations=30, e_steps=30``
-with the shipped VAE: every metric up at every SNR of the built-in test set; README, "More Adam steps per
-E-step").  One departure: HiT/LigHT-DVAE take their E-step at 1e-4, chosen on a development set
+with the shipped VAE: every metric up at every SNR of the built-in test set; docs/enhancement/README.md,
+"More Adam steps per E-step").  One departure: HiT/LigHT-DVAE take their E-step at 1e-4, chosen on a development set
 (:func:`~lightdvae.enhance.engines.default_lr`; at 1e-3 their post-norm encoders come apart).  The model runs in
 eval mode (no dropout) and is not modified.  ``latent_e_step=True`` (:mod:`~lightdvae.enhance.latent`) replaces the
 reference's E-step: the encoder reads the mixture once, then Adam moves each frame's posterior mean and log-variance

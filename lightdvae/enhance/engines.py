@@ -29,7 +29,7 @@ __all__ = [
 #: SI-SDR +3.15 / +3.99 / +3.03 / -5.26 dB for the shipped LigHT-DVAE, +2.87 / +3.77 / +3.70 / -1.40 for HiT-DVAE.
 #: At the reference's 1e-3 their post-norm encoders come apart within a few Adam steps (as they lose their latents
 #: when trained at it) and the NMF takes the speech.  The same sweep leaves the classic priors at the reference's
-#: rate (README, "The transformer priors' E-step rate").
+#: rate (docs/enhancement/README.md, "The transformer priors' E-step rate").
 TRANSFORMER_E_STEP_LR = 1e-4
 
 

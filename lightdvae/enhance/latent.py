@@ -34,7 +34,8 @@ speech as well.
 
 Without a posterior loop to differentiate, an E-step of DKF or RVAE is a few products over all frames at once (no
 backward through LSTMs or the posterior recursion); SRNN and the transformers still decode their own past frame by
-frame (not with the estimated past).  On the development set (README, "The latent E-step") the latent E-step raised
+frame (not with the estimated past).  On the development set (docs/enhancement/README.md, "The latent E-step") the
+latent E-step raised
 ESTOI where the encoder's fine-tuning lost it (the VAE at -5 dB: 0.382 -> 0.476 with 30 iterations of 10 steps) at
 Adam's rate :data:`LATENT_LR`.
 """
@@ -60,7 +61,8 @@ from lightdvae.ops.sampling import exact_loops
 __all__ = ["LatentEngine", "LATENT_LR"]
 
 #: Adam's learning rate of the latent E-step (the posterior means and log-variances are of order one), chosen on
-#: the development set with the shipped VAE among 0.03, 0.1 and 0.3 (README, "The latent E-step").
+#: the development set with the shipped VAE among 0.03, 0.1 and 0.3 (docs/enhancement/README.md, "The latent
+#: E-step").
 LATENT_LR = 0.1
 
 
