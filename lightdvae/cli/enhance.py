@@ -6,7 +6,10 @@
 
 EM options: [--iterations 100] [--rank 8] [--lr 1e-3 | 1e-4] [--beta 1] [--e-steps 1] [--latent-e-step
 [--speech-past own|estimate]] [--samples 1] [--seed 0] [--max-seconds S]
-[--device auto] [--threads N] [--checkpoint best].
+[--device auto] [--threads N] [--checkpoint best].  The defaults are the reference's method (Bie et al. 2022);
+the best runs measured (README, "Speech enhancement with a DVAE prior") are ``--iterations 30 --e-steps 10
+--latent-e-step``, with ``--speech-past estimate`` for SRNN, HiT-DVAE and LigHT-DVAE and ``--beta 0.01`` for SRNN
+and HiT-DVAE.
 
 RUN is what ``lightdvae eval`` takes: a run folder, an imported checkpoint's folder, or ``pretrained:NAME``.
 
