@@ -1,16 +1,15 @@
 """The E-step speed tables of the README (issue #16): ms per EM iteration per utterance, one thread.
 
     OMP_NUM_THREADS=1 python scripts/enhance_speed.py [--priors dkf rvae srnn] [--iterations 4] [--repeats 3]
-                                                      [--latent-e-step [--speech-past estimate]]
+                                                      [--seconds 2.5] [--latent-e-step [--speech-past estimate]]
 
 For each prior (package default sizes, random weights, float32): the reference path at batch 1 (the models'
 pure-PyTorch loops, one utterance through the model's own forward), the native path at batch 1 (what
 ``enhance`` runs: the native loops, posterior steps on raw pointers) and at batch 16 (``enhance_batch`` of 16
 utterances: the batched engine), each the EM's own time (``EnhanceResult.seconds``) over its iterations, the
 fastest of ``--repeats`` runs (3) taken in turn with the other paths' (:func:`interleaved`), all in one process;
-speed-ups against the reference at batch 1.  The issue's
-targets: >= 5x at batch 1, >= 20x with 16 utterances together; LigHT-DVAE: a batch of 16 under 0.5 s per
-iteration.
+speed-ups against the reference at batch 1.  The issue's targets: >= 5x at batch 1, >= 20x with 16 utterances
+together; LigHT-DVAE: a batch of 16 under 0.5 s per iteration.
 
 ``--latent-e-step`` runs both native paths with the latent E-step (``latent_e_step=True``: Adam on the posteriors;
 the encoder runs once per utterance), against the same reference; ``--speech-past estimate`` with it feeds SRNN's

@@ -35,9 +35,8 @@ speech as well.
 Without a posterior loop to differentiate, an E-step of DKF or RVAE is a few products over all frames at once (no
 backward through LSTMs or the posterior recursion); SRNN and the transformers still decode their own past frame by
 frame (not with the estimated past).  On the development set (docs/enhancement/README.md, "The latent E-step") the
-latent E-step raised
-ESTOI where the encoder's fine-tuning lost it (the VAE at -5 dB: 0.382 -> 0.476 with 30 iterations of 10 steps) at
-Adam's rate :data:`LATENT_LR`.
+latent E-step raised ESTOI where the encoder's fine-tuning lost it (the VAE at -5 dB: 0.382 -> 0.476 with 30
+iterations of 10 steps) at Adam's rate :data:`LATENT_LR`.
 """
 
 from __future__ import annotations
