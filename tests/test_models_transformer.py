@@ -725,7 +725,7 @@ def test_rope_replaces_the_sinusoidal_positions(name):
 def test_options_parameters_and_the_default_checkpoint():
     """Pre-norm adds one LayerNorm per stack; the RNN past one LSTM(d, d) per decoder body; rotary positions
     nothing, so the default config builds the modules (and state_dict keys) of the shipped LigHT-DVAE checkpoint,
-    which uses them (the recipe: README, "Rotary positions win at convergence")."""
+    which uses them (the recipe: docs/convergence/README.md, "Rotary positions win at convergence")."""
     from lightdvae.models import pretrained
 
     d = 128
