@@ -140,3 +140,33 @@ def test_opcheck():
     x = _inputs(2, 6, False, torch.float64).requires_grad_()
     weights = [p.detach().requires_grad_() for p in module.parameters()]
     torch.library.opcheck(torch.ops.lightdvae.lstm_layer.default, (x, *weights, True))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_under_a_cpu_autocast_lstms_run_in_float32_on_every_cpu(bidirectional, grad):
+    # oneDNN builds no bfloat16 LSTM primitive on CPUs without AVX-512 (a bidirectional layer fails there): under a
+    # bf16 autocast the package's LSTMs run in float32 with autocast off, the same numbers on every CPU
+    from lightdvae.models.layers import lstm_step
+
+    torch.manual_seed(0)
+    module = nn.LSTM(12, 8, num_layers=2, bidirectional=bidirectional)
+    embed = nn.Linear(6, 12)
+    x = torch.randn(7, 2, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+        features = embed(x)  # bfloat16, as a training step's products are
+        out = lstm_ops.lstm(module, features)
+    assert features.dtype == torch.bfloat16 and out.dtype == torch.float32
+    with torch.set_grad_enabled(grad):  # the same path (the native layer with a gradient at batch 2) in float32
+        assert torch.equal(out.detach(), lstm_ops.lstm(module, features.detach().float()).detach())
+    if grad:
+        out.sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
+    if not bidirectional:
+        state = (torch.zeros(2, 2, 8), torch.zeros(2, 2, 8))
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                first = embed(x[0])
+                step, (h, c) = lstm_step(module, first, state)
+            assert step.dtype == h.dtype == c.dtype == torch.float32
+            assert torch.equal(step, lstm_step(module, first.float(), state)[0])

@@ -82,6 +82,7 @@ def lstm_zero_state(lstm: nn.LSTM, batch: int, like: Tensor) -> LSTMState:
     return h, h.clone()
 
 
+@lstm_ops.float32_on_cpu_autocast
 def lstm_step(lstm: nn.LSTM, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
     """Advance a unidirectional (possibly multi-layer) ``nn.LSTM`` by one step.
 

@@ -12,16 +12,23 @@ float32 or float64, at most :data:`MAX_BATCH` rows, a gradient to record, no aut
 training,
 the native extension loaded and ``LIGHTDVAE_REFERENCE_OPS`` not naming ``lstm_layer``); elsewhere the module itself
 runs.  The results are nn.LSTM's within float rounding (``tests/test_ops_lstm.py`` holds both to a float64 run).
+
+Under a CPU autocast (a bf16 training step) every LSTM of the package runs in float32 with autocast off
+(:func:`float32_on_cpu_autocast`, for :func:`lstm` and :func:`lightdvae.models.layers.lstm_step`): oneDNN has no
+bfloat16 LSTM primitive on CPUs without AVX-512 (a bidirectional layer fails to build there), and a step must give
+the same numbers on every CPU; the posterior loops do the same (:mod:`lightdvae.ops.sampling`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
 
 from lightdvae import _ext
 
-__all__ = ["lstm", "lstm_layer", "applies", "MAX_BATCH"]
+__all__ = ["lstm", "lstm_layer", "applies", "float32_on_cpu_autocast", "MAX_BATCH"]
 
 #: The largest batch the native layer takes: the step-by-step products read every weight once per step for all
 #: rows, which beats oneDNN at a few rows (the raw-pointer loops' kMaxBatch, csrc/sampling/small_batch.h).
@@ -37,7 +44,7 @@ def applies(module: nn.LSTM, x: Tensor) -> bool:
         and x.dim() == 3
         and 1 <= batch <= MAX_BATCH
         and torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")  # a bf16 training step: nn.LSTM and autocast, as before
+        and not torch.is_autocast_enabled("cpu")  # lstm() turns a CPU autocast off before it asks
         and (x.requires_grad or any(p.requires_grad for p in _weights(module)))
         and module.bias
         and module.proj_size == 0
@@ -52,6 +59,22 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
     return torch.ops.lightdvae.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, reverse)[0]
 
 
+def float32_on_cpu_autocast(fn):
+    """``fn(module, x, *args)`` in float32 with autocast off when a CPU autocast is on and ``x`` is on the CPU (see
+    the module docstring); a half-precision ``x`` is widened to float32, and so is what comes back."""
+
+    @functools.wraps(fn)
+    def run(module: nn.LSTM, x: Tensor, *args, **kwargs):
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return fn(module, x, *args, **kwargs)
+        with torch.autocast("cpu", enabled=False):
+            wide = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+            return fn(module, wide, *args, **kwargs)
+
+    return run
+
+
+@float32_on_cpu_autocast
 def lstm(module: nn.LSTM, x: Tensor, reverse: bool = False) -> Tensor:
     """``module``'s outputs over ``x`` from zero state (``(frames, batch, in)``, or batch first as the module says),
     ``directions * hidden`` wide; ``reverse`` runs a unidirectional module from the last frame to the first (as on the
