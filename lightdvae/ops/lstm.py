@@ -14,7 +14,7 @@ the native extension loaded and ``LIGHTDVAE_REFERENCE_OPS`` not naming ``lstm_la
 runs.  The results are nn.LSTM's within float rounding (``tests/test_ops_lstm.py`` holds both to a float64 run).
 
 Under a CPU autocast (a bf16 training step) every LSTM of the package runs in float32 with autocast off
-(:func:`float32_on_cpu_autocast`, for :func:`lstm` and :func:`lightdvae.models.layers.lstm_step`): oneDNN has no
+(:data:`float32_on_cpu_autocast`, for :func:`lstm` and :func:`lightdvae.models.layers.lstm_step`): oneDNN has no
 bfloat16 LSTM primitive on CPUs without AVX-512 (a bidirectional layer fails to build there), and a step must give
 the same numbers on every CPU; the posterior loops do the same (:mod:`lightdvae.ops.sampling`).
 """
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lightdvae import _ext
+from lightdvae.ops.precision import float32_under_autocast
 
 __all__ = ["lstm", "lstm_layer", "applies", "float32_on_cpu_autocast", "MAX_BATCH"]
 
@@ -59,19 +60,8 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
     return torch.ops.lightdvae.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, reverse)[0]
 
 
-def float32_on_cpu_autocast(fn):
-    """``fn(module, x, *args)`` in float32 with autocast off when a CPU autocast is on and ``x`` is on the CPU (see
-    the module docstring); a half-precision ``x`` is widened to float32, and so is what comes back."""
-
-    @functools.wraps(fn)
-    def run(module: nn.LSTM, x: Tensor, *args, **kwargs):
-        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-            return fn(module, x, *args, **kwargs)
-        with torch.autocast("cpu", enabled=False):
-            wide = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-            return fn(module, wide, *args, **kwargs)
-
-    return run
+#: The LSTMs' guard under a CPU autocast (see the module docstring).
+float32_on_cpu_autocast = functools.partial(float32_under_autocast, devices=("cpu",))
 
 
 @float32_on_cpu_autocast

@@ -57,7 +57,6 @@ and whenever gradients are recorded.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightdvae import _ext
+from lightdvae.ops.precision import float32_under_autocast
 from lightdvae.ops.sampling_bptt import exact_loops, exact_loops_enabled, explicit_backward
 
 __all__ = [
@@ -122,31 +122,6 @@ def _check_eps(op: str, eps: Tensor | None, batch: int, frames: int) -> None:
 def _tm(t: Tensor | None) -> Tensor | None:
     """Batch-first -> time-major view."""
     return None if t is None else t.transpose(0, 1)
-
-
-def _float32_under_autocast(fn):
-    """Under autocast (bf16 / fp16 training) a loop runs in float32 with autocast off: its inputs mix the autocast
-    dtype (features from autocast products) and float32 (the weights), which the native loops refuse, and its tiny
-    per-step products gain nothing from half precision while their errors would compound over the frames
-    (``torch.amp.custom_fwd(cast_inputs=torch.float32)``'s rule).  Gradients flow back through the casts."""
-
-    def cast(a):
-        if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64:
-            return a.float()
-        if isinstance(a, list | tuple) and a and all(isinstance(t, Tensor) for t in a):
-            return [cast(t) for t in a]
-        return a
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
-        device = first.device.type if first is not None else "cpu"
-        if not torch.is_autocast_enabled(device):
-            return fn(*args, **kwargs)
-        with torch.autocast(device, enabled=False):
-            return fn(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
-
-    return wrapper
 
 
 def _use_native(op: str, like: Tensor) -> bool:
@@ -236,7 +211,7 @@ def dkf_posterior_ref(
     return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def dkf_posterior(
     gx: Tensor,
     eps: Tensor | None,
@@ -297,7 +272,7 @@ def dkf_prior_ref(eps: Tensor, transition: Params, temperature: float = 1.0) -> 
     return torch.stack(zs, 1)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def dkf_prior(eps: Tensor, transition: Params, temperature: float = 1.0) -> Tensor:
     """Generation from DKF's gated transition p(z_t | z_{t-1}), z_0 = 0.
 
@@ -351,7 +326,7 @@ def rvae_posterior_ref(
     return _posterior_ref(gx, eps, heads[0].shape[0], cell)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def rvae_posterior(
     gx: Tensor,
     eps: Tensor | None,
@@ -414,7 +389,7 @@ def srnn_posterior_ref(
     return _posterior_ref(g, eps, heads[0].shape[0], cell)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def srnn_posterior(
     g: Tensor, eps: Tensor | None, posterior_mlp: Params, heads: Params, activation: str = "tanh"
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -486,7 +461,7 @@ def srnn_own_past_ref(
     return _stack_batch_first(logvars), _stack_batch_first(used), _stack_batch_first(own)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def srnn_own_past(
     z: Tensor,
     h_true: Tensor | None,
@@ -577,7 +552,7 @@ def srnn_prior_ref(
     return torch.stack(zs, 1), torch.stack(logvars, 1)
 
 
-@_float32_under_autocast
+@float32_under_autocast
 def srnn_prior(
     eps: Tensor,
     h_embed: Params,
