@@ -54,17 +54,12 @@ def waves(seconds: float, n: int) -> list[torch.Tensor]:
     return [0.1 * envelope * torch.randn(samples, generator=g) for _ in range(n)]
 
 
-def per_iteration(
-    model, batch: list[torch.Tensor], iterations: int, backend: str, repeats: int = 1, **options
-) -> float:
-    """Seconds of EM per iteration for the whole batch: the fastest of ``repeats`` runs (what other work on the
-    machine slowed least); ``options``: EM options (``latent_e_step=True``)."""
-    best = float("inf")
-    for _ in range(repeats):
-        with backend_scope(backend):
-            result = enhance_batch(model, batch, iterations=iterations, one_at_a_time=backend == "ref", **options)[0]
-        best = min(best, result.seconds / result.iterations)
-    return best
+def per_iteration(model, batch: list[torch.Tensor], iterations: int, backend: str, **options) -> float:
+    """Seconds of EM per iteration for the whole batch, one run (:func:`interleaved` keeps the fastest of several);
+    ``options``: EM options (``latent_e_step=True``)."""
+    with backend_scope(backend):
+        result = enhance_batch(model, batch, iterations=iterations, one_at_a_time=backend == "ref", **options)[0]
+    return result.seconds / result.iterations
 
 
 def interleaved(paths: list, repeats: int) -> list[float]:

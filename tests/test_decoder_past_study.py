@@ -1,6 +1,6 @@
 """scripts/decoder_past_study.py (docs/enhancement/README.md, "The transformer priors' E-step rate"): it runs each
-variant on a tiny
-noisy set and prints its line (in a subprocess: the script replaces the engine's methods for its own run)."""
+variant on a tiny noisy set and prints its line (in a subprocess: the script replaces the engine's methods for its
+own run)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -48,9 +49,15 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def _anchors(page: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-    return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+@functools.cache
+def _prose(page: Path) -> str:
+    """A markdown page without its fenced code blocks (read once per page)."""
+    return re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+
+
+@functools.cache
+def _anchors(page: Path) -> frozenset[str]:
+    return frozenset(_slug(h) for h in re.findall(r"^#{1,6} (.+)$", _prose(page), re.M))
 
 
 _PAGES = [README, *sorted((README.parent / "docs").rglob("*.md"))]
@@ -58,9 +65,8 @@ _PAGES = [README, *sorted((README.parent / "docs").rglob("*.md"))]
 
 @pytest.mark.parametrize("page", _PAGES, ids=[str(p.relative_to(README.parent)) for p in _PAGES])
 def test_relative_links_reach_a_file_and_a_heading(page):
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
     broken = []
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
         if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked here
             continue
         path, _, anchor = target.partition("#")

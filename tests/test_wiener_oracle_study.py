@@ -1,6 +1,6 @@
 """scripts/wiener_oracle_study.py (docs/enhancement/README.md, "More Adam steps per E-step"): on a tiny noisy set
-it prints a line per
-Wiener filter, and the oracle filter beats the noisy input (in a subprocess, as the README runs it)."""
+it prints a line per Wiener filter, and the oracle filter beats the noisy input (in a subprocess, as the README runs
+it)."""
 
 from __future__ import annotations
 
